@@ -1,0 +1,514 @@
+//! Configuration: TOML on disk → validated [`Config`] with secrets loaded.
+//!
+//! Loading never stops at the first problem: syntax errors aside, each section and each
+//! account is read on its own and every problem is reported with its key path
+//! (`accounts[1].nsec_file`) and reason, so `check-config` can list them all at once.
+//! Secrets are read from files or environment variables and never appear in messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use url::Url;
+
+use crate::provider::lnvps::BtcUnit;
+use crate::provider::ProviderKind;
+use crate::secret::{self, Secret};
+
+/// The port vpswatch listens on by default. Prometheus' allocation list for exporters
+/// (9100–9999) is exhausted; 10047 was unallocated when chosen.
+pub const DEFAULT_PORT: u16 = 10047;
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `accounts[0].poll_interval`; empty for whole-file problems.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.path.is_empty() {
+                write!(f, "{}: {}", self.file, p.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file, p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------------------
+// File format
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawGlobals {
+    #[serde(with = "humantime_serde")]
+    poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    poll_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    staleness_limit: Duration,
+    max_response_bytes: usize,
+    web: RawWeb,
+    providers: RawProviders,
+}
+
+impl Default for RawGlobals {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(600),
+            staleness_limit: Duration::from_secs(300),
+            max_response_bytes: 16 * 1024 * 1024,
+            web: RawWeb::default(),
+            providers: RawProviders::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawWeb {
+    listen_address: String,
+}
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        Self {
+            listen_address: format!("0.0.0.0:{DEFAULT_PORT}"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawProviders {
+    lnvps: ProviderLimits,
+    stablevps: ProviderLimits,
+}
+
+/// Limits shared by all accounts of one provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProviderLimits {
+    /// Requests per minute from this host, all accounts together (LNVPS: 600 per IP).
+    pub requests_per_minute: u32,
+    /// Per-VM calls in flight at once per account.
+    pub concurrency: usize,
+    /// Attempts per request, first one included.
+    pub max_attempts: u32,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 600,
+            concurrency: 4,
+            max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAccount {
+    name: String,
+    provider: ProviderKind,
+    base_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    nsec_file: Option<PathBuf>,
+    nsec_env: Option<String>,
+    #[serde(default)]
+    btc_amount_unit: BtcUnit,
+    #[serde(default)]
+    vm_names: HashMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------
+
+/// Credentials of one account, loaded.
+#[derive(Clone)]
+pub enum Credentials {
+    Nostr(Secret<nostr::Keys>),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Nostr(_) => f.write_str("Nostr([redacted])"),
+        }
+    }
+}
+
+/// One account to poll.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub base_url: Url,
+    pub poll_interval: Duration,
+    pub credentials: Credentials,
+    pub btc_amount_unit: BtcUnit,
+    pub vm_names: HashMap<String, String>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    pub poll_timeout: Duration,
+    pub staleness_limit: Duration,
+    pub max_response_bytes: usize,
+    pub listen_address: SocketAddr,
+    pub providers: BTreeMap<ProviderKind, ProviderLimits>,
+    pub accounts: Vec<AccountConfig>,
+    /// Things worth telling the operator that do not stop the daemon.
+    pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    pub fn limits(&self, kind: ProviderKind) -> ProviderLimits {
+        self.providers.get(&kind).cloned().unwrap_or_default()
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(&text, &file, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates configuration text. `env` looks up environment variables (a
+/// parameter so tests need not touch the process environment).
+pub fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let err = |problems| ConfigError {
+        file: file.to_string(),
+        problems,
+    };
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        err(vec![Problem {
+            path: String::new(),
+            message: format!("not valid TOML: {}", one_line(&e.to_string())),
+        }])
+    })?;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    let raw_accounts = table.remove("accounts");
+    let globals: Option<RawGlobals> =
+        read_section(toml::Value::Table(table), "", &mut problems);
+
+    let mut accounts = Vec::new();
+    match raw_accounts {
+        None => problems.push(Problem {
+            path: "accounts".into(),
+            message: "no [[accounts]] configured; add at least one".into(),
+        }),
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let prefix = format!("accounts[{i}]");
+                if let Some(raw) = read_section::<RawAccount>(item, &prefix, &mut problems) {
+                    accounts.push((prefix, raw));
+                }
+            }
+        }
+        Some(_) => problems.push(Problem {
+            path: "accounts".into(),
+            message: "must be an array of tables ([[accounts]])".into(),
+        }),
+    }
+
+    let Some(g) = globals else {
+        return Err(err(problems));
+    };
+    for (key, d) in [
+        ("poll_interval", g.poll_interval),
+        ("request_timeout", g.request_timeout),
+        ("poll_timeout", g.poll_timeout),
+        ("staleness_limit", g.staleness_limit),
+    ] {
+        if d.is_zero() {
+            problems.push(Problem {
+                path: key.into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+    }
+    let listen_address = match g.web.listen_address.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(Problem {
+                path: "web.listen_address".into(),
+                message: format!(
+                    "{:?} is not an address:port (e.g. \"0.0.0.0:{DEFAULT_PORT}\")",
+                    g.web.listen_address
+                ),
+            });
+            None
+        }
+    };
+    for (key, limits) in [
+        ("providers.lnvps", &g.providers.lnvps),
+        ("providers.stablevps", &g.providers.stablevps),
+    ] {
+        if limits.requests_per_minute == 0 {
+            problems.push(Problem {
+                path: format!("{key}.requests_per_minute"),
+                message: "must be at least 1".into(),
+            });
+        }
+        if limits.concurrency == 0 {
+            problems.push(Problem {
+                path: format!("{key}.concurrency"),
+                message: "must be at least 1".into(),
+            });
+        }
+        if limits.max_attempts == 0 {
+            problems.push(Problem {
+                path: format!("{key}.max_attempts"),
+                message: "must be at least 1".into(),
+            });
+        }
+    }
+
+    let mut seen = HashMap::new();
+    let mut valid_accounts = Vec::new();
+    for (prefix, raw) in accounts {
+        if let Some(prev) = seen.insert(raw.name.clone(), prefix.clone()) {
+            problems.push(Problem {
+                path: format!("{prefix}.name"),
+                message: format!("{:?} is already used by {prev}", raw.name),
+            });
+        }
+        if let Some(acc) =
+            validate_account(&prefix, raw, g.poll_interval, env, &mut problems, &mut warnings)
+        {
+            valid_accounts.push(acc);
+        }
+    }
+
+    match listen_address {
+        Some(listen_address) if problems.is_empty() => Ok(Config {
+            poll_interval: g.poll_interval,
+            request_timeout: g.request_timeout,
+            poll_timeout: g.poll_timeout,
+            staleness_limit: g.staleness_limit,
+            max_response_bytes: g.max_response_bytes,
+            listen_address,
+            providers: BTreeMap::from([
+                (ProviderKind::Lnvps, g.providers.lnvps),
+                (ProviderKind::Stablevps, g.providers.stablevps),
+            ]),
+            accounts: valid_accounts,
+            warnings,
+        }),
+        _ => Err(err(problems)),
+    }
+}
+
+/// Deserializes one section, recording unknown keys and the first type error with their
+/// full key paths.
+fn read_section<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let join = |p: &str| match (prefix.is_empty(), p.is_empty() || p == ".") {
+        (_, true) => prefix.to_string(),
+        (true, false) => p.to_string(),
+        (false, false) => format!("{prefix}.{p}"),
+    };
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let result = {
+        let mut on_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
+        let de = serde_path_to_error::Deserializer::new(ignored, &mut track);
+        T::deserialize(de)
+    };
+    for key in unknown {
+        problems.push(Problem {
+            path: join(&key),
+            message: "unknown key (check the spelling; see the README's config reference)".into(),
+        });
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(Problem {
+                path: join(&track.path().to_string()),
+                message: one_line(&e.to_string()),
+            });
+            None
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn validate_account(
+    prefix: &str,
+    raw: RawAccount,
+    default_interval: Duration,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Option<AccountConfig> {
+    let before = problems.len();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem {
+            path: format!("{prefix}.{key}"),
+            message,
+        })
+    };
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 64
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !name_ok {
+        problem(
+            "name",
+            format!(
+                "{:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)",
+                raw.name
+            ),
+        );
+    }
+    let default_url = match raw.provider {
+        ProviderKind::Lnvps => "https://api.lnvps.net",
+        ProviderKind::Stablevps => "https://stablevps.com",
+    };
+    let url_text = raw.base_url.as_deref().unwrap_or(default_url);
+    let base_url = match Url::parse(url_text) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            problem(
+                "base_url",
+                format!(
+                    "plain http is only allowed to loopback addresses (credentials would \
+                     travel unencrypted to {})",
+                    u.host_str().unwrap_or("?")
+                ),
+            );
+            None
+        }
+        Ok(u) => {
+            problem(
+                "base_url",
+                format!("scheme {:?} is not http or https", u.scheme()),
+            );
+            None
+        }
+        Err(e) => {
+            problem("base_url", format!("{url_text:?} is not a URL: {e}"));
+            None
+        }
+    };
+    let poll_interval = raw.poll_interval.unwrap_or(default_interval);
+    if poll_interval.is_zero() {
+        problem("poll_interval", "must be greater than zero".into());
+    }
+    let credentials = match raw.provider {
+        ProviderKind::Lnvps => {
+            let loaded = secret::load_one(
+                raw.nsec_file.as_deref(),
+                raw.nsec_env.as_deref(),
+                "nsec_file",
+                "nsec_env",
+                env,
+            );
+            match loaded {
+                Ok((text, source, warn)) => {
+                    if let Some(w) = warn {
+                        warnings.push(Problem {
+                            path: format!("{prefix}.nsec_file"),
+                            message: w,
+                        });
+                    }
+                    match secret::parse_nostr_key(&text) {
+                        Ok(keys) => Some(Credentials::Nostr(Secret::new(keys))),
+                        Err(why) => {
+                            problem(source.key(), format!("{}: {why}", source.describe()));
+                            None
+                        }
+                    }
+                }
+                Err((key, why)) => {
+                    problem(key, why);
+                    None
+                }
+            }
+        }
+        ProviderKind::Stablevps => {
+            problem(
+                "provider",
+                "stablevps accounts are not supported by this version yet".into(),
+            );
+            None
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(AccountConfig {
+        name: raw.name,
+        provider: raw.provider,
+        base_url: base_url?,
+        poll_interval,
+        credentials: credentials?,
+        btc_amount_unit: raw.btc_amount_unit,
+        vm_names: raw.vm_names,
+    })
+}
+
+fn is_loopback_host(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}

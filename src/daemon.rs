@@ -1,0 +1,150 @@
+//! Wires a validated configuration into running tasks: one poller per account, the
+//! metrics encoder and the web server, all stopped by one cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::metrics::{encoder, MetricsCache, SelfMetrics};
+use crate::poll::Poller;
+use crate::provider::budget::BudgetRegistry;
+use crate::provider::{self, BuildContext, SharedProvider};
+use crate::snapshot::SnapshotStore;
+use crate::web::{self, WebState};
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where the web server listens (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    pub store: Arc<SnapshotStore>,
+    pub self_metrics: Arc<SelfMetrics>,
+    pub cache: MetricsCache,
+    pub providers: Vec<SharedProvider>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// Installs the process-wide TLS provider (ring) once; later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Daemon {
+    /// Binds the listener and starts every task.
+    pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Daemon> {
+        install_crypto_provider();
+        let listener = TcpListener::bind(config.listen_address)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+        let addr = listener.local_addr()?;
+
+        let store = SnapshotStore::new(
+            config
+                .accounts
+                .iter()
+                .map(|a| (a.provider, a.name.clone())),
+        );
+        let self_metrics = SelfMetrics::new();
+        let budgets = BudgetRegistry::default();
+        let mut providers = Vec::new();
+        for account in &config.accounts {
+            let ctx = BuildContext {
+                config: &config,
+                budgets: &budgets,
+                observer: self_metrics.observer(account.provider.as_str(), &account.name),
+                clock: clock.clone(),
+            };
+            let p = provider::build(account, ctx)
+                .map_err(|e| anyhow::anyhow!("account {}: {e}", account.name))?;
+            providers.push(p);
+        }
+
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let cache: MetricsCache = Default::default();
+        let n = config.accounts.len().max(1) as u32;
+        for (idx, (account, p)) in config.accounts.iter().zip(&providers).enumerate() {
+            // Spread first polls over up to one second so accounts do not burst together.
+            let stagger = (Duration::from_secs(1) / n).min(account.poll_interval / n) * idx as u32;
+            let poller = Poller {
+                idx,
+                provider: p.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+                interval: account.poll_interval,
+                timeout: config.poll_timeout,
+                initial_delay: stagger,
+            };
+            tasks.spawn(poller.run(cancel.child_token()));
+        }
+        tasks.spawn(encoder::run(
+            store.clone(),
+            self_metrics.clone(),
+            cache.clone(),
+            cancel.child_token(),
+        ));
+        let web_state = Arc::new(WebState {
+            cache: cache.clone(),
+            store: store.clone(),
+        });
+        tasks.spawn(web::serve(listener, web_state, cancel.child_token()));
+        tracing::info!(%addr, accounts = config.accounts.len(), "vpswatch started");
+        Ok(Daemon {
+            addr,
+            store,
+            self_metrics,
+            cache,
+            providers,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,68 @@
+//! `vpswatch demo`: the simulator with a lively scenario plus the daemon against it, so a
+//! new user sees real metrics at once without any account or configuration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::daemon::Daemon;
+use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+
+/// The demo's parts, for tests that want to drive it.
+pub struct Demo {
+    pub sim: LnvpsSimHandle,
+    pub daemon: Daemon,
+}
+
+/// The configuration the demo runs with (also a readable example).
+pub fn demo_config_toml(sim_url: &str, listen: SocketAddr) -> String {
+    format!(
+        r#"poll_interval = "5s"
+request_timeout = "5s"
+
+[web]
+listen_address = "{listen}"
+
+[[accounts]]
+name = "demo"
+provider = "lnvps"
+base_url = "{sim_url}"
+nsec_env = "VPSWATCH_DEMO_NSEC"
+"#
+    )
+}
+
+/// Starts the simulator and the daemon.
+pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Demo> {
+    crate::daemon::install_crypto_provider();
+    let keys = nostr::Keys::generate();
+    let owner = keys.public_key().to_hex();
+    let scenario = Scenario::load("demo", Some(&owner)).context("loading the demo scenario")?;
+    let sim = LnvpsSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), scenario, clock.clone())
+        .await
+        .context("starting the LNVPS simulator")?;
+    let secret = keys.secret_key().to_secret_hex();
+    let text = demo_config_toml(&sim.base_url(), listen);
+    let config = crate::config::parse(&text, "<demo>", &|name| {
+        (name == "VPSWATCH_DEMO_NSEC").then(|| secret.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let daemon = Daemon::start(config, clock).await?;
+    Ok(Demo { sim, daemon })
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let demo = start(listen, Arc::new(SystemClock)).await?;
+    let addr = demo.daemon.addr;
+    println!("vpswatch demo is running.");
+    println!("  simulated LNVPS API: {}", demo.sim.base_url());
+    println!("  metrics:             http://{addr}/metrics");
+    println!("  readiness:           http://{addr}/-/ready");
+    println!("Press Ctrl-C to stop.");
+    demo.daemon.run_until_signal().await;
+    demo.sim.shutdown();
+    Ok(())
+}

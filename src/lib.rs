@@ -1,0 +1,18 @@
+//! vpswatch: Prometheus exporter and watchdog for VPS rented from LNVPS and StableVPS.
+//!
+//! Data flows one way: config → poller (provider clients, shared rate budget) →
+//! immutable per-account snapshots → metrics encoder (cached bytes) → web server.
+//! Clients know nothing of metrics; the web layer only reads.
+
+pub mod clock;
+pub mod config;
+pub mod daemon;
+// pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod poll;
+pub mod provider;
+pub mod secret;
+pub mod sim;
+pub mod snapshot;
+pub mod web;

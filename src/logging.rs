@@ -1,0 +1,26 @@
+//! Log setup (`--log.level`, `--log.format=logfmt|json`), on stderr.
+
+use tracing_subscriber::EnvFilter;
+
+/// Output format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Logfmt,
+    Json,
+}
+
+/// Installs the global subscriber. `level` is a tracing filter (`info`,
+/// `vpswatch=debug,hyper=info`, …).
+pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log.level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = match format {
+        LogFormat::Logfmt => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}

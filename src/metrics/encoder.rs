@@ -1,0 +1,92 @@
+//! Renders the exposition (text format 0.0.4) after every snapshot change and keeps it,
+//! plain and gzip-compressed, for the web layer to serve as-is. Scrapes never encode and
+//! never call a provider: two Prometheus replicas cost nothing extra.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use prometheus::{Encoder, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+use super::defs;
+use super::families::{add_account, FamilySet};
+use super::self_metrics::SelfMetrics;
+use crate::snapshot::SnapshotStore;
+
+/// One rendering of the exposition.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub plain: Bytes,
+    pub gzip: Bytes,
+    pub encode_time: Duration,
+}
+
+/// The latest rendering, shared with the web layer.
+pub type MetricsCache = Arc<ArcSwap<Encoded>>;
+
+/// Source revision baked in at build time (`build.rs`).
+pub const REVISION: &str = env!("VPSWATCH_REVISION");
+
+/// Renders every account's snapshot plus the self-metrics.
+pub fn render(store: &SnapshotStore, self_metrics: &SelfMetrics) -> Encoded {
+    let started = Instant::now();
+    let mut set = FamilySet::default();
+    set.gauge(
+        &defs::BUILD_INFO,
+        &[env!("CARGO_PKG_VERSION"), REVISION],
+        1.0,
+    );
+    for snap in store.all() {
+        add_account(&mut set, &snap);
+    }
+    set.extend(self_metrics.gather());
+    let families = set.into_sorted();
+    let mut plain = Vec::with_capacity(64 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&families, &mut plain) {
+        // Only possible with inconsistent families; serve what we have and say so.
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    let gzip = gzip(&plain);
+    Encoded {
+        plain: Bytes::from(plain),
+        gzip: Bytes::from(gzip),
+        encode_time: started.elapsed(),
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Re-renders whenever a snapshot changes (bursts are coalesced) until cancelled.
+pub async fn run(
+    store: Arc<SnapshotStore>,
+    self_metrics: Arc<SelfMetrics>,
+    cache: MetricsCache,
+    cancel: CancellationToken,
+) {
+    let mut changes = store.subscribe();
+    loop {
+        changes.mark_unchanged();
+        let (s, m) = (store.clone(), self_metrics.clone());
+        match tokio::task::spawn_blocking(move || render(&s, &m)).await {
+            Ok(encoded) => cache.store(Arc::new(encoded)),
+            Err(e) => tracing::error!(error = %e, "metrics encoder task failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+        // Let a burst of publishes (many accounts finishing together) settle.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

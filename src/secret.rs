@@ -1,0 +1,147 @@
+//! Secrets: loaded from a file or an environment variable, kept in a wrapper whose
+//! `Debug` prints `[redacted]`, and never echoed in error messages (a message names the
+//! file or variable, never its content).
+
+use std::fmt;
+use std::path::Path;
+
+/// A value that must not be printed.
+#[derive(Clone)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(v: T) -> Self {
+        Self(v)
+    }
+
+    /// The secret itself; call sites are easy to audit with grep.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Where a secret came from, for messages.
+pub enum SecretSource {
+    File(String, &'static str),
+    Env(String, &'static str),
+}
+
+impl SecretSource {
+    pub fn key(&self) -> &'static str {
+        match self {
+            SecretSource::File(_, k) | SecretSource::Env(_, k) => k,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::File(p, _) => format!("file {p}"),
+            SecretSource::Env(v, _) => format!("environment variable {v}"),
+        }
+    }
+}
+
+type Loaded = (String, SecretSource, Option<String>);
+
+/// Loads a secret given exactly one of a file path and an env variable name. Returns
+/// the trimmed text, where it came from, and an optional warning (loose file
+/// permissions). Errors are (config key, reason).
+pub fn load_one(
+    file: Option<&Path>,
+    env_name: Option<&str>,
+    file_key: &'static str,
+    env_key: &'static str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, (&'static str, String)> {
+    match (file, env_name) {
+        (Some(_), Some(_)) => Err((
+            file_key,
+            format!("set either {file_key} or {env_key}, not both"),
+        )),
+        (None, None) => Err((
+            file_key,
+            format!("missing: set {file_key} (a file holding the secret) or {env_key} (an environment variable name)"),
+        )),
+        (Some(path), None) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| (file_key, format!("cannot read {shown}: {e}")))?;
+            let warning = loose_permissions(path);
+            let text = text.trim().to_string();
+            if text.is_empty() {
+                return Err((file_key, format!("{shown} is empty")));
+            }
+            Ok((text, SecretSource::File(shown, file_key), warning))
+        }
+        (None, Some(var)) => {
+            let text = env(var)
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .ok_or((env_key, format!("environment variable {var} is not set or empty")))?;
+            Ok((text, SecretSource::Env(var.to_string(), env_key), None))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn loose_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn loose_permissions(_: &Path) -> Option<String> {
+    None
+}
+
+/// Parses a Nostr secret key given as `nsec1…` or 64 hex characters.
+pub fn parse_nostr_key(text: &str) -> Result<nostr::Keys, String> {
+    let t = text.trim();
+    if t.starts_with("npub1") {
+        return Err("holds a public key (npub); vpswatch needs the secret key (nsec1… or 64 hex characters)".into());
+    }
+    let looks_hex = t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit());
+    if !(t.starts_with("nsec1") || looks_hex) {
+        return Err("is not a Nostr secret key (expected nsec1… or 64 hex characters)".into());
+    }
+    nostr::Keys::parse(t)
+        .map_err(|_| "is not a valid Nostr secret key (bad checksum or out of range)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "[redacted]");
+    }
+
+    #[test]
+    fn nostr_key_forms() {
+        let keys = nostr::Keys::generate();
+        let hex = keys.secret_key().to_secret_hex();
+        assert!(parse_nostr_key(&hex).is_ok());
+        use nostr::ToBech32;
+        let nsec = keys.secret_key().to_bech32().expect("bech32");
+        assert!(parse_nostr_key(&nsec).is_ok());
+        let npub = keys.public_key().to_bech32().expect("bech32");
+        let err = parse_nostr_key(&npub).err().unwrap_or_default();
+        assert!(err.contains("public key"), "{err}");
+        let bad = parse_nostr_key("not-a-key").err().unwrap_or_default();
+        assert!(!bad.contains("not-a-key"), "secret text must not be echoed: {bad}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Per-account snapshots: immutable, replaced atomically after each poll.
+//!
+//! Readers (metrics encoder, watchdog, web) take an `Arc` and never block a poller; a
+//! poller never blocks a reader. A failed poll keeps the last good data and records the
+//! failure beside it, so consumers can always tell how old what they see is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::provider::{AccountData, ProviderKind};
+
+/// What vpswatch knows about one account right now.
+#[derive(Debug, Clone)]
+pub struct AccountSnapshot {
+    pub provider: ProviderKind,
+    pub account: String,
+    /// Completed poll attempts (success or failure).
+    pub polls: u64,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    /// Why the latest attempt failed; `None` after a success.
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_poll_duration: Option<Duration>,
+    /// The newest data from a successful poll (kept while later polls fail).
+    pub data: Option<Arc<AccountData>>,
+}
+
+impl AccountSnapshot {
+    pub fn empty(provider: ProviderKind, account: &str) -> Self {
+        Self {
+            provider,
+            account: account.to_string(),
+            polls: 0,
+            last_attempt: None,
+            last_success: None,
+            last_error: None,
+            consecutive_failures: 0,
+            last_poll_duration: None,
+            data: None,
+        }
+    }
+
+    /// Whether the latest attempt succeeded.
+    pub fn is_up(&self) -> bool {
+        self.polls > 0 && self.last_error.is_none()
+    }
+}
+
+/// All accounts' current snapshots plus a change counter to wait on.
+pub struct SnapshotStore {
+    slots: Vec<ArcSwap<AccountSnapshot>>,
+    generation: watch::Sender<u64>,
+}
+
+impl SnapshotStore {
+    pub fn new(accounts: impl IntoIterator<Item = (ProviderKind, String)>) -> Arc<Self> {
+        let slots = accounts
+            .into_iter()
+            .map(|(p, a)| ArcSwap::from_pointee(AccountSnapshot::empty(p, &a)))
+            .collect();
+        Arc::new(Self {
+            slots,
+            generation: watch::channel(0).0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn get(&self, idx: usize) -> Option<Arc<AccountSnapshot>> {
+        self.slots.get(idx).map(|s| s.load_full())
+    }
+
+    /// Replaces one account's snapshot and wakes everyone waiting for changes.
+    pub fn publish(&self, idx: usize, snapshot: AccountSnapshot) {
+        if let Some(slot) = self.slots.get(idx) {
+            slot.store(Arc::new(snapshot));
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<AccountSnapshot>> {
+        self.slots.iter().map(|s| s.load_full()).collect()
+    }
+
+    /// A receiver that changes whenever any snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Accounts whose first poll has not completed yet.
+    pub fn not_yet_polled(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter(|s| s.polls == 0)
+            .map(|s| format!("{}/{}", s.provider, s.account))
+            .collect()
+    }
+}

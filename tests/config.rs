@@ -1,0 +1,199 @@
+//! Configuration errors: each kind of bad config gives its precise message (key path and
+//! reason), `check-config` exits 2 listing every problem, and secrets are never echoed.
+
+use std::io::Write;
+use std::process::Command;
+
+use vpswatch::config::{self, ConfigError};
+
+const HEX_KEY: &str = "6b911fd37cdf5c81d4c0adb1ab7fa822ed253ab0ad9aa18d77257c88b29b718e";
+
+fn env_with_key(name: &str) -> Option<String> {
+    (name == "LNVPS_KEY").then(|| HEX_KEY.to_string())
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn errors(text: &str, env: &dyn Fn(&str) -> Option<String>) -> ConfigError {
+    match config::parse(text, "test.toml", env) {
+        Ok(_) => panic!("config should have been rejected:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+fn assert_problem(e: &ConfigError, path: &str, needle: &str) {
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.path == path && p.message.contains(needle)),
+        "expected a problem at {path:?} containing {needle:?}, got:\n{e}"
+    );
+}
+
+const GOOD: &str = r#"
+poll_interval = "30s"
+[web]
+listen_address = "127.0.0.1:0"
+[[accounts]]
+name = "main"
+provider = "lnvps"
+base_url = "http://127.0.0.1:1"
+nsec_env = "LNVPS_KEY"
+"#;
+
+#[test]
+fn good_config_loads_with_defaults() {
+    let c = config::parse(GOOD, "test.toml", &env_with_key).expect("valid");
+    assert_eq!(c.accounts.len(), 1);
+    assert_eq!(c.accounts[0].poll_interval.as_secs(), 30);
+    assert_eq!(c.request_timeout.as_secs(), 10);
+    assert_eq!(c.limits(vpswatch::provider::ProviderKind::Lnvps).requests_per_minute, 600);
+}
+
+#[test]
+fn unknown_fields_are_named_with_their_path() {
+    let text = GOOD.replace("poll_interval = \"30s\"", "poll_intervall = \"30s\"")
+        + "colour = \"blue\"\n";
+    let e = errors(&text, &env_with_key);
+    assert_problem(&e, "poll_intervall", "unknown key");
+    assert_problem(&e, "accounts[0].colour", "unknown key");
+}
+
+#[test]
+fn wrong_types_and_bad_durations() {
+    let text = GOOD.replace("\"30s\"", "\"30 parsecs\"");
+    let e = errors(&text, &env_with_key);
+    assert_problem(&e, "poll_interval", "unknown time unit");
+
+    let text = GOOD.replace("name = \"main\"", "name = 5");
+    let e = errors(&text, &env_with_key);
+    assert_problem(&e, "accounts[0].name", "invalid type");
+
+    let text = GOOD.replace("provider = \"lnvps\"", "provider = \"hetzner\"");
+    let e = errors(&text, &env_with_key);
+    assert_problem(&e, "accounts[0].provider", "unknown variant");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+request_timeout = "0s"
+[web]
+listen_address = "nowhere"
+[[accounts]]
+name = "a b"
+provider = "lnvps"
+base_url = "http://example.com"
+nsec_env = "MISSING"
+[[accounts]]
+name = "x"
+provider = "lnvps"
+nsec_file = "/definitely/not/here"
+nsec_env = "ALSO"
+"#;
+    let e = errors(text, &no_env);
+    assert_problem(&e, "request_timeout", "greater than zero");
+    assert_problem(&e, "web.listen_address", "not an address:port");
+    assert_problem(&e, "accounts[0].name", "1-64 characters");
+    assert_problem(&e, "accounts[0].base_url", "plain http is only allowed to loopback");
+    assert_problem(&e, "accounts[0].nsec_env", "MISSING is not set");
+    assert_problem(&e, "accounts[1].nsec_file", "not both");
+    assert!(e.problems.len() >= 6, "{e}");
+}
+
+#[test]
+fn key_problems_are_precise_and_never_echo_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.nsec");
+    let text = GOOD.replace(
+        "nsec_env = \"LNVPS_KEY\"",
+        &format!("nsec_file = {:?}", missing.display().to_string()),
+    );
+    let e = errors(&text, &no_env);
+    assert_problem(&e, "accounts[0].nsec_file", "cannot read");
+
+    // A public key where the secret key belongs.
+    let npub_file = dir.path().join("npub.txt");
+    let npub = "npub1sn0wdenkukak0d9dfczzeacvhkrgz92ak56egt7vdgzn8pv2wfqqhrjdv9";
+    std::fs::write(&npub_file, npub).expect("write");
+    let text = GOOD.replace(
+        "nsec_env = \"LNVPS_KEY\"",
+        &format!("nsec_file = {:?}", npub_file.display().to_string()),
+    );
+    let e = errors(&text, &no_env);
+    assert_problem(&e, "accounts[0].nsec_file", "public key");
+
+    // Garbage: the message must not contain the file's content.
+    let junk = "nsec1thisisnotavalidkeyatallbutlookssecret";
+    let junk_file = dir.path().join("junk.nsec");
+    std::fs::write(&junk_file, junk).expect("write");
+    let text = GOOD.replace(
+        "nsec_env = \"LNVPS_KEY\"",
+        &format!("nsec_file = {:?}", junk_file.display().to_string()),
+    );
+    let e = errors(&text, &no_env);
+    assert_problem(&e, "accounts[0].nsec_file", "not a valid Nostr secret key");
+    assert!(!e.to_string().contains(junk), "secret echoed: {e}");
+}
+
+#[test]
+fn nsec_and_hex_keys_both_load_from_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = nostr::Keys::generate();
+    use nostr::ToBech32;
+    for (i, form) in [
+        keys.secret_key().to_bech32().expect("nsec"),
+        keys.secret_key().to_secret_hex(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = dir.path().join(format!("k{i}"));
+        std::fs::write(&f, format!("{form}\n")).expect("write");
+        let text = GOOD.replace(
+            "nsec_env = \"LNVPS_KEY\"",
+            &format!("nsec_file = {:?}", f.display().to_string()),
+        );
+        config::parse(&text, "test.toml", &no_env).expect("key loads");
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let e = errors("[[accounts]\nname=", &no_env);
+    assert!(e.to_string().starts_with("test.toml: not valid TOML"), "{e}");
+}
+
+#[test]
+fn check_config_command_exits_2_and_lists_problems() {
+    let mut f = tempfile::NamedTempFile::new().expect("tmp");
+    writeln!(
+        f,
+        "{}",
+        GOOD.replace("nsec_env = \"LNVPS_KEY\"", "nsec_env = \"VPSWATCH_TEST_UNSET_VAR\"")
+            + "[bogus]\n"
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(["check-config"])
+        .arg(f.path())
+        .env_remove("VPSWATCH_TEST_UNSET_VAR")
+        .output()
+        .expect("run vpswatch");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("accounts[0].nsec_env"), "{stderr}");
+    assert!(stderr.contains("bogus: unknown key"), "{stderr}");
+
+    let mut ok = tempfile::NamedTempFile::new().expect("tmp");
+    write!(ok, "{GOOD}").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(["check-config"])
+        .arg(ok.path())
+        .env("LNVPS_KEY", HEX_KEY)
+        .output()
+        .expect("run vpswatch");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -7,7 +7,7 @@
 pub mod clock;
 pub mod config;
 pub mod daemon;
-// pub mod demo;
+pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod poll;

@@ -108,8 +108,8 @@ pub struct ApiClient {
     settings: HttpSettings,
 }
 
-enum Attempt {
-    Done(Result<ApiResponse, ProviderError>),
+enum Attempt<T> {
+    Done(Result<T, ProviderError>),
     RetryAfter(ProviderError, Duration),
     Backoff(ProviderError),
 }
@@ -149,8 +149,19 @@ impl ApiClient {
             .map_err(|e| format!("bad URL {path_and_query}: {e}"))
     }
 
-    /// Sends the request, retrying as its [`Retry`] policy allows.
+    /// Sends the request, retrying as its [`Retry`] policy allows; any 2xx is success.
     pub async fn send(&self, req: &ApiRequest) -> Result<ApiResponse, ProviderError> {
+        self.send_decoded(req, |r| Ok(r)).await
+    }
+
+    /// Sends the request and decodes a 2xx response with `decode`. A response that does
+    /// not decode counts as `invalid_response` (and is retried like a broken body), so the
+    /// request counters tell malformed data apart from HTTP success.
+    pub async fn send_decoded<T>(
+        &self,
+        req: &ApiRequest,
+        decode: impl Fn(ApiResponse) -> Result<T, String>,
+    ) -> Result<T, ProviderError> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(self.settings.backoff_min)
             .with_max_delay(self.settings.backoff_max)
@@ -159,7 +170,7 @@ impl ApiClient {
             .build();
         let mut auth_retried = false;
         loop {
-            let err = match self.attempt(req, &mut auth_retried).await {
+            let err = match self.attempt(req, &mut auth_retried, &decode).await {
                 Attempt::Done(result) => return result,
                 Attempt::RetryAfter(err, wait) => {
                     // The budget is already paused; waiting on it also waits for `wait`.
@@ -180,7 +191,12 @@ impl ApiClient {
         }
     }
 
-    async fn attempt(&self, req: &ApiRequest, auth_retried: &mut bool) -> Attempt {
+    async fn attempt<T>(
+        &self,
+        req: &ApiRequest,
+        auth_retried: &mut bool,
+        decode: &impl Fn(ApiResponse) -> Result<T, String>,
+    ) -> Attempt<T> {
         let endpoint = req.endpoint.to_string();
         let url = match self.url_for(&req.path_and_query) {
             Ok(u) => u,
@@ -202,22 +218,34 @@ impl ApiClient {
                 .body(body);
         }
         let started = Instant::now();
-        let result = self.exchange(builder, &endpoint).await;
+        let result = match self.exchange(builder, &endpoint).await {
+            Ok((status, content_type, body)) if (200..300).contains(&status) => {
+                let resp = ApiResponse {
+                    status,
+                    content_type,
+                    body,
+                };
+                match decode(resp) {
+                    Ok(v) => Ok(Ok((status, v))),
+                    Err(detail) => Err(ProviderError::InvalidResponse {
+                        endpoint: endpoint.clone(),
+                        detail,
+                    }),
+                }
+            }
+            Ok(other) => Ok(Err(other)),
+            Err(e) => Err(e),
+        };
         let code = match &result {
-            Ok((status, _, _)) => status.to_string(),
+            Ok(Ok((status, _))) => status.to_string(),
+            Ok(Err((status, _, _))) => status.to_string(),
             Err(e) => e.code_label(),
         };
         self.observer.observe(req.endpoint, &code, started.elapsed());
         let idempotent = req.retry == Retry::Idempotent;
         match result {
-            Ok((status, content_type, body)) if (200..300).contains(&status) => {
-                Attempt::Done(Ok(ApiResponse {
-                    status,
-                    content_type,
-                    body,
-                }))
-            }
-            Ok((status, content_type, body)) => {
+            Ok(Ok((_, v))) => Attempt::Done(Ok(v)),
+            Ok(Err((status, content_type, body))) => {
                 let message = error_message(content_type.as_deref(), &body);
                 let err = ProviderError::Http {
                     endpoint,

@@ -507,8 +507,9 @@ impl LnvpsClient {
             body: None,
             retry: Retry::Idempotent,
         };
-        let resp = self.api.send(&req).await?;
-        decode_json(endpoint, resp.content_type.as_deref(), &resp.body)
+        self.api
+            .send_decoded(&req, |resp| decode_json(resp.content_type.as_deref(), &resp.body))
+            .await
     }
 
     async fn list_vms(&self) -> Result<(Vec<ApiVm>, Vec<String>), ProviderError> {
@@ -603,23 +604,13 @@ impl LnvpsClient {
 
 /// Parses a `{"data":…}` JSON body, insisting on a JSON content type (an HTML page from
 /// a proxy with status 200 is an error, not data).
-fn decode_json<T: DeserializeOwned>(
-    endpoint: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<T, ProviderError> {
+fn decode_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) -> Result<T, String> {
     if let Some(ct) = content_type {
         if !ct.to_ascii_lowercase().contains("json") {
-            return Err(ProviderError::InvalidResponse {
-                endpoint: endpoint.to_string(),
-                detail: format!("expected JSON, got content type {ct:?}"),
-            });
+            return Err(format!("expected JSON, got content type {ct:?}"));
         }
     }
-    serde_json::from_slice(body).map_err(|e| ProviderError::InvalidResponse {
-        endpoint: endpoint.to_string(),
-        detail: format!("malformed JSON: {e}"),
-    })
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
 }
 
 #[async_trait]

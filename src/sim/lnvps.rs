@@ -1,0 +1,520 @@
+//! The fake LNVPS API server.
+//!
+//! It serves the customer API with in-memory users and VMs and behaves like the real
+//! server (LNVPS.md): envelopes, error bodies and content types, NIP-98 enforcement, the
+//! per-IP rate limiter (which runs before auth), and the worker's lifecycle. Tests drive
+//! it through [`LnvpsSimHandle`]; other processes through the `/_sim/` control API.
+//!
+//! A request goes: control API? → rate limiter → route (404/405) → injected fault →
+//! body (NIP-98 requests only, 2 MiB) → auth → handler, with the world advanced to
+//! "now" (the injected clock plus any skew) first.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::control;
+use super::handlers::{self, Call};
+use super::http::{read_body, serve, Body, Reply, JSON};
+use super::nip98::{sha256_hex, AuthRequest, Verifier};
+use super::ratelimit::{client_ip, RateLimiter};
+use super::routes::{self, Endpoint, Routed};
+use crate::clock::{SharedClock, SystemClock};
+
+pub use super::faults::{EndpointMatch, Fault, FaultKind};
+pub use super::scenario::{
+    CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
+    SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UserSpec, VmSpec, VmState,
+};
+use super::world::World;
+pub use super::world::{
+    CostPlan, HistoryEntry, Image, ObservedStatus, PowerAction, SavedPaymentMethod, SimAction,
+    SimPayment, SimVm, Template,
+};
+
+/// Largest body read for a NIP-98 request (the real server's payload middleware).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+/// Requests remembered by [`LnvpsSimHandle::requests`].
+const MAX_LOGGED: usize = 100_000;
+/// Longest a `Hang` fault holds a request.
+const MAX_HANG: Duration = Duration::from_secs(15 * 60);
+/// Background worker pass interval (requests also advance the world).
+const TICK: Duration = Duration::from_secs(1);
+
+/// One request the emulated API saw.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoggedRequest {
+    pub method: String,
+    /// Path without query.
+    pub path: String,
+    /// Route template, e.g. "/api/v1/vm/{id}/time-series"; "" when no route matched.
+    pub endpoint: String,
+    /// The path's `{id}`, if it parsed.
+    pub vm_id: Option<u64>,
+    /// Status sent; 0 = never answered (a `Hang` fault).
+    pub status: u16,
+    /// Simulator time.
+    pub at: DateTime<Utc>,
+    pub client_ip: IpAddr,
+}
+
+/// Starts simulators.
+pub struct LnvpsSim;
+
+impl LnvpsSim {
+    /// Binds `listen`, builds the world from `scenario` at `clock.now()` and serves
+    /// until [`LnvpsSimHandle::shutdown`].
+    pub async fn start(
+        listen: SocketAddr,
+        scenario: Scenario,
+        clock: SharedClock,
+    ) -> anyhow::Result<LnvpsSimHandle> {
+        scenario.validate()?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the LNVPS simulator to {listen}"))?;
+        let addr = listener.local_addr()?;
+        let default_owner = scenario.vms.first().map(|v| v.owner.clone());
+        let limiter = RateLimiter::new(scenario.rate_limit.clone());
+        let world = World::new(scenario, clock.now())?;
+        let handle = LnvpsSimHandle {
+            inner: Arc::new(Shared {
+                addr,
+                clock,
+                skew_secs: AtomicI64::new(0),
+                world: Mutex::new(world),
+                limiter,
+                verifier: Verifier::default(),
+                log: Mutex::new(VecDeque::new()),
+                shutdown: CancellationToken::new(),
+                tasks: Mutex::new(Vec::new()),
+                default_owner,
+            }),
+        };
+        let server = {
+            let h = handle.clone();
+            let token = handle.inner.shutdown.clone();
+            tokio::spawn(serve(listener, token, move |req, peer| {
+                let h = h.clone();
+                async move { h.handle_request(req, peer).await }
+            }))
+        };
+        let ticker = tokio::spawn(ticker(handle.clone()));
+        handle.lock_tasks().extend([server, ticker]);
+        Ok(handle)
+    }
+}
+
+/// Advances the world once a second so expiry and timeline events happen without
+/// requests.
+async fn ticker(handle: LnvpsSimHandle) {
+    loop {
+        tokio::select! {
+            _ = handle.inner.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(TICK) => handle.tick(),
+        }
+    }
+}
+
+struct Shared {
+    addr: SocketAddr,
+    clock: SharedClock,
+    skew_secs: AtomicI64,
+    world: Mutex<World>,
+    limiter: RateLimiter,
+    verifier: Verifier,
+    log: Mutex<VecDeque<LoggedRequest>>,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Owner of the scenario's first VM: what "default" means in the control API.
+    default_owner: Option<String>,
+}
+
+/// A running simulator. Cheap to clone.
+#[derive(Clone)]
+pub struct LnvpsSimHandle {
+    inner: Arc<Shared>,
+}
+
+impl LnvpsSimHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// "http://127.0.0.1:PORT".
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// The simulator's "now": the clock plus skew.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+            + chrono::Duration::seconds(self.inner.skew_secs.load(Ordering::Relaxed))
+    }
+
+    fn lock_world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.inner.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the world after advancing it to now.
+    fn with_world<R>(&self, f: impl FnOnce(&mut World, DateTime<Utc>) -> R) -> R {
+        let now = self.now();
+        let mut w = self.lock_world();
+        w.tick(now);
+        f(&mut w, now)
+    }
+
+    /// Runs one worker pass now (timeline events, expiry, status refresh).
+    pub fn tick(&self) {
+        self.with_world(|_, _| ());
+    }
+
+    /// Adds a VM; relative times in `spec` count from now. Returns its id.
+    pub fn add_vm(&self, owner_pubkey_hex: &str, spec: VmSpec) -> u64 {
+        self.with_world(|w, now| w.add_vm(owner_pubkey_hex, spec, now))
+    }
+
+    /// Mutates a VM (state, expiry, usage, flags…); the next worker pass sees it.
+    pub fn update_vm(&self, id: u64, f: impl FnOnce(&mut SimVm)) {
+        self.with_world(|w, _| {
+            if let Some(vm) = w.vm_mut(id) {
+                f(vm);
+            }
+        });
+    }
+
+    /// Soft-deletes a VM: gone from lists, GET answers 404 "VM not found".
+    pub fn remove_vm(&self, id: u64) {
+        self.with_world(|w, now| w.remove_vm(id, now));
+    }
+
+    /// A snapshot of one VM (None once purged or never created).
+    pub fn vm(&self, id: u64) -> Option<SimVm> {
+        self.with_world(|w, _| w.vm(id).cloned())
+    }
+
+    /// Snapshots of every VM, deleted ones included.
+    pub fn vms(&self) -> Vec<SimVm> {
+        self.with_world(|w, _| w.all_vms().cloned().collect())
+    }
+
+    /// Replaces a user's saved payment methods (GET /api/v1/payment-methods).
+    pub fn set_payment_methods(&self, owner_pubkey_hex: &str, methods: Vec<PaymentMethodSpec>) {
+        self.with_world(|w, now| w.set_payment_methods(owner_pubkey_hex, &methods, now));
+    }
+
+    pub fn inject_fault(&self, fault: Fault) {
+        self.with_world(|w, _| w.faults.add(fault));
+    }
+
+    pub fn clear_faults(&self) {
+        self.with_world(|w, _| w.faults.clear());
+    }
+
+    pub fn faults(&self) -> Vec<Fault> {
+        self.with_world(|w, _| w.faults.list())
+    }
+
+    /// Shifts the simulator's clock (NIP-98 window, expiry, status timestamps).
+    pub fn set_clock_skew(&self, secs: i64) {
+        self.inner.skew_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// Replaces the rate limit settings and forgets every window.
+    pub fn set_rate_limit(&self, settings: RateLimitSettings) {
+        self.inner.limiter.set_settings(settings);
+    }
+
+    /// Requests seen by the emulated API (not the control API), oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.lock_log().iter().cloned().collect()
+    }
+
+    pub fn clear_requests(&self) {
+        self.lock_log().clear();
+    }
+
+    /// Stops accepting, cancels hung requests and lets the rest finish (up to 5 s).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// [`shutdown`](Self::shutdown), then waits until the server has stopped.
+    pub async fn shutdown_and_wait(&self) {
+        self.shutdown();
+        let tasks: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub(crate) fn default_owner(&self) -> Option<String> {
+        self.inner.default_owner.clone()
+    }
+
+    fn lock_log(&self) -> std::sync::MutexGuard<'_, VecDeque<LoggedRequest>> {
+        self.inner.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log(&self, meta: &RequestMeta, status: u16) {
+        let mut log = self.lock_log();
+        if log.len() >= MAX_LOGGED {
+            log.pop_front();
+        }
+        log.push_back(LoggedRequest {
+            method: meta.method.clone(),
+            path: meta.path.clone(),
+            endpoint: meta.template.unwrap_or("").to_string(),
+            vm_id: meta.vm_id,
+            status,
+            at: meta.at,
+            client_ip: meta.ip,
+        });
+    }
+
+    async fn handle_request(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if control::is_control_path(req.uri().path()) {
+            return control::handle(self, req).await;
+        }
+        let routed = routes::route(req.uri().path(), req.method());
+        let meta = RequestMeta {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            template: routed.template(),
+            vm_id: match &routed {
+                Routed::Found { id: Some(raw), .. } => routes::parse_id(raw).ok(),
+                _ => None,
+            },
+            at: self.now(),
+            ip: client_ip(req.headers(), peer),
+        };
+        if let Err(retry_after) = self.inner.limiter.check(meta.ip, &meta.path) {
+            return self.finish(&meta, rate_limited(retry_after), false);
+        }
+        let fault = self.with_world(|w, _| w.faults.take(meta.template, meta.vm_id));
+        let mut truncate = false;
+        match fault {
+            None => {}
+            Some(FaultKind::Latency(d)) => {
+                tokio::select! {
+                    _ = self.inner.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+            Some(FaultKind::Hang) => {
+                self.log(&meta, 0);
+                tokio::select! {
+                    _ = self.inner.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(MAX_HANG) => {}
+                }
+                return Reply::empty(StatusCode::SERVICE_UNAVAILABLE).into_response();
+            }
+            Some(FaultKind::TruncatedBody) => truncate = true,
+            Some(kind) => return self.finish(&meta, fault_reply(&kind), false),
+        }
+        let reply = match routed {
+            Routed::NotFound => Reply::empty(StatusCode::NOT_FOUND),
+            Routed::MethodNotAllowed { allow, .. } => {
+                Reply::empty(StatusCode::METHOD_NOT_ALLOWED).with_header(ALLOW, allow)
+            }
+            Routed::Found { endpoint, id, .. } => self.serve_endpoint(req, endpoint, id).await,
+        };
+        self.finish(&meta, reply, truncate)
+    }
+
+    fn finish(&self, meta: &RequestMeta, reply: Reply, truncate: bool) -> Response<Body> {
+        self.log(meta, reply.status.as_u16());
+        if truncate {
+            reply.into_truncated_response()
+        } else {
+            reply.into_response()
+        }
+    }
+
+    async fn serve_endpoint(
+        &self,
+        req: Request<Incoming>,
+        endpoint: Endpoint,
+        id: Option<String>,
+    ) -> Reply {
+        let (parts, body) = req.into_parts();
+        let auth = parts.headers.get(AUTHORIZATION);
+        let is_nostr = auth
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Nostr "));
+        let body = if is_nostr {
+            match read_body(body, MAX_BODY).await {
+                Some(b) => b,
+                None => {
+                    return Reply::text(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+                }
+            }
+        } else {
+            Bytes::new()
+        };
+        let now = self.now();
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let mut call = Call {
+            endpoint,
+            id: id.as_deref(),
+            query: parts.uri.query(),
+            content_type,
+            body: &body,
+            user: "",
+            now,
+        };
+        if endpoint.is_public() {
+            return self.with_world(|w, _| handlers::public(w, &call));
+        }
+        let body_sha256 = is_nostr.then(|| sha256_hex(&body));
+        let auth_req = AuthRequest {
+            header: auth,
+            path: parts.uri.path(),
+            method: parts.method.as_str(),
+            body_sha256: body_sha256.as_deref(),
+            now_unix: now.timestamp(),
+        };
+        let user = match self.inner.verifier.authenticate(&auth_req) {
+            Ok(u) => u,
+            Err(r) => return Reply::text(r.status, r.message),
+        };
+        call.user = &user;
+        self.with_world(|w, now| {
+            w.upsert_user(&user, now);
+            handlers::authenticated(w, &call)
+        })
+    }
+}
+
+struct RequestMeta {
+    method: String,
+    path: String,
+    template: Option<&'static str>,
+    vm_id: Option<u64>,
+    at: DateTime<Utc>,
+    ip: IpAddr,
+}
+
+fn rate_limited(retry_after: u64) -> Reply {
+    Reply::text(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded")
+        .with_header(RETRY_AFTER, retry_after.max(1).to_string())
+}
+
+/// The answer a fault gives instead of the normal one.
+fn fault_reply(kind: &FaultKind) -> Reply {
+    match kind {
+        FaultKind::Status(code) => status_fault(*code),
+        FaultKind::MalformedJson => Reply::new(
+            StatusCode::OK,
+            Some(JSON),
+            r#"{"data":[{"id":1,"status":{"state":running,"cpu_usage":0.1}"#,
+        ),
+        FaultKind::Unauthorized => Reply::text(
+            StatusCode::UNAUTHORIZED,
+            "Auth check failed: Event signature invalid",
+        ),
+        FaultKind::RateLimited { retry_after_secs } => rate_limited(*retry_after_secs),
+        FaultKind::WrongContentType => Reply::html(
+            StatusCode::OK,
+            "<!DOCTYPE html>\n<html><head><title>LNVPS</title></head>\
+             <body><h1>LNVPS</h1><p>You need to enable JavaScript to run this app.</p></body></html>\n",
+        ),
+        // Handled before a reply is built; answer normally if one gets here.
+        FaultKind::Latency(_) | FaultKind::Hang | FaultKind::TruncatedBody => handlers::internal_error(),
+    }
+}
+
+/// 500 → the API's sanitized error; 502–504 → a reverse proxy's page; else JSON.
+fn status_fault(code: u16) -> Reply {
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return handlers::internal_error();
+    };
+    match code {
+        500 => handlers::internal_error(),
+        502..=504 => {
+            let title = format!("{} {}", code, status.canonical_reason().unwrap_or("Error"));
+            Reply::html(
+                status,
+                format!(
+                    "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+                ),
+            )
+        }
+        _ => handlers::api_error(status, status.canonical_reason().unwrap_or("Error")),
+    }
+}
+
+/// `vpswatch simulate`: serves `scenario` on the system clock until Ctrl-C or SIGTERM.
+/// Without `owner_pubkey` a throwaway key is generated and its secret printed, so a
+/// local vpswatch can be pointed at the simulator.
+pub async fn run_cli(
+    listen: SocketAddr,
+    scenario: &str,
+    owner_pubkey: Option<String>,
+) -> anyhow::Result<()> {
+    let (owner, generated) = match owner_pubkey {
+        Some(o) => (super::scenario::normalize_pubkey(&o)?, None),
+        None => {
+            let keys = nostr::Keys::generate();
+            (keys.public_key().to_hex(), Some(keys))
+        }
+    };
+    let scenario = Scenario::load(scenario, Some(&owner))?;
+    let vms = scenario.vms.len();
+    let sim = LnvpsSim::start(listen, scenario, Arc::new(SystemClock)).await?;
+    println!("LNVPS simulator listening on {}", sim.base_url());
+    println!("  VMs: {vms}, owner pubkey: {owner}");
+    if let Some(keys) = generated {
+        println!(
+            "  owner secret key (throwaway, generated for this run): {}",
+            keys.secret_key().to_secret_hex()
+        );
+    }
+    println!("  control API: {}/_sim/", sim.base_url());
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    sim.shutdown_and_wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,29 @@
+//! Fake upstream servers on loopback.
+//!
+//! The simulator is the only upstream the tests and the demo ever reach, so it has to
+//! behave like the real provider down to status codes, content types and message texts.
+//! Independent client implementations are tested against it.
+//!
+//! Layout:
+//! - [`lnvps`]: the fake LNVPS API server, its handle and the `simulate` CLI entry point;
+//! - [`scenario`]: the starting world and its timeline (TOML/JSON, built-ins);
+//! - [`faults`]: injectable API faults (latency, 5xx, 429, broken bodies, hangs);
+//! - `world`: in-memory users, VMs and the lifecycle the real worker runs;
+//! - `handlers`, `routes`, `wire`: the emulated endpoints, route table and JSON shapes;
+//! - `nip98`: NIP-98 verification exactly as the real server enforces it;
+//! - `ratelimit`: the real server's per-IP fixed-window limiter;
+//! - `control`: the unauthenticated `/_sim/` control API for out-of-process use;
+//! - `http`: hyper plumbing shared by the fake servers (bodies, replies, serving).
+
+mod control;
+pub mod faults;
+mod handlers;
+mod http;
+pub mod lnvps;
+mod nip98;
+mod ratelimit;
+mod render;
+mod routes;
+pub mod scenario;
+mod wire;
+mod world;

@@ -1,0 +1,85 @@
+//! The `vpswatch demo` binary end to end: it starts without configuration, serves
+//! /metrics with the scenario's VMs, the output passes `promtool check metrics`, and
+//! SIGTERM stops it cleanly.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(["--log.level", "warn", "demo", "--web.listen-address", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut metrics_url = None;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.trim_start().starts_with("metrics:") {
+            metrics_url = line.split_whitespace().last().map(str::to_string);
+            break;
+        }
+    }
+    let url = metrics_url.expect("demo printed the metrics URL");
+
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let text = match client.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        // Wait until usage of the running VMs has arrived too.
+        if text.contains("vps_cpu_usage_ratio{") && text.contains("vps_up{") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "demo never served VM metrics:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for needle in [
+        "vps_state{",
+        "state=\"stopped\"} 1",
+        "vps_expiry_timestamp_seconds{",
+        "vps_renewal_price{",
+        "vpswatch_provider_up{account=\"demo\",provider=\"lnvps\"} 1",
+        "vpswatch_build_info{",
+    ] {
+        assert!(body.contains(needle), "missing {needle} in:\n{body}");
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGTERM → graceful exit with status 0.
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "demo exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

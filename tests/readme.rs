@@ -1,0 +1,38 @@
+//! The README's metric reference must equal the table generated from the code.
+
+#[test]
+fn readme_metric_table_matches_the_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = "<!-- metrics-table:start -->\n";
+    let end = "<!-- metrics-table:end -->";
+    let a = readme.find(start).expect("start marker") + start.len();
+    let b = readme.find(end).expect("end marker");
+    let in_readme = &readme[a..b];
+    let generated = vpswatch::metrics::defs::markdown_table();
+    assert_eq!(
+        in_readme.trim(),
+        generated.trim(),
+        "README metric table is out of date: run `vpswatch metrics-doc` and paste it between the markers"
+    );
+}
+
+#[test]
+fn every_metric_name_follows_prometheus_conventions() {
+    use vpswatch::metrics::defs::{Kind, ALL};
+    let mut names = std::collections::HashSet::new();
+    for d in ALL {
+        assert!(names.insert(d.name), "{} declared twice", d.name);
+        assert!(
+            d.name.starts_with("vps_") || d.name.starts_with("vpswatch_"),
+            "{}",
+            d.name
+        );
+        assert_eq!(d.kind == Kind::Counter, d.name.ends_with("_total"), "{}", d.name);
+        for bad in ["_count", "_sum", "_bucket"] {
+            assert!(!d.name.ends_with(bad), "{} ends with {bad}", d.name);
+        }
+        assert!(!d.help.is_empty(), "{} has no help", d.name);
+        assert!(d.labels.iter().all(|l| !l.is_empty()));
+    }
+}

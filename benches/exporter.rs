@@ -107,6 +107,7 @@ async fn load(url: &str, gzip: bool, conns: usize, secs: u64) -> (f64, Duration,
 
 #[tokio::main]
 async fn main() {
+    vpswatch::daemon::install_crypto_provider();
     let vms = env_num("BENCH_VMS", 1000);
     let secs = env_num("BENCH_SECONDS", 5);
     let conns = env_num("BENCH_CONNECTIONS", 8) as usize;
@@ -136,7 +137,13 @@ async fn main() {
     let mut sim_url = None;
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         if let Some(i) = line.find("http://") {
-            sim_url = Some(line[i..].split_whitespace().next().unwrap_or("").to_string());
+            sim_url = Some(
+                line[i..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            );
             break;
         }
     }
@@ -193,7 +200,11 @@ async fn main() {
         .await
         .expect("body");
     let cycle = metric_value(&text, "vpswatch_poll_duration_seconds", "account=\"bench\"");
-    let requests = metric_value(&text, "vpswatch_provider_requests_total", "account=\"bench\"");
+    let requests = metric_value(
+        &text,
+        "vpswatch_provider_requests_total",
+        "account=\"bench\"",
+    );
     let throttled = metric_value(&text, "vpswatch_provider_requests_total", "code=\"429\"");
     let running = text
         .lines()
@@ -211,7 +222,10 @@ async fn main() {
     println!("| ratio (target ≤ 1.1) | {:.3} |", cycle / floor);
     println!("| 429 responses (target 0) | {throttled} |");
     println!("| series exported | {series} |");
-    println!("| RSS after the poll | {:.1} MiB |", rss_kib(pid, "VmRSS:") as f64 / 1024.0);
+    println!(
+        "| RSS after the poll | {:.1} MiB |",
+        rss_kib(pid, "VmRSS:") as f64 / 1024.0
+    );
 
     println!();
     println!("| /metrics | round | req/s | p50 | p99 | body bytes |");

@@ -233,8 +233,7 @@ pub fn parse(
     let mut warnings = Vec::new();
 
     let raw_accounts = table.remove("accounts");
-    let globals: Option<RawGlobals> =
-        read_section(toml::Value::Table(table), "", &mut problems);
+    let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
     match raw_accounts {
@@ -318,9 +317,14 @@ pub fn parse(
                 message: format!("{:?} is already used by {prev}", raw.name),
             });
         }
-        if let Some(acc) =
-            validate_account(&prefix, raw, g.poll_interval, env, &mut problems, &mut warnings)
-        {
+        if let Some(acc) = validate_account(
+            &prefix,
+            raw,
+            g.poll_interval,
+            env,
+            &mut problems,
+            &mut warnings,
+        ) {
             valid_accounts.push(acc);
         }
     }

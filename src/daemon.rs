@@ -45,12 +45,8 @@ impl Daemon {
             .with_context(|| format!("cannot listen on {}", config.listen_address))?;
         let addr = listener.local_addr()?;
 
-        let store = SnapshotStore::new(
-            config
-                .accounts
-                .iter()
-                .map(|a| (a.provider, a.name.clone())),
-        );
+        let store =
+            SnapshotStore::new(config.accounts.iter().map(|a| (a.provider, a.name.clone())));
         let self_metrics = SelfMetrics::new();
         let budgets = BudgetRegistry::default();
         let mut providers = Vec::new();

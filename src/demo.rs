@@ -40,9 +40,13 @@ pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Dem
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let scenario = Scenario::load("demo", Some(&owner)).context("loading the demo scenario")?;
-    let sim = LnvpsSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), scenario, clock.clone())
-        .await
-        .context("starting the LNVPS simulator")?;
+    let sim = LnvpsSim::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        scenario,
+        clock.clone(),
+    )
+    .await
+    .context("starting the LNVPS simulator")?;
     let secret = keys.secret_key().to_secret_hex();
     let text = demo_config_toml(&sim.base_url(), listen);
     let config = crate::config::parse(&text, "<demo>", &|name| {
@@ -57,11 +61,20 @@ pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Dem
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let demo = start(listen, Arc::new(SystemClock)).await?;
     let addr = demo.daemon.addr;
-    println!("vpswatch demo is running.");
-    println!("  simulated LNVPS API: {}", demo.sim.base_url());
-    println!("  metrics:             http://{addr}/metrics");
-    println!("  readiness:           http://{addr}/-/ready");
-    println!("Press Ctrl-C to stop.");
+    // A closed stdout (piped into `head`, a test that stopped reading) must not kill the
+    // demo, so write without println!'s panic.
+    let banner = format!(
+        "vpswatch demo is running.\n  simulated LNVPS API: {}\n  metrics:             \
+         http://{addr}/metrics\n  readiness:           http://{addr}/-/ready\n\
+         Press Ctrl-C to stop.\n",
+        demo.sim.base_url()
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+    }
     demo.daemon.run_until_signal().await;
     demo.sim.shutdown();
     Ok(())

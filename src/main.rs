@@ -11,7 +11,11 @@ use vpswatch::clock::SystemClock;
 use vpswatch::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "vpswatch", version, about = "Prometheus exporter and watchdog for LNVPS and StableVPS")]
+#[command(
+    name = "vpswatch",
+    version,
+    about = "Prometheus exporter and watchdog for LNVPS and StableVPS"
+)]
 struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", global = true, default_value = "info")]

@@ -142,6 +142,9 @@ mod tests {
         let err = parse_nostr_key(&npub).err().unwrap_or_default();
         assert!(err.contains("public key"), "{err}");
         let bad = parse_nostr_key("not-a-key").err().unwrap_or_default();
-        assert!(!bad.contains("not-a-key"), "secret text must not be echoed: {bad}");
+        assert!(
+            !bad.contains("not-a-key"),
+            "secret text must not be echoed: {bad}"
+        );
     }
 }

@@ -73,7 +73,10 @@ fn metrics(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
     );
-    h.insert(header::VARY, header::HeaderValue::from_static("Accept-Encoding"));
+    h.insert(
+        header::VARY,
+        header::HeaderValue::from_static("Accept-Encoding"),
+    );
     if gzip {
         h.insert(
             header::CONTENT_ENCODING,

@@ -8,20 +8,32 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
-        .args(["--log.level", "warn", "demo", "--web.listen-address", "127.0.0.1:0"])
+    vpswatch::daemon::install_crypto_provider();
+    let child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args([
+            "--log.level",
+            "warn",
+            "demo",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start demo");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut metrics_url = None;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if line.trim_start().starts_with("metrics:") {
-            metrics_url = line.split_whitespace().last().map(str::to_string);
-            break;
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading stdout to the end so the demo never writes into a closed pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.trim_start().starts_with("metrics:") {
+                let _ = tx.send(line.split_whitespace().last().unwrap_or("").to_string());
+            }
         }
-    }
-    let url = metrics_url.expect("demo printed the metrics URL");
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("demo printed the metrics URL");
 
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -34,7 +46,10 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         if text.contains("vps_cpu_usage_ratio{") && text.contains("vps_up{") {
             break text;
         }
-        assert!(Instant::now() < deadline, "demo never served VM metrics:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "demo never served VM metrics:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for needle in [
@@ -42,7 +57,7 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         "state=\"stopped\"} 1",
         "vps_expiry_timestamp_seconds{",
         "vps_renewal_price{",
-        "vpswatch_provider_up{account=\"demo\",provider=\"lnvps\"} 1",
+        "vpswatch_provider_up{provider=\"lnvps\",account=\"demo\"} 1",
         "vpswatch_build_info{",
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
@@ -70,16 +85,29 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
     );
 
     // SIGTERM → graceful exit with status 0.
-    let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             assert!(status.success(), "demo exited with {status}");
             break;
         }
         assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the demo if the test fails half-way, so no process outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -28,7 +28,12 @@ fn every_metric_name_follows_prometheus_conventions() {
             "{}",
             d.name
         );
-        assert_eq!(d.kind == Kind::Counter, d.name.ends_with("_total"), "{}", d.name);
+        assert_eq!(
+            d.kind == Kind::Counter,
+            d.name.ends_with("_total"),
+            "{}",
+            d.name
+        );
         for bad in ["_count", "_sum", "_bucket"] {
             assert!(!d.name.ends_with(bad), "{} ends with {bad}", d.name);
         }

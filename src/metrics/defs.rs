@@ -46,68 +46,209 @@ macro_rules! metric {
 }
 
 // Per VM. Values come from the last successful poll of the account.
-metric!(VPS_INFO, "vps_info", Gauge,
+metric!(
+    VPS_INFO,
+    "vps_info",
+    Gauge,
     &["provider", "account", "vm", "name", "plan", "location", "image", "ipv4"],
-    "Always 1; descriptive labels of the VM as of the last successful poll.");
-metric!(VPS_STATE, "vps_state", Gauge, &["provider", "account", "vm", "state"],
-    "1 for the VM's current state, 0 for the provider's other known states (last poll).");
-metric!(VPS_UP, "vps_up", Gauge, VM,
-    "1 if the provider reports the VM running/active at the last poll, else 0.");
-metric!(VPS_EXPIRY, "vps_expiry_timestamp_seconds", Gauge, VM,
-    "End of the paid period (Unix seconds); absent for a never-paid VM (last poll).");
-metric!(VPS_DELETION, "vps_deletion_timestamp_seconds", Gauge, VM,
-    "When the provider deletes the VM if it is not renewed (Unix seconds; last poll).");
-metric!(VPS_AUTO_RENEWAL, "vps_auto_renewal_enabled", Gauge, VM,
-    "1 if server-side automatic renewal is on for the VM (last poll).");
-metric!(VPS_RENEWAL_PRICE, "vps_renewal_price", Gauge, &["provider", "account", "vm", "currency"],
-    "List price of renewing the VM for one period, in major units (EUR, BTC; last poll).");
-metric!(VPS_RENEWAL_PERIOD, "vps_renewal_period_seconds", Gauge, VM,
-    "Length of the next billing period in seconds (last poll).");
-metric!(VPS_CPUS, "vps_cpus", Gauge, VM, "vCPUs of the VM's plan (last poll).");
-metric!(VPS_MEMORY, "vps_memory_bytes", Gauge, VM, "Memory of the VM's plan in bytes (last poll).");
-metric!(VPS_DISK, "vps_disk_bytes", Gauge, VM, "Disk size of the VM's plan in bytes (last poll).");
-metric!(VPS_CPU_USAGE, "vps_cpu_usage_ratio", Gauge, VM,
-    "CPU use as a fraction of the allotted vCPUs, newest complete time-series point.");
-metric!(VPS_MEMORY_USAGE, "vps_memory_usage_bytes", Gauge, VM,
-    "Memory in use in bytes, newest complete time-series point.");
-metric!(VPS_NET_RX, "vps_network_receive_bytes_per_second", Gauge, VM,
-    "Network receive rate in bytes/s, newest complete time-series point.");
-metric!(VPS_NET_TX, "vps_network_transmit_bytes_per_second", Gauge, VM,
-    "Network transmit rate in bytes/s, newest complete time-series point.");
-metric!(VPS_DISK_READ, "vps_disk_read_bytes_per_second", Gauge, VM,
-    "Disk read rate in bytes/s, newest complete time-series point.");
-metric!(VPS_DISK_WRITE, "vps_disk_write_bytes_per_second", Gauge, VM,
-    "Disk write rate in bytes/s, newest complete time-series point.");
-metric!(VPS_USAGE_TIMESTAMP, "vps_usage_timestamp_seconds", Gauge, VM,
-    "Time of the time-series point the usage metrics come from (Unix seconds).");
-metric!(VPS_UPTIME, "vps_uptime_seconds", Gauge, VM,
-    "Uptime reported by the provider in seconds (0 where the host does not report it).");
-metric!(VPS_STATUS_TIMESTAMP, "vps_status_timestamp_seconds", Gauge, VM,
-    "When the provider last observed the VM's state (Unix seconds; 0 = never).");
+    "Always 1; descriptive labels of the VM as of the last successful poll."
+);
+metric!(
+    VPS_STATE,
+    "vps_state",
+    Gauge,
+    &["provider", "account", "vm", "state"],
+    "1 for the VM's current state, 0 for the provider's other known states (last poll)."
+);
+metric!(
+    VPS_UP,
+    "vps_up",
+    Gauge,
+    VM,
+    "1 if the provider reports the VM running/active at the last poll, else 0."
+);
+metric!(
+    VPS_EXPIRY,
+    "vps_expiry_timestamp_seconds",
+    Gauge,
+    VM,
+    "End of the paid period (Unix seconds); absent for a never-paid VM (last poll)."
+);
+metric!(
+    VPS_DELETION,
+    "vps_deletion_timestamp_seconds",
+    Gauge,
+    VM,
+    "When the provider deletes the VM if it is not renewed (Unix seconds; last poll)."
+);
+metric!(
+    VPS_AUTO_RENEWAL,
+    "vps_auto_renewal_enabled",
+    Gauge,
+    VM,
+    "1 if server-side automatic renewal is on for the VM (last poll)."
+);
+metric!(
+    VPS_RENEWAL_PRICE,
+    "vps_renewal_price",
+    Gauge,
+    &["provider", "account", "vm", "currency"],
+    "List price of renewing the VM for one period, in major units (EUR, BTC; last poll)."
+);
+metric!(
+    VPS_RENEWAL_PERIOD,
+    "vps_renewal_period_seconds",
+    Gauge,
+    VM,
+    "Length of the next billing period in seconds (last poll)."
+);
+metric!(
+    VPS_CPUS,
+    "vps_cpus",
+    Gauge,
+    VM,
+    "vCPUs of the VM's plan (last poll)."
+);
+metric!(
+    VPS_MEMORY,
+    "vps_memory_bytes",
+    Gauge,
+    VM,
+    "Memory of the VM's plan in bytes (last poll)."
+);
+metric!(
+    VPS_DISK,
+    "vps_disk_bytes",
+    Gauge,
+    VM,
+    "Disk size of the VM's plan in bytes (last poll)."
+);
+metric!(
+    VPS_CPU_USAGE,
+    "vps_cpu_usage_ratio",
+    Gauge,
+    VM,
+    "CPU use as a fraction of the allotted vCPUs, newest complete time-series point."
+);
+metric!(
+    VPS_MEMORY_USAGE,
+    "vps_memory_usage_bytes",
+    Gauge,
+    VM,
+    "Memory in use in bytes, newest complete time-series point."
+);
+metric!(
+    VPS_NET_RX,
+    "vps_network_receive_bytes_per_second",
+    Gauge,
+    VM,
+    "Network receive rate in bytes/s, newest complete time-series point."
+);
+metric!(
+    VPS_NET_TX,
+    "vps_network_transmit_bytes_per_second",
+    Gauge,
+    VM,
+    "Network transmit rate in bytes/s, newest complete time-series point."
+);
+metric!(
+    VPS_DISK_READ,
+    "vps_disk_read_bytes_per_second",
+    Gauge,
+    VM,
+    "Disk read rate in bytes/s, newest complete time-series point."
+);
+metric!(
+    VPS_DISK_WRITE,
+    "vps_disk_write_bytes_per_second",
+    Gauge,
+    VM,
+    "Disk write rate in bytes/s, newest complete time-series point."
+);
+metric!(
+    VPS_USAGE_TIMESTAMP,
+    "vps_usage_timestamp_seconds",
+    Gauge,
+    VM,
+    "Time of the time-series point the usage metrics come from (Unix seconds)."
+);
+metric!(
+    VPS_UPTIME,
+    "vps_uptime_seconds",
+    Gauge,
+    VM,
+    "Uptime reported by the provider in seconds (0 where the host does not report it)."
+);
+metric!(
+    VPS_STATUS_TIMESTAMP,
+    "vps_status_timestamp_seconds",
+    Gauge,
+    VM,
+    "When the provider last observed the VM's state (Unix seconds; 0 = never)."
+);
 
 // Per account.
-metric!(VPS_ACCOUNT_EMAIL_VERIFIED, "vps_account_email_verified", Gauge, ACCOUNT,
-    "1 if the account's email address is verified, 0 if not (absent when no email is set).");
-metric!(VPS_ACCOUNT_PAYMENT_METHODS, "vps_account_payment_methods", Gauge, ACCOUNT,
-    "Enabled saved payment methods (LNVPS auto-renewal needs at least one; last poll).");
+metric!(
+    VPS_ACCOUNT_EMAIL_VERIFIED,
+    "vps_account_email_verified",
+    Gauge,
+    ACCOUNT,
+    "1 if the account's email address is verified, 0 if not (absent when no email is set)."
+);
+metric!(
+    VPS_ACCOUNT_PAYMENT_METHODS,
+    "vps_account_payment_methods",
+    Gauge,
+    ACCOUNT,
+    "Enabled saved payment methods (LNVPS auto-renewal needs at least one; last poll)."
+);
 
 // vpswatch itself.
-metric!(BUILD_INFO, "vpswatch_build_info", Gauge, &["version", "revision"],
-    "Always 1; the running vpswatch version and source revision.");
-metric!(PROVIDER_UP, "vpswatch_provider_up", Gauge, ACCOUNT,
-    "1 if the latest poll of the account succeeded, 0 if it failed or none finished yet.");
-metric!(PROVIDER_LAST_SUCCESS, "vpswatch_provider_last_success_timestamp_seconds", Gauge, ACCOUNT,
-    "Time of the last successful poll of the account (Unix seconds; 0 = never).");
-metric!(PROVIDER_CONSECUTIVE_FAILURES, "vpswatch_provider_consecutive_failures", Gauge, ACCOUNT,
-    "Polls of the account that failed in a row (0 after a success).");
+metric!(
+    BUILD_INFO,
+    "vpswatch_build_info",
+    Gauge,
+    &["version", "revision"],
+    "Always 1; the running vpswatch version and source revision."
+);
+metric!(
+    PROVIDER_UP,
+    "vpswatch_provider_up",
+    Gauge,
+    ACCOUNT,
+    "1 if the latest poll of the account succeeded, 0 if it failed or none finished yet."
+);
+metric!(
+    PROVIDER_LAST_SUCCESS,
+    "vpswatch_provider_last_success_timestamp_seconds",
+    Gauge,
+    ACCOUNT,
+    "Time of the last successful poll of the account (Unix seconds; 0 = never)."
+);
+metric!(
+    PROVIDER_CONSECUTIVE_FAILURES,
+    "vpswatch_provider_consecutive_failures",
+    Gauge,
+    ACCOUNT,
+    "Polls of the account that failed in a row (0 after a success)."
+);
 metric!(PROVIDER_REQUESTS, "vpswatch_provider_requests_total", Counter,
     &["provider", "account", "endpoint", "code"],
     "Requests to provider APIs by endpoint and outcome (HTTP status, timeout, connect_error, invalid_response).");
-metric!(PROVIDER_REQUEST_DURATION, "vpswatch_provider_request_duration_seconds", Histogram,
+metric!(
+    PROVIDER_REQUEST_DURATION,
+    "vpswatch_provider_request_duration_seconds",
+    Histogram,
     &["provider", "account", "endpoint"],
-    "Time of each request to a provider API, retries counted separately.");
-metric!(POLL_DURATION, "vpswatch_poll_duration_seconds", Gauge, ACCOUNT,
-    "Duration of the account's latest poll in seconds.");
+    "Time of each request to a provider API, retries counted separately."
+);
+metric!(
+    POLL_DURATION,
+    "vpswatch_poll_duration_seconds",
+    Gauge,
+    ACCOUNT,
+    "Duration of the account's latest poll in seconds."
+);
 
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[

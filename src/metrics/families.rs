@@ -20,7 +20,10 @@ impl FamilySet {
     pub fn gauge(&mut self, def: &'static MetricDef, labels: &[&str], value: f64) {
         debug_assert_eq!(def.kind, Kind::Gauge);
         debug_assert_eq!(def.labels.len(), labels.len(), "{}", def.name);
-        let fam = self.families.entry(def.name).or_insert_with(|| new_family(def));
+        let fam = self
+            .families
+            .entry(def.name)
+            .or_insert_with(|| new_family(def));
         let mut m = Metric::default();
         m.set_label(
             def.labels

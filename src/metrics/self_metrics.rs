@@ -29,7 +29,9 @@ impl SelfMetrics {
                 defs::PROVIDER_REQUEST_DURATION.name,
                 defs::PROVIDER_REQUEST_DURATION.help,
             )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             defs::PROVIDER_REQUEST_DURATION.labels,
         )
         .expect("static metric definition is valid");

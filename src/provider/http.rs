@@ -200,7 +200,9 @@ impl ApiClient {
         let endpoint = req.endpoint.to_string();
         let url = match self.url_for(&req.path_and_query) {
             Ok(u) => u,
-            Err(detail) => return Attempt::Done(Err(ProviderError::InvalidResponse { endpoint, detail })),
+            Err(detail) => {
+                return Attempt::Done(Err(ProviderError::InvalidResponse { endpoint, detail }))
+            }
         };
         let body = req.body.clone().unwrap_or_default();
         self.budget.acquire().await;
@@ -241,7 +243,8 @@ impl ApiClient {
             Ok(Err((status, _, _))) => status.to_string(),
             Err(e) => e.code_label(),
         };
-        self.observer.observe(req.endpoint, &code, started.elapsed());
+        self.observer
+            .observe(req.endpoint, &code, started.elapsed());
         let idempotent = req.retry == Retry::Idempotent;
         match result {
             Ok(Ok((_, v))) => Attempt::Done(Ok(v)),
@@ -429,8 +432,8 @@ pub fn error_message(content_type: Option<&str>, body: &[u8]) -> String {
             return clip(msg, MAX);
         }
     }
-    let is_html = content_type.is_some_and(|c| c.contains("html"))
-        || text.trim_start().starts_with('<');
+    let is_html =
+        content_type.is_some_and(|c| c.contains("html")) || text.trim_start().starts_with('<');
     if is_html {
         let lower = text.to_ascii_lowercase();
         if let (Some(a), Some(b)) = (lower.find("<title>"), lower.find("</title>")) {
@@ -473,7 +476,10 @@ mod tests {
 
     #[test]
     fn error_message_plain_text_first_line() {
-        let m = error_message(Some("text/plain"), b"Auth check failed: Wrong event kind\nmore");
+        let m = error_message(
+            Some("text/plain"),
+            b"Auth check failed: Wrong event kind\nmore",
+        );
         assert_eq!(m, "Auth check failed: Wrong event kind");
     }
 

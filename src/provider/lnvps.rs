@@ -374,23 +374,25 @@ pub fn map_vm(
         .and_then(|s| s.timestamp)
         .filter(|t| *t > 0)
         .and_then(|t| Utc.timestamp_opt(t, 0).single());
-    let renewal = template.and_then(|t| t.cost_plan.as_ref()).and_then(|plan| {
-        let currency = plan.currency.clone()?;
-        let amount = plan.amount?;
-        let from = api.expires.map_or(now, |e| e.max(now));
-        let period = period_seconds(
-            plan.interval_amount.unwrap_or(1),
-            plan.interval_type.as_deref().unwrap_or("month"),
-            from,
-        )?;
-        Some(Renewal {
-            price: Money {
-                amount: to_major_units(amount, &currency, period / 86_400.0, unit),
-                currency,
-            },
-            period_seconds: period,
-        })
-    });
+    let renewal = template
+        .and_then(|t| t.cost_plan.as_ref())
+        .and_then(|plan| {
+            let currency = plan.currency.clone()?;
+            let amount = plan.amount?;
+            let from = api.expires.map_or(now, |e| e.max(now));
+            let period = period_seconds(
+                plan.interval_amount.unwrap_or(1),
+                plan.interval_type.as_deref().unwrap_or("month"),
+                from,
+            )?;
+            Some(Renewal {
+                price: Money {
+                    amount: to_major_units(amount, &currency, period / 86_400.0, unit),
+                    currency,
+                },
+                period_seconds: period,
+            })
+        });
     Vm {
         id: api.id.clone(),
         name,
@@ -508,7 +510,9 @@ impl LnvpsClient {
             retry: Retry::Idempotent,
         };
         self.api
-            .send_decoded(&req, |resp| decode_json(resp.content_type.as_deref(), &resp.body))
+            .send_decoded(&req, |resp| {
+                decode_json(resp.content_type.as_deref(), &resp.body)
+            })
             .await
     }
 
@@ -522,7 +526,9 @@ impl LnvpsClient {
             match serde_json::from_value::<ApiVm>(raw) {
                 Ok(vm) if !vm.id.is_empty() => vms.push(vm),
                 Ok(_) => warnings.push(format!("GET /api/v1/vm: entry {i} has no id; skipped")),
-                Err(e) => warnings.push(format!("GET /api/v1/vm: entry {i} unreadable ({e}); skipped")),
+                Err(e) => warnings.push(format!(
+                    "GET /api/v1/vm: entry {i} unreadable ({e}); skipped"
+                )),
             }
         }
         Ok((vms, warnings))
@@ -539,7 +545,8 @@ impl LnvpsClient {
     }
 
     async fn facts(&self, warnings: &mut Vec<String>) -> (AccountFacts, HashMap<String, String>) {
-        let account = self.get::<Envelope<ApiAccount>>("/api/v1/account".into(), "GET /api/v1/account");
+        let account =
+            self.get::<Envelope<ApiAccount>>("/api/v1/account".into(), "GET /api/v1/account");
         let methods = self.get::<Envelope<Vec<ApiPaymentMethod>>>(
             "/api/v1/payment-methods".into(),
             "GET /api/v1/payment-methods",
@@ -741,7 +748,10 @@ mod tests {
 
     #[test]
     fn parses_real_samples() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/upstream/lnvps-samples");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/upstream/lnvps-samples"
+        );
         let text = std::fs::read_to_string(format!("{dir}/get_vm_list.json"))
             .expect("../shared/upstream/lnvps-samples sits beside the repository");
         let env: Envelope<Vec<ApiVm>> = serde_json::from_str(&text).expect("sample parses");

@@ -43,16 +43,28 @@ nsec_env = "TEST_NSEC"
 }
 
 impl Harness {
-    /// Starts a simulator with `scenario` (owned by a fresh key) and a daemon against it.
+    /// Starts a simulator with a built-in scenario (owned by a fresh key) and a daemon.
     pub async fn start(scenario: &str) -> Harness {
-        Self::start_with(scenario, "", Arc::new(SystemClock)).await
+        let name = scenario.to_string();
+        Self::start_with(
+            move |owner| Scenario::load(&name, Some(owner)).expect("scenario loads"),
+            "",
+            Arc::new(SystemClock),
+        )
+        .await
     }
 
-    pub async fn start_with(scenario: &str, extra_globals: &str, clock: SharedClock) -> Harness {
+    /// Starts with a scenario built for the generated owner key, extra global config
+    /// lines and a clock.
+    pub async fn start_with(
+        scenario: impl FnOnce(&str) -> Scenario,
+        extra_globals: &str,
+        clock: SharedClock,
+    ) -> Harness {
         vpswatch::daemon::install_crypto_provider();
         let keys = nostr::Keys::generate();
         let owner = owner_hex(&keys);
-        let scenario = Scenario::load(scenario, Some(&owner)).expect("scenario loads");
+        let scenario = scenario(&owner);
         let sim = LnvpsSim::start(
             LOOPBACK_ANY.parse::<SocketAddr>().expect("addr"),
             scenario,
@@ -91,7 +103,12 @@ impl Harness {
     }
 
     /// Scrapes until `pred` holds for the exposition, or panics after `timeout`.
-    pub async fn wait_metrics(&self, what: &str, timeout: Duration, pred: impl Fn(&Exposition) -> bool) -> Exposition {
+    pub async fn wait_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Exposition) -> bool,
+    ) -> Exposition {
         let deadline = Instant::now() + timeout;
         loop {
             let exp = Exposition::parse(&self.metrics().await);
@@ -99,7 +116,10 @@ impl Harness {
                 return exp;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for: {what}\n--- last /metrics ---\n{}", exp.text);
+                panic!(
+                    "timed out waiting for: {what}\n--- last /metrics ---\n{}",
+                    exp.text
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,0 +1,421 @@
+//! End to end: the LNVPS simulator and the daemon on ephemeral loopback ports, talking
+//! real HTTP. /metrics must equal the simulator's state and follow it; faults must leave
+//! the last good values with the failure visible; recovery must bring it back.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_for, Exposition, Harness};
+use vpswatch::clock::SystemClock;
+use vpswatch::sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmState};
+
+const T: Duration = Duration::from_secs(20);
+
+fn vm(id: &str) -> [(&'static str, &str); 1] {
+    [("vm", id)]
+}
+
+fn approx(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * b.abs().max(1e-9)
+}
+
+/// The request counter for one endpoint and code.
+fn requests(exp: &Exposition, endpoint: &str, code: &str) -> f64 {
+    exp.get(
+        "vpswatch_provider_requests_total",
+        &[("endpoint", endpoint), ("code", code)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_equal_and_follow_the_simulator() {
+    let h = Harness::start("demo").await;
+    let exp = h
+        .wait_metrics("first poll with usage", T, |e| {
+            e.has("vps_cpu_usage_ratio", &vm("1")) && e.has("vps_up", &vm("1"))
+        })
+        .await;
+
+    for sim_vm in h.sim.vms() {
+        let id = sim_vm.id.to_string();
+        let l = vm(&id);
+        // State: one series per known state, 1 for the current one.
+        assert_eq!(
+            exp.get(
+                "vps_state",
+                &[("vm", &id), ("state", sim_vm.state.as_str())]
+            ),
+            Some(1.0),
+            "state of vm {id}"
+        );
+        let up = if sim_vm.state == VmState::Running {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(exp.get("vps_up", &l), Some(up), "vps_up of vm {id}");
+        // Expiry, to the second.
+        let expires = sim_vm.expires.expect("demo VMs are paid").timestamp() as f64;
+        assert_eq!(exp.get("vps_expiry_timestamp_seconds", &l), Some(expires));
+        // Price in major units: the simulator speaks millisats and cents like the real server.
+        let cost = &sim_vm.template.cost;
+        let major = if cost.currency == "BTC" {
+            cost.amount as f64 / 1e11
+        } else {
+            cost.amount as f64 / 100.0
+        };
+        let price = exp
+            .get(
+                "vps_renewal_price",
+                &[("vm", &id), ("currency", &cost.currency)],
+            )
+            .expect("price");
+        assert!(
+            approx(price, major, 1e-9),
+            "price of vm {id}: {price} vs {major}"
+        );
+        assert_eq!(
+            exp.get("vps_cpus", &l),
+            Some(f64::from(sim_vm.template.cpu))
+        );
+        assert_eq!(
+            exp.get("vps_memory_bytes", &l),
+            Some(sim_vm.template.memory as f64)
+        );
+        // Usage equals the simulator's value at the point vpswatch chose.
+        if sim_vm.state == VmState::Running {
+            let at = exp
+                .get("vps_usage_timestamp_seconds", &l)
+                .expect("usage time") as i64;
+            let want = sim_vm.usage_at(at);
+            let cpu = exp.get("vps_cpu_usage_ratio", &l).expect("cpu");
+            assert!(
+                approx(cpu, want.cpu, 1e-5),
+                "cpu of vm {id}: {cpu} vs {}",
+                want.cpu
+            );
+            let mem = exp.get("vps_memory_usage_bytes", &l).expect("mem");
+            let want_mem = want.memory * sim_vm.template.memory as f64;
+            assert!(
+                approx(mem, want_mem, 1e-4),
+                "mem of vm {id}: {mem} vs {want_mem}"
+            );
+            let rx = exp
+                .get("vps_network_receive_bytes_per_second", &l)
+                .expect("rx");
+            assert!(
+                approx(rx, want.net_in, 1e-4),
+                "rx of vm {id}: {rx} vs {}",
+                want.net_in
+            );
+            let wr = exp
+                .get("vps_disk_write_bytes_per_second", &l)
+                .expect("disk write");
+            assert!(approx(wr, want.disk_write, 1e-4));
+            // The point is complete: its minute is over.
+            assert!(at + 60 <= chrono::Utc::now().timestamp() + 1);
+        } else {
+            assert!(
+                !exp.has("vps_cpu_usage_ratio", &l),
+                "no usage for a non-running VM"
+            );
+        }
+    }
+
+    // The scenario changes: a VM stops, another gets a new expiry, a third disappears.
+    let new_expiry = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0)
+        .expect("valid time")
+        + chrono::Duration::days(3);
+    h.sim.update_vm(1, |v| v.state = VmState::Stopped);
+    h.sim.update_vm(2, |v| v.expires = Some(new_expiry));
+    h.sim.remove_vm(4);
+    let want_expiry = new_expiry.timestamp() as f64;
+    h.wait_metrics("metrics follow the change", T, |e| {
+        e.get("vps_state", &[("vm", "1"), ("state", "stopped")]) == Some(1.0)
+            && e.get("vps_up", &vm("1")) == Some(0.0)
+            && e.get("vps_expiry_timestamp_seconds", &vm("2")) == Some(want_expiry)
+            && !e.has("vps_info", &vm("4"))
+            && !e.has("vps_state", &vm("4"))
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_signed_request_passes_the_simulator_checks() {
+    let h = Harness::start("demo").await;
+    // Several polls, each many requests signed within the same second.
+    h.wait_metrics("three polls", T, |e| {
+        requests(e, "GET /api/v1/vm", "200") >= 3.0
+    })
+    .await;
+    let log = h.sim.requests();
+    assert!(log.len() > 10, "expected traffic, got {}", log.len());
+    let rejected: Vec<_> = log
+        .iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .collect();
+    assert!(rejected.is_empty(), "rejected requests: {rejected:?}");
+    for endpoint in [
+        "/api/v1/vm",
+        "/api/v1/vm/{id}/time-series",
+        "/api/v1/account",
+        "/api/v1/payment-methods",
+        "/api/v1/subscriptions",
+    ] {
+        assert!(
+            log.iter()
+                .any(|r| r.endpoint == endpoint && r.status == 200),
+            "no successful {endpoint}"
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_keep_last_good_values_then_recover() {
+    let h = Harness::start("demo").await;
+    h.wait_metrics("first poll", T, |e| {
+        e.get("vpswatch_provider_up", &[]) == Some(1.0) && e.has("vps_cpu_usage_ratio", &vm("1"))
+    })
+    .await;
+    let cases: Vec<(FaultKind, &str)> = vec![
+        (FaultKind::Status(500), "500"),
+        (FaultKind::Status(502), "502"),
+        (FaultKind::Status(503), "503"),
+        (FaultKind::MalformedJson, "invalid_response"),
+        (FaultKind::TruncatedBody, "invalid_response"),
+        (FaultKind::WrongContentType, "invalid_response"),
+        (FaultKind::Unauthorized, "401"),
+        (FaultKind::Hang, "timeout"),
+        (FaultKind::Latency(Duration::from_secs(3)), "timeout"),
+    ];
+    for (kind, code) in cases {
+        let before = Exposition::parse(&h.metrics().await);
+        let count_before = requests(&before, "GET /api/v1/vm", code);
+        h.sim.inject_fault(Fault::new(
+            EndpointMatch::template("/api/v1/vm"),
+            kind.clone(),
+        ));
+        let exp = h
+            .wait_metrics(&format!("{kind:?} makes the provider down"), T, |e| {
+                e.get("vpswatch_provider_up", &[]) == Some(0.0)
+                    && requests(e, "GET /api/v1/vm", code) > count_before
+            })
+            .await;
+        // Last good values are still served, with the age visible.
+        assert_eq!(exp.get("vps_up", &vm("1")), Some(1.0), "{kind:?}");
+        assert!(exp.has("vps_cpu_usage_ratio", &vm("1")), "{kind:?}");
+        assert!(
+            exp.get("vpswatch_provider_consecutive_failures", &[])
+                .unwrap_or(0.0)
+                >= 1.0,
+            "{kind:?}"
+        );
+        let last_ok = exp
+            .get("vpswatch_provider_last_success_timestamp_seconds", &[])
+            .expect("last success");
+        assert!(last_ok > 0.0);
+        h.sim.clear_faults();
+        h.wait_metrics(&format!("recovery after {kind:?}"), T, |e| {
+            e.get("vpswatch_provider_up", &[]) == Some(1.0)
+                && e.get("vpswatch_provider_last_success_timestamp_seconds", &[])
+                    .unwrap_or(0.0)
+                    > last_ok
+        })
+        .await;
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_vm_failing_time_series_does_not_fail_the_account() {
+    let h = Harness::start("demo").await;
+    h.wait_metrics("first poll", T, |e| e.has("vps_cpu_usage_ratio", &vm("2")))
+        .await;
+    h.sim.inject_fault(Fault::new(
+        EndpointMatch::vm("/api/v1/vm/{id}/time-series", 2),
+        FaultKind::Status(500),
+    ));
+    let exp = h
+        .wait_metrics("vm 2 loses its usage", T, |e| {
+            !e.has("vps_cpu_usage_ratio", &vm("2"))
+        })
+        .await;
+    assert_eq!(exp.get("vpswatch_provider_up", &[]), Some(1.0));
+    assert!(
+        exp.has("vps_cpu_usage_ratio", &vm("1")),
+        "other VMs keep usage"
+    );
+    assert!(
+        exp.has("vps_info", &vm("2")),
+        "vm 2 itself is still exported"
+    );
+    assert!(requests(&exp, "GET /api/v1/vm/{id}/time-series", "500") >= 1.0);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_honoured_with_retry_after() {
+    let h = Harness::start("demo").await;
+    h.wait_metrics("first poll", T, |e| {
+        e.get("vpswatch_provider_up", &[]) == Some(1.0)
+    })
+    .await;
+    h.sim.clear_requests();
+    h.sim.inject_fault(
+        Fault::new(
+            EndpointMatch::template("/api/v1/vm"),
+            FaultKind::RateLimited {
+                retry_after_secs: 2,
+            },
+        )
+        .times(1),
+    );
+    let exp = h
+        .wait_metrics("the 429 is counted and the poll still succeeds", T, |e| {
+            requests(e, "GET /api/v1/vm", "429") >= 1.0
+                && e.get("vpswatch_provider_consecutive_failures", &[]) == Some(0.0)
+                && h.sim
+                    .requests()
+                    .iter()
+                    .any(|r| r.endpoint == "/api/v1/vm" && r.status == 200)
+        })
+        .await;
+    assert_eq!(exp.get("vpswatch_provider_up", &[]), Some(1.0));
+    // Nothing at all was sent to the provider during the retry-after pause.
+    let log = h.sim.requests();
+    let throttled = log
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("a 429 was sent");
+    let next = log
+        .iter()
+        .filter(|r| r.at > throttled.at && r.status != 429)
+        .map(|r| r.at)
+        .min()
+        .expect("a request after the 429");
+    let gap = (next - throttled.at).num_milliseconds();
+    assert!(gap >= 1900, "next request only {gap} ms after the 429");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn simulator_rate_limit_is_never_hit_within_budget() {
+    // Budget 60/min on both sides: vpswatch paces itself and never provokes a 429.
+    let h = Harness::start_with(
+        |owner| {
+            let mut s = Scenario::demo(owner);
+            s.rate_limit.per_minute = 60;
+            s
+        },
+        "[providers.lnvps]\nrequests_per_minute = 60\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    h.wait_metrics("two polls", T, |e| {
+        requests(e, "GET /api/v1/vm", "200") >= 2.0
+    })
+    .await;
+    assert!(h.sim.requests().iter().all(|r| r.status != 429));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_endpoints_ready_healthy_landing_gzip() {
+    // A slow provider keeps the first poll pending so /-/ready can be seen at 503.
+    let h = Harness::start_with(|owner| Scenario::demo(owner), "", Arc::new(SystemClock)).await;
+    let ready = h.http.get(h.url("/-/ready")).send().await.expect("ready");
+    let status = ready.status().as_u16();
+    assert!(status == 503 || status == 200);
+    if status == 503 {
+        let body = ready.text().await.unwrap_or_default();
+        assert!(body.contains("lnvps/main"), "{body}");
+    }
+    wait_for("ready", T, || async {
+        h.http
+            .get(h.url("/-/ready"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
+    let healthy = h
+        .http
+        .get(h.url("/-/healthy"))
+        .send()
+        .await
+        .expect("healthy");
+    assert_eq!(healthy.status(), 200);
+    let landing = h.http.get(h.url("/")).send().await.expect("landing");
+    assert!(landing
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("/metrics"));
+    assert_eq!(
+        h.http
+            .get(h.url("/nope"))
+            .send()
+            .await
+            .expect("404")
+            .status(),
+        404
+    );
+    assert_eq!(
+        h.http
+            .post(h.url("/metrics"))
+            .send()
+            .await
+            .expect("405")
+            .status(),
+        405
+    );
+
+    // gzip when asked for, identical content once decompressed.
+    let raw = h
+        .http
+        .get(h.url("/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("gzip scrape");
+    assert_eq!(
+        raw.headers().get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    assert!(raw
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("version=0.0.4")));
+    let compressed = raw.bytes().await.expect("body");
+    let mut plain = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut plain)
+        .expect("valid gzip");
+    assert!(plain.contains("vpswatch_build_info"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn hostile_response_sizes_are_refused_not_allocated() {
+    let h = Harness::start_with(
+        |owner| Scenario::bench(300, owner),
+        "max_response_bytes = 65536\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    // 300 VMs make the list far larger than 64 KiB: refused with a clear error.
+    h.wait_metrics("oversized list refused", T, |e| {
+        e.get("vpswatch_provider_up", &[]) == Some(0.0)
+            && requests(e, "GET /api/v1/vm", "invalid_response") >= 1.0
+    })
+    .await;
+    h.shutdown().await;
+}

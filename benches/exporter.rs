@@ -134,20 +134,19 @@ async fn main() {
         .expect("start simulator");
     let stdout = sim.stdout.take().expect("stdout");
     let sim = Proc(sim);
-    let mut sim_url = None;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(i) = line.find("http://") {
-            sim_url = Some(
-                line[i..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            );
-            break;
+    // Drain stdout to the end on a thread: the simulator must never write into a closed pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("http://") {
+                let url = line[i..].split_whitespace().next().unwrap_or("");
+                let _ = tx.send(url.to_string());
+            }
         }
-    }
-    let sim_url = sim_url.expect("simulator printed its URL");
+    });
+    let sim_url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("simulator printed its URL");
 
     // Daemon: one poll per 10 minutes, so the run measures exactly one cycle.
     let port = {

@@ -87,8 +87,13 @@ fn metrics(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
 }
 
 fn ready(state: &WebState) -> Response<Body> {
-    let pending = state.store.not_yet_polled();
-    if pending.is_empty() {
+    let encoded = state.cache.load();
+    let pending = if encoded.rendered {
+        encoded.pending.clone()
+    } else {
+        state.store.not_yet_polled()
+    };
+    if encoded.rendered && pending.is_empty() {
         text(StatusCode::OK, "Ready\n")
     } else {
         text(

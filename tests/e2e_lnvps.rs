@@ -327,7 +327,7 @@ async fn simulator_rate_limit_is_never_hit_within_budget() {
 #[tokio::test]
 async fn http_endpoints_ready_healthy_landing_gzip() {
     // A slow provider keeps the first poll pending so /-/ready can be seen at 503.
-    let h = Harness::start_with(|owner| Scenario::demo(owner), "", Arc::new(SystemClock)).await;
+    let h = Harness::start_with(Scenario::demo, "", Arc::new(SystemClock)).await;
     let ready = h.http.get(h.url("/-/ready")).send().await.expect("ready");
     let status = ready.status().as_u16();
     assert!(status == 503 || status == 200);
@@ -417,5 +417,72 @@ async fn hostile_response_sizes_are_refused_not_allocated() {
             && requests(e, "GET /api/v1/vm", "invalid_response") >= 1.0
     })
     .await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_are_signed_afresh() {
+    let h = Harness::start("demo").await;
+    h.wait_metrics("first poll", T, |e| {
+        e.get("vpswatch_provider_up", &[]) == Some(1.0)
+    })
+    .await;
+    h.sim.clear_requests();
+    // Two 500s in a row: the third attempt must succeed, which it can only do with a
+    // new event (the server burns every event id, even when the handler fails).
+    h.sim.inject_fault(
+        Fault::new(
+            EndpointMatch::template("/api/v1/vm"),
+            FaultKind::Status(500),
+        )
+        .times(2),
+    );
+    wait_for("the retried list succeeds", T, || async {
+        let log = h.sim.requests();
+        log.iter()
+            .filter(|r| r.endpoint == "/api/v1/vm" && r.status == 500)
+            .count()
+            == 2
+            && log
+                .iter()
+                .any(|r| r.endpoint == "/api/v1/vm" && r.status == 200)
+    })
+    .await;
+    let log = h.sim.requests();
+    assert!(
+        log.iter().all(|r| r.status != 401),
+        "a retry was rejected: {log:?}"
+    );
+    let exp = Exposition::parse(&h.metrics().await);
+    assert_eq!(
+        exp.get("vpswatch_provider_consecutive_failures", &[]),
+        Some(0.0)
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_clock_skew_beyond_60s_is_reported_and_recovers() {
+    let h = Harness::start("demo").await;
+    h.wait_metrics("first poll", T, |e| {
+        e.get("vpswatch_provider_up", &[]) == Some(1.0)
+    })
+    .await;
+    for skew in [90, -90] {
+        h.sim.set_clock_skew(skew);
+        h.wait_metrics(&format!("skew {skew}s rejected"), T, |e| {
+            e.get("vpswatch_provider_up", &[]) == Some(0.0)
+                && requests(e, "GET /api/v1/vm", "401") >= 1.0
+        })
+        .await;
+        // The last good values are still served.
+        let exp = Exposition::parse(&h.metrics().await);
+        assert!(exp.has("vps_info", &vm("1")));
+        h.sim.set_clock_skew(0);
+        h.wait_metrics("recovered", T, |e| {
+            e.get("vpswatch_provider_up", &[]) == Some(1.0)
+        })
+        .await;
+    }
     h.shutdown().await;
 }

@@ -41,3 +41,32 @@ fn every_metric_name_follows_prometheus_conventions() {
         assert!(d.labels.iter().all(|l| !l.is_empty()));
     }
 }
+
+/// The README's example scenario and example configuration must be accepted as written.
+#[test]
+fn readme_examples_parse() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    let scenario = blocks
+        .iter()
+        .find(|b| b.contains("[[timeline]]"))
+        .expect("a scenario example");
+    vpswatch::sim::lnvps::Scenario::from_toml(scenario).expect("README scenario parses");
+
+    let config = blocks
+        .iter()
+        .find(|b| b.contains("[[accounts]]"))
+        .expect("a config example");
+    // The example names a key file that does not exist here: that must be the only
+    // problem (everything else in the example is valid).
+    let err = vpswatch::config::parse(config, "README", &|_| None).expect_err("no key file here");
+    assert!(
+        err.problems.len() == 1 && err.problems[0].path == "accounts[0].nsec_file",
+        "{err}"
+    );
+}

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use prometheus::{Encoder, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
 use super::defs;
@@ -22,6 +21,11 @@ pub struct Encoded {
     pub plain: Bytes,
     pub gzip: Bytes,
     pub encode_time: Duration,
+    /// Accounts whose first poll had not finished when this was rendered. `/-/ready`
+    /// reads this, not the live store, so "ready" implies /metrics already has the data.
+    pub pending: Vec<String>,
+    /// False only for the placeholder before the first rendering.
+    pub rendered: bool,
 }
 
 /// The latest rendering, shared with the web layer.
@@ -33,27 +37,30 @@ pub const REVISION: &str = env!("VPSWATCH_REVISION");
 /// Renders every account's snapshot plus the self-metrics.
 pub fn render(store: &SnapshotStore, self_metrics: &SelfMetrics) -> Encoded {
     let started = Instant::now();
+    let snapshots = store.all();
+    let pending = snapshots
+        .iter()
+        .filter(|s| s.polls == 0)
+        .map(|s| format!("{}/{}", s.provider, s.account))
+        .collect();
     let mut set = FamilySet::default();
     set.gauge(
         &defs::BUILD_INFO,
         &[env!("CARGO_PKG_VERSION"), REVISION],
         1.0,
     );
-    for snap in store.all() {
-        add_account(&mut set, &snap);
+    for snap in &snapshots {
+        add_account(&mut set, snap);
     }
     set.extend(self_metrics.gather());
-    let families = set.into_sorted();
-    let mut plain = Vec::with_capacity(64 * 1024);
-    if let Err(e) = TextEncoder::new().encode(&families, &mut plain) {
-        // Only possible with inconsistent families; serve what we have and say so.
-        tracing::error!(error = %e, "metrics encoding failed");
-    }
+    let plain = set.render();
     let gzip = gzip(&plain);
     Encoded {
         plain: Bytes::from(plain),
         gzip: Bytes::from(gzip),
         encode_time: started.elapsed(),
+        pending,
+        rendered: true,
     }
 }
 

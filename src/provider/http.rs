@@ -151,7 +151,7 @@ impl ApiClient {
 
     /// Sends the request, retrying as its [`Retry`] policy allows; any 2xx is success.
     pub async fn send(&self, req: &ApiRequest) -> Result<ApiResponse, ProviderError> {
-        self.send_decoded(req, |r| Ok(r)).await
+        self.send_decoded(req, Ok).await
     }
 
     /// Sends the request and decodes a 2xx response with `decode`. A response that does

@@ -517,13 +517,14 @@ impl LnvpsClient {
     }
 
     async fn list_vms(&self) -> Result<(Vec<ApiVm>, Vec<String>), ProviderError> {
-        let env: Envelope<Vec<serde_json::Value>> =
+        // Entries stay raw until each is parsed on its own: one malformed VM must not
+        // hide the others, and raw slices cost far less memory than a `Value` tree.
+        let env: Envelope<Vec<Box<serde_json::value::RawValue>>> =
             self.get("/api/v1/vm".into(), "GET /api/v1/vm").await?;
         let mut vms = Vec::with_capacity(env.data.len());
         let mut warnings = Vec::new();
-        for (i, raw) in env.data.into_iter().enumerate() {
-            // One malformed entry must not hide the others.
-            match serde_json::from_value::<ApiVm>(raw) {
+        for (i, raw) in env.data.iter().enumerate() {
+            match serde_json::from_str::<ApiVm>(raw.get()) {
                 Ok(vm) if !vm.id.is_empty() => vms.push(vm),
                 Ok(_) => warnings.push(format!("GET /api/v1/vm: entry {i} has no id; skipped")),
                 Err(e) => warnings.push(format!(

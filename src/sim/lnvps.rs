@@ -161,8 +161,10 @@ impl LnvpsSimHandle {
 
     /// The simulator's "now": the clock plus skew.
     pub fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
-            + chrono::Duration::seconds(self.inner.skew_secs.load(Ordering::Relaxed))
+        super::scenario::shift(
+            self.inner.clock.now(),
+            self.inner.skew_secs.load(Ordering::Relaxed),
+        )
     }
 
     fn lock_world(&self) -> std::sync::MutexGuard<'_, World> {

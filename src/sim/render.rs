@@ -90,14 +90,14 @@ fn ip_assignments(vm: &SimVm) -> Vec<ApiIpAssignment> {
     }
     vec![
         ApiIpAssignment {
-            id: vm.id * 2 - 1,
+            id: vm.id.saturating_mul(2).saturating_sub(1),
             ip: format!("{}/8", vm.ipv4),
             gateway: "127.0.0.1/8".into(),
             forward_dns: None,
             reverse_dns: vm.reverse_dns.clone(),
         },
         ApiIpAssignment {
-            id: vm.id * 2,
+            id: vm.id.saturating_mul(2),
             ip: format!("fe80::be24:11ff:fe00:{:x}/64", vm.id & 0xffff),
             gateway: "fe80::1".into(),
             forward_dns: None,

@@ -418,7 +418,7 @@ pub enum RelTime {
 impl RelTime {
     pub fn resolve(self, base: DateTime<Utc>) -> DateTime<Utc> {
         match self {
-            RelTime::Offset(secs) => base + chrono::Duration::seconds(secs),
+            RelTime::Offset(secs) => shift(base, secs),
             RelTime::At(t) => t,
         }
     }
@@ -472,6 +472,27 @@ impl<'de> Deserialize<'de> for RelTime {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// `base` moved by `secs` (negative = back), saturating instead of overflowing.
+pub fn shift(base: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    chrono::Duration::try_seconds(secs)
+        .and_then(|d| base.checked_add_signed(d))
+        .unwrap_or(if secs < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
+}
+
+/// `base` moved back by a std duration, saturating.
+pub fn before(base: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    shift(base, -i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `base` moved forward by a std duration, saturating.
+pub fn after(base: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    shift(base, i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Accepts either a string (parsed with `FromStr`) or a table/object.

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::faults::FaultSet;
 use super::scenario::{
-    normalize_pubkey, CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, Scenario,
-    SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UsageSample, VmSpec, VmState,
+    after, before, normalize_pubkey, CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec,
+    Scenario, SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UsageSample, VmSpec, VmState,
 };
 
 /// Run intervals remembered per VM for the time series (one hour needs few).
@@ -663,7 +663,7 @@ impl World {
         self.upsert_user(&owner, now);
         let id = self.next_vm_id;
         self.next_vm_id += 1;
-        let created = whole_seconds(now - chrono::Duration::from_std(spec.age).unwrap_or_default());
+        let created = whole_seconds(before(now, spec.age));
         let template = self.catalogue.resolve_template(&spec.template);
         let image = self.catalogue.intern_image(image_from_spec(&spec.image));
         let mut vm = SimVm {
@@ -693,7 +693,7 @@ impl World {
             payments: Vec::new(),
         };
         if vm.state == VmState::Running {
-            let boot = now - chrono::Duration::from_std(spec.uptime).unwrap_or_default();
+            let boot = before(now, spec.uptime);
             vm.power_on(whole_seconds(boot.max(created)));
         }
         self.vms.insert(id, vm);
@@ -799,7 +799,7 @@ impl World {
 
     fn apply_timeline(&mut self, now: DateTime<Utc>) {
         while let Some(ev) = self.timeline.get(self.timeline_next).cloned() {
-            let due = self.start + chrono::Duration::from_std(ev.at).unwrap_or_default();
+            let due = after(self.start, ev.at);
             if due > now {
                 break;
             }
@@ -843,8 +843,8 @@ impl World {
 
     /// One worker pass over one VM.
     fn lifecycle(&mut self, id: u64, now: DateTime<Utc>) {
-        let purge_after =
-            chrono::Duration::from_std(self.settings.unpaid_purge_after).unwrap_or_default();
+        let purge_after = chrono::Duration::from_std(self.settings.unpaid_purge_after)
+            .unwrap_or(chrono::TimeDelta::MAX);
         let delete_after = self.settings.delete_after_days;
         let Some(vm) = self.vms.get_mut(&id) else {
             return;

@@ -146,10 +146,13 @@ where
     }
 }
 
-/// A parsed text exposition: (name, labels, value) per sample.
+/// One sample: name, labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// A parsed text exposition.
 pub struct Exposition {
     pub text: String,
-    pub samples: Vec<(String, Vec<(String, String)>, f64)>,
+    pub samples: Vec<Sample>,
 }
 
 impl Exposition {

@@ -43,7 +43,7 @@ fn metric_value(text: &str, name: &str, label_filter: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(label_filter))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

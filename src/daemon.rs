@@ -116,31 +116,8 @@ impl Daemon {
 
     /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
     pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+        crate::signal::wait_for_signal().await;
         tracing::info!("shutting down");
         self.shutdown().await;
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

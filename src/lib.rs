@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod poll;
 pub mod provider;
 pub mod secret;
+pub mod signal;
 pub mod sim;
 pub mod snapshot;
 pub mod web;

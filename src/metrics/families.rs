@@ -262,6 +262,9 @@ mod tests {
         assert!(text.contains("vps_up{provider=\"lnvps\",account=\"a\",vm=\"1\"} NaN\n"));
         assert!(text.contains("vm=\"2\"} +Inf\n"));
         assert!(text.starts_with("# HELP vps_info "));
-        assert!(!text.contains("vps_renewal_price"), "empty families are left out");
+        assert!(
+            !text.contains("vps_renewal_price"),
+            "empty families are left out"
+        );
     }
 }

@@ -466,6 +466,14 @@ fn status_fault(code: u16) -> Reply {
     }
 }
 
+/// Like `println!`, but a closed stdout (a reader that went away) is not a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `vpswatch simulate`: serves `scenario` on the system clock until Ctrl-C or SIGTERM.
 /// Without `owner_pubkey` a throwaway key is generated and its secret printed, so a
 /// local vpswatch can be pointed at the simulator.
@@ -484,39 +492,17 @@ pub async fn run_cli(
     let scenario = Scenario::load(scenario, Some(&owner))?;
     let vms = scenario.vms.len();
     let sim = LnvpsSim::start(listen, scenario, Arc::new(SystemClock)).await?;
-    println!("LNVPS simulator listening on {}", sim.base_url());
-    println!("  VMs: {vms}, owner pubkey: {owner}");
+    outln!("LNVPS simulator listening on {}", sim.base_url());
+    outln!("  VMs: {vms}, owner pubkey: {owner}");
     if let Some(keys) = generated {
-        println!(
+        outln!(
             "  owner secret key (throwaway, generated for this run): {}",
             keys.secret_key().to_secret_hex()
         );
     }
-    println!("  control API: {}/_sim/", sim.base_url());
-    println!("Press Ctrl-C to stop.");
-    wait_for_signal().await;
+    outln!("  control API: {}/_sim/", sim.base_url());
+    outln!("Press Ctrl-C to stop.");
+    crate::signal::wait_for_signal().await;
     sim.shutdown_and_wait().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -74,6 +74,7 @@ struct RawGlobals {
     max_response_bytes: usize,
     web: RawWeb,
     providers: RawProviders,
+    probes: ProbeConfig,
 }
 
 impl Default for RawGlobals {
@@ -86,6 +87,7 @@ impl Default for RawGlobals {
             max_response_bytes: 16 * 1024 * 1024,
             web: RawWeb::default(),
             providers: RawProviders::default(),
+            probes: ProbeConfig::default(),
         }
     }
 }
@@ -133,6 +135,48 @@ impl Default for ProviderLimits {
     }
 }
 
+/// TCP liveness probes of running VMs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub ports: ProbePorts,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(3),
+            ports: ProbePorts::default(),
+        }
+    }
+}
+
+/// Default probe port per provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProbePorts {
+    /// LNVPS VMs are Linux: SSH.
+    pub lnvps: u16,
+    /// StableVPS VMs are Windows: RDP.
+    pub stablevps: u16,
+}
+
+impl Default for ProbePorts {
+    fn default() -> Self {
+        Self {
+            lnvps: 22,
+            stablevps: 3389,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct RawAccount {
     name: String,
@@ -146,6 +190,7 @@ struct RawAccount {
     btc_amount_unit: BtcUnit,
     #[serde(default)]
     vm_names: HashMap<String, String>,
+    probe_port: Option<u16>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -176,6 +221,8 @@ pub struct AccountConfig {
     pub credentials: Credentials,
     pub btc_amount_unit: BtcUnit,
     pub vm_names: HashMap<String, String>,
+    /// Overrides the provider's probe port for this account's VMs.
+    pub probe_port: Option<u16>,
 }
 
 /// The whole validated configuration.
@@ -189,6 +236,7 @@ pub struct Config {
     pub listen_address: SocketAddr,
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
+    pub probes: ProbeConfig,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<Problem>,
 }
@@ -259,6 +307,8 @@ pub fn parse(
         return Err(err(problems));
     };
     for (key, d) in [
+        ("probes.interval", g.probes.interval),
+        ("probes.timeout", g.probes.timeout),
         ("poll_interval", g.poll_interval),
         ("request_timeout", g.request_timeout),
         ("poll_timeout", g.poll_timeout),
@@ -342,6 +392,7 @@ pub fn parse(
                 (ProviderKind::Stablevps, g.providers.stablevps),
             ]),
             accounts: valid_accounts,
+            probes: g.probes,
             warnings,
         }),
         _ => Err(err(problems)),
@@ -505,6 +556,7 @@ fn validate_account(
         credentials: credentials?,
         btc_amount_unit: raw.btc_amount_unit,
         vm_names: raw.vm_names,
+        probe_port: raw.probe_port,
     })
 }
 

@@ -17,7 +17,32 @@ use crate::poll::Poller;
 use crate::provider::budget::BudgetRegistry;
 use crate::provider::{self, BuildContext, SharedProvider};
 use crate::snapshot::SnapshotStore;
+use crate::watchdog::probe::{self, ProbeSettings, ProbeStore};
 use crate::web::{self, WebState};
+
+fn probe_settings(config: &Config) -> ProbeSettings {
+    ProbeSettings {
+        interval: config.probes.interval,
+        timeout: config.probes.timeout,
+        account_ports: config
+            .accounts
+            .iter()
+            .filter_map(|a| a.probe_port.map(|p| ((a.provider, a.name.clone()), p)))
+            .collect(),
+        default_ports: [
+            (
+                crate::provider::ProviderKind::Lnvps,
+                config.probes.ports.lnvps,
+            ),
+            (
+                crate::provider::ProviderKind::Stablevps,
+                config.probes.ports.stablevps,
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
 
 /// A running daemon.
 pub struct Daemon {
@@ -80,8 +105,19 @@ impl Daemon {
             };
             tasks.spawn(poller.run(cancel.child_token()));
         }
+        let probes = Arc::new(ProbeStore::default());
+        if config.probes.enabled {
+            tasks.spawn(probe::run(
+                store.clone(),
+                probes.clone(),
+                probe_settings(&config),
+                clock.clone(),
+                cancel.child_token(),
+            ));
+        }
         tasks.spawn(encoder::run(
             store.clone(),
+            probes.clone(),
             self_metrics.clone(),
             cache.clone(),
             cancel.child_token(),

@@ -22,6 +22,11 @@ pub fn demo_config_toml(sim_url: &str, listen: SocketAddr) -> String {
         r#"poll_interval = "5s"
 request_timeout = "5s"
 
+# The simulated LNVPS VMs do not listen on their addresses yet, so probes would only
+# show every VM as unreachable.
+[probes]
+enabled = false
+
 [web]
 listen_address = "{listen}"
 

@@ -16,4 +16,5 @@ pub mod secret;
 pub mod signal;
 pub mod sim;
 pub mod snapshot;
+pub mod watchdog;
 pub mod web;

@@ -187,6 +187,21 @@ metric!(
     "When the provider last observed the VM's state (Unix seconds; 0 = never)."
 );
 
+metric!(
+    VPS_PROBE_SUCCESS,
+    "vps_probe_success",
+    Gauge,
+    &["provider", "account", "vm", "port"],
+    "1 if the last TCP probe of a running VM's public IPv4 connected, else 0 (running VMs only)."
+);
+metric!(
+    VPS_PROBE_DURATION,
+    "vps_probe_duration_seconds",
+    Gauge,
+    &["provider", "account", "vm", "port"],
+    "Time the last TCP probe took to connect or give up, in seconds."
+);
+
 // Per account.
 metric!(
     VPS_ACCOUNT_EMAIL_VERIFIED,
@@ -272,6 +287,8 @@ pub const ALL: &[&MetricDef] = &[
     &VPS_USAGE_TIMESTAMP,
     &VPS_UPTIME,
     &VPS_STATUS_TIMESTAMP,
+    &VPS_PROBE_SUCCESS,
+    &VPS_PROBE_DURATION,
     &VPS_ACCOUNT_EMAIL_VERIFIED,
     &VPS_ACCOUNT_PAYMENT_METHODS,
     &BUILD_INFO,

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::defs;
-use super::families::{add_account, FamilySet};
+use super::families::{add_account, add_probes, FamilySet};
 use super::self_metrics::SelfMetrics;
 use crate::snapshot::SnapshotStore;
+use crate::watchdog::probe::ProbeStore;
 
 /// One rendering of the exposition.
 #[derive(Debug, Default)]
@@ -35,7 +36,7 @@ pub type MetricsCache = Arc<ArcSwap<Encoded>>;
 pub const REVISION: &str = env!("VPSWATCH_REVISION");
 
 /// Renders every account's snapshot plus the self-metrics.
-pub fn render(store: &SnapshotStore, self_metrics: &SelfMetrics) -> Encoded {
+pub fn render(store: &SnapshotStore, probes: &ProbeStore, self_metrics: &SelfMetrics) -> Encoded {
     let started = Instant::now();
     let snapshots = store.all();
     let pending = snapshots
@@ -52,6 +53,7 @@ pub fn render(store: &SnapshotStore, self_metrics: &SelfMetrics) -> Encoded {
     for snap in &snapshots {
         add_account(&mut set, snap);
     }
+    add_probes(&mut set, &probes.latest());
     set.extend(self_metrics.gather());
     let plain = set.render();
     let gzip = gzip(&plain);
@@ -74,24 +76,29 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Re-renders whenever a snapshot changes (bursts are coalesced) until cancelled.
+/// Re-renders whenever a snapshot or the probe results change (bursts are coalesced)
+/// until cancelled.
 pub async fn run(
     store: Arc<SnapshotStore>,
+    probes: Arc<ProbeStore>,
     self_metrics: Arc<SelfMetrics>,
     cache: MetricsCache,
     cancel: CancellationToken,
 ) {
     let mut changes = store.subscribe();
+    let mut probe_changes = probes.subscribe();
     loop {
         changes.mark_unchanged();
-        let (s, m) = (store.clone(), self_metrics.clone());
-        match tokio::task::spawn_blocking(move || render(&s, &m)).await {
+        probe_changes.mark_unchanged();
+        let (s, p, m) = (store.clone(), probes.clone(), self_metrics.clone());
+        match tokio::task::spawn_blocking(move || render(&s, &p, &m)).await {
             Ok(encoded) => cache.store(Arc::new(encoded)),
             Err(e) => tracing::error!(error = %e, "metrics encoder task failed"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
+            r = probe_changes.changed() => if r.is_err() { return },
         }
         // Let a burst of publishes (many accounts finishing together) settle.
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -14,6 +14,8 @@ use prometheus::{Encoder, TextEncoder};
 use super::defs::{self, Kind, MetricDef};
 use crate::clock::unix_seconds;
 use crate::snapshot::AccountSnapshot;
+use crate::watchdog::probe::{ProbeResult, VmKey};
+use std::collections::HashMap;
 
 /// Families under construction, one text buffer each, in declaration order.
 pub struct FamilySet {
@@ -130,6 +132,23 @@ fn bool_value(b: bool) -> f64 {
         1.0
     } else {
         0.0
+    }
+}
+
+/// Adds the latest probe results (only for VMs still in a snapshot).
+pub fn add_probes(set: &mut FamilySet, probes: &HashMap<VmKey, ProbeResult>) {
+    let mut rows: Vec<_> = probes.iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    for ((provider, account, vm), r) in rows {
+        let port = r.port.to_string();
+        let labels = [
+            provider.as_str(),
+            account.as_str(),
+            vm.as_str(),
+            port.as_str(),
+        ];
+        set.gauge(&defs::VPS_PROBE_SUCCESS, &labels, bool_value(r.success));
+        set.gauge(&defs::VPS_PROBE_DURATION, &labels, r.duration.as_secs_f64());
     }
 }
 

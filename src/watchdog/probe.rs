@@ -1,0 +1,172 @@
+//! TCP liveness probes: connect to each running VM's public IPv4 on its service port
+//! (22 for LNVPS Linux VMs, 3389 for StableVPS Windows VMs, configurable) with a timeout.
+//!
+//! The provider saying "running" does not mean the machine answers; a hung VM is running
+//! with a dead port. Probes run on their own interval, independent of polls, and only for
+//! VMs the provider reports running, so `vps_probe_success == 0` always means "running but
+//! unreachable", never "stopped on purpose".
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::provider::ProviderKind;
+use crate::snapshot::SnapshotStore;
+
+/// Probes in flight at once.
+const CONCURRENCY: usize = 64;
+
+/// One probe's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    pub port: u16,
+    pub success: bool,
+    /// Time to connect, or to give up.
+    pub duration: Duration,
+    pub at: DateTime<Utc>,
+}
+
+/// (provider, account, vm id).
+pub type VmKey = (ProviderKind, String, String);
+
+/// The latest round of probe results, replaced as a whole after each round.
+pub struct ProbeStore {
+    results: ArcSwap<HashMap<VmKey, ProbeResult>>,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for ProbeStore {
+    fn default() -> Self {
+        Self {
+            results: ArcSwap::from_pointee(HashMap::new()),
+            generation: watch::channel(0).0,
+        }
+    }
+}
+
+impl ProbeStore {
+    pub fn latest(&self) -> Arc<HashMap<VmKey, ProbeResult>> {
+        self.results.load_full()
+    }
+
+    pub fn publish(&self, results: HashMap<VmKey, ProbeResult>) {
+        self.results.store(Arc::new(results));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a round is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+/// What to probe and how.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Port per (provider, account); accounts not listed use `default_ports`.
+    pub account_ports: HashMap<(ProviderKind, String), u16>,
+    pub default_ports: HashMap<ProviderKind, u16>,
+}
+
+impl ProbeSettings {
+    fn port_for(&self, provider: ProviderKind, account: &str) -> u16 {
+        self.account_ports
+            .get(&(provider, account.to_string()))
+            .or_else(|| self.default_ports.get(&provider))
+            .copied()
+            .unwrap_or(match provider {
+                ProviderKind::Lnvps => 22,
+                ProviderKind::Stablevps => 3389,
+            })
+    }
+}
+
+/// Connects once; success means the TCP handshake completed within `timeout`.
+pub async fn probe_tcp(ip: Ipv4Addr, port: u16, timeout: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    let addr = SocketAddr::from((ip, port));
+    let ok = matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    );
+    (ok, started.elapsed())
+}
+
+/// The targets of one round: every running VM with an IPv4 in the current snapshots.
+fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> Vec<(VmKey, Ipv4Addr, u16)> {
+    let mut out = Vec::new();
+    for snap in store.all() {
+        let Some(data) = &snap.data else { continue };
+        let port = settings.port_for(snap.provider, &snap.account);
+        for vm in data.vms.iter().filter(|v| v.state.is_running()) {
+            if let Some(ip) = vm.ipv4 {
+                out.push((
+                    (snap.provider, snap.account.clone(), vm.id.clone()),
+                    ip,
+                    port,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Probes every target once and returns the results.
+pub async fn run_round(
+    store: &SnapshotStore,
+    settings: &ProbeSettings,
+    clock: &SharedClock,
+) -> HashMap<VmKey, ProbeResult> {
+    let timeout = settings.timeout;
+    stream::iter(targets(store, settings))
+        .map(|(key, ip, port)| async move {
+            let (success, duration) = probe_tcp(ip, port, timeout).await;
+            (key, port, success, duration)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .map(|(key, port, success, duration)| {
+            let result = ProbeResult {
+                port,
+                success,
+                duration,
+                at: clock.now(),
+            };
+            (key, result)
+        })
+        .collect()
+        .await
+}
+
+/// Probes on `settings.interval` until cancelled. The first round waits for data.
+pub async fn run(
+    store: Arc<SnapshotStore>,
+    probes: Arc<ProbeStore>,
+    settings: ProbeSettings,
+    clock: SharedClock,
+    cancel: CancellationToken,
+) {
+    let mut changes = store.subscribe();
+    loop {
+        let started = Instant::now();
+        let results = run_round(&store, &settings, &clock).await;
+        probes.publish(results);
+        let wait = settings.interval.saturating_sub(started.elapsed());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            // Before the first data arrives there is nothing to probe: start as soon as
+            // a snapshot appears instead of waiting a whole interval.
+            r = changes.changed(), if probes.latest().is_empty() => if r.is_err() { return },
+        }
+    }
+}

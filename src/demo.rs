@@ -16,16 +16,20 @@ pub struct Demo {
     pub daemon: Daemon,
 }
 
+/// Port the demo's simulated VMs listen on (their "SSH").
+pub const DEMO_VM_PORT: u16 = 2222;
+
 /// The configuration the demo runs with (also a readable example).
 pub fn demo_config_toml(sim_url: &str, listen: SocketAddr) -> String {
     format!(
         r#"poll_interval = "5s"
 request_timeout = "5s"
 
-# The simulated LNVPS VMs do not listen on their addresses yet, so probes would only
-# show every VM as unreachable.
+# The simulated VMs listen on their 127.1.0.x address at this port.
 [probes]
-enabled = false
+interval = "5s"
+timeout = "1s"
+ports = {{ lnvps = {DEMO_VM_PORT} }}
 
 [web]
 listen_address = "{listen}"
@@ -44,7 +48,8 @@ pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Dem
     crate::daemon::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
-    let scenario = Scenario::load("demo", Some(&owner)).context("loading the demo scenario")?;
+    let mut scenario = Scenario::load("demo", Some(&owner)).context("loading the demo scenario")?;
+    scenario.settings.vm_listen_port = Some(DEMO_VM_PORT);
     let sim = LnvpsSim::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         scenario,

@@ -43,7 +43,10 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
             Err(_) => String::new(),
         };
         // Wait until usage of the running VMs has arrived too.
-        if text.contains("vps_cpu_usage_ratio{") && text.contains("vps_up{") {
+        if text.contains("vps_cpu_usage_ratio{")
+            && text.contains("vps_up{")
+            && text.contains("vps_probe_success{")
+        {
             break text;
         }
         assert!(
@@ -59,6 +62,8 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         "vps_renewal_price{",
         "vpswatch_provider_up{provider=\"lnvps\",account=\"demo\"} 1",
         "vpswatch_build_info{",
+        // The demo's running VMs listen on their own addresses: probes succeed.
+        "vps_probe_success{provider=\"lnvps\",account=\"demo\",vm=\"1\",port=\"2222\"} 1",
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
     }

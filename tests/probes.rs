@@ -89,3 +89,51 @@ async fn probes_follow_the_vms_ports() {
     .await;
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn simulated_vms_listen_and_a_hung_vm_stops_answering() {
+    // A port that is free on this host; the simulator opens it on each VM's own address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let globals = format!(
+        "[probes]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n[probes.ports]\nlnvps = {port}\n"
+    );
+    let h = Harness::start_with(
+        |owner| {
+            let vm = |ip: [u8; 4]| VmSpec {
+                owner: owner.to_string(),
+                ipv4: Some(Ipv4Addr::from(ip)),
+                ..VmSpec::default()
+            };
+            let mut s = Scenario {
+                vms: vec![vm([127, 3, 0, 1]), vm([127, 3, 0, 2])],
+                ..Scenario::default()
+            };
+            s.settings.vm_listen_port = Some(port);
+            s
+        },
+        &globals,
+        Arc::new(SystemClock),
+    )
+    .await;
+    h.wait_metrics("both VMs answer", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+            && e.get("vps_probe_success", &[("vm", "2")]) == Some(1.0)
+    })
+    .await;
+    h.sim.update_vm(2, |v| v.hung = true);
+    let exp = h
+        .wait_metrics("hung VM stops answering", T, |e| {
+            e.get("vps_probe_success", &[("vm", "2")]) == Some(0.0)
+        })
+        .await;
+    assert_eq!(
+        exp.get("vps_up", &[("vm", "2")]),
+        Some(1.0),
+        "still running per provider"
+    );
+    assert_eq!(exp.get("vps_probe_success", &[("vm", "1")]), Some(1.0));
+    h.shutdown().await;
+}

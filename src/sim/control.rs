@@ -9,7 +9,7 @@
 //! - `GET /_sim/vm/{id}`, `POST /_sim/vm/{id}` (patch: `state`, `expires` (relative
 //!   to now, RFC 3339, or null = unpaid), `remove`, `status_stale`,
 //!   `status_unavailable`, `timeseries_error`, `memory_as_fraction`,
-//!   `auto_renewal_enabled`), `DELETE /_sim/vm/{id}` (soft-delete)
+//!   `auto_renewal_enabled`, `hung`), `DELETE /_sim/vm/{id}` (soft-delete)
 //! - `GET|DELETE /_sim/requests` the request log
 //! - `POST /_sim/skew` `{"secs":n}`; `POST /_sim/rate-limit` rate limit settings
 
@@ -144,6 +144,7 @@ struct VmPatch {
     timeseries_error: Option<bool>,
     memory_as_fraction: Option<bool>,
     auto_renewal_enabled: Option<bool>,
+    hung: Option<bool>,
 }
 
 /// Distinguishes a missing field (None) from an explicit null (Some(None)).
@@ -190,6 +191,7 @@ fn apply_patch(sim: &LnvpsSimHandle, id: u64, p: VmPatch) {
             (p.timeseries_error, &mut vm.timeseries_error),
             (p.memory_as_fraction, &mut vm.memory_as_fraction),
             (p.auto_renewal_enabled, &mut vm.auto_renewal_enabled),
+            (p.hung, &mut vm.hung),
         ];
         for (value, field) in flags {
             if let Some(v) = value {

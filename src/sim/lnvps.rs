@@ -39,6 +39,7 @@ pub use super::scenario::{
     CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
     SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UserSpec, VmSpec, VmState,
 };
+use super::vm_ports::VmPorts;
 use super::world::World;
 pub use super::world::{
     CostPlan, HistoryEntry, Image, ObservedStatus, PowerAction, SavedPaymentMethod, SimAction,
@@ -102,6 +103,7 @@ impl LnvpsSim {
                 shutdown: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
                 default_owner,
+                vm_ports: VmPorts::default(),
             }),
         };
         let server = {
@@ -141,6 +143,7 @@ struct Shared {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Owner of the scenario's first VM: what "default" means in the control API.
     default_owner: Option<String>,
+    vm_ports: VmPorts,
 }
 
 /// A running simulator. Cheap to clone.
@@ -180,7 +183,13 @@ impl LnvpsSimHandle {
         let now = self.now();
         let mut w = self.lock_world();
         w.tick(now);
-        f(&mut w, now)
+        let result = f(&mut w, now);
+        let listen = w.listen_addrs();
+        drop(w);
+        if !self.inner.shutdown.is_cancelled() {
+            self.inner.vm_ports.reconcile(&listen);
+        }
+        result
     }
 
     /// Runs one worker pass now (timeline events, expiry, status refresh).
@@ -256,6 +265,7 @@ impl LnvpsSimHandle {
     /// Stops accepting, cancels hung requests and lets the rest finish (up to 5 s).
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner.vm_ports.close_all();
     }
 
     /// [`shutdown`](Self::shutdown), then waits until the server has stopped.

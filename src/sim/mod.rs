@@ -24,6 +24,7 @@ mod nip98;
 mod ratelimit;
 mod render;
 mod routes;
+mod vm_ports;
 pub mod scenario;
 mod wire;
 mod world;

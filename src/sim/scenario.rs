@@ -73,6 +73,9 @@ pub struct SimSettings {
     /// Fiat per BTC, used when a fiat plan is quoted for Lightning (and back).
     pub btc_eur: f64,
     pub btc_usd: f64,
+    /// When set, every running VM listens on `<its ipv4>:<port>` (its "SSH port") so
+    /// liveness probes are real TCP; a stopped, deleted or `hung` VM does not.
+    pub vm_listen_port: Option<u16>,
 }
 
 impl Default for SimSettings {
@@ -83,6 +86,7 @@ impl Default for SimSettings {
             unpaid_purge_after: Duration::from_secs(3600),
             btc_eur: 90_000.0,
             btc_usd: 100_000.0,
+            vm_listen_port: None,
         }
     }
 }

@@ -142,6 +142,9 @@ pub struct SimVm {
     pub pending_payment: bool,
     /// Soft-deleted: hidden from lists, GET answers 404 "VM not found".
     pub deleted: bool,
+    /// Hung: the state stays as it is but the VM's port stops answering (a frozen
+    /// guest). Cleared by a start or restart, as a reset would.
+    pub hung: bool,
     pub subscription_active: bool,
     /// (boot, shutdown) pairs, newest last; `None` = still running.
     pub run_intervals: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>,
@@ -197,6 +200,7 @@ impl SimVm {
 
     fn power_on(&mut self, at: DateTime<Utc>) {
         self.power_off(at);
+        self.hung = false;
         self.run_intervals.push((at, None));
         if self.run_intervals.len() > MAX_RUN_INTERVALS {
             self.run_intervals.remove(0);
@@ -684,6 +688,7 @@ impl World {
             memory_as_fraction: spec.memory_as_fraction,
             pending_payment: spec.pending_payment,
             deleted: false,
+            hung: false,
             subscription_active: spec.expires.is_some(),
             run_intervals: Vec::new(),
             expired_handled: None,
@@ -702,6 +707,18 @@ impl World {
     }
 
     /// Every VM, deleted ones included, by id.
+    /// Where running VMs should be listening right now (see `SimSettings::vm_listen_port`).
+    pub fn listen_addrs(&self) -> Vec<(u64, std::net::SocketAddr)> {
+        let Some(port) = self.settings.vm_listen_port else {
+            return Vec::new();
+        };
+        self.vms
+            .values()
+            .filter(|v| v.state == VmState::Running && !v.deleted && !v.hung)
+            .map(|v| (v.id, std::net::SocketAddr::from((v.ipv4, port))))
+            .collect()
+    }
+
     pub fn all_vms(&self) -> impl Iterator<Item = &SimVm> {
         self.vms.values()
     }

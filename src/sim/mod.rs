@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`lnvps`]: the fake LNVPS API server, its handle and the `simulate` CLI entry point;
+//! - [`stablevps`]: the fake StableVPS API server (scenario, wallet renewals, RDP listeners);
 //! - [`scenario`]: the starting world and its timeline (TOML/JSON, built-ins);
 //! - [`faults`]: injectable API faults (latency, 5xx, 429, broken bodies, hangs);
 //! - `world`: in-memory users, VMs and the lifecycle the real worker runs;
@@ -24,7 +25,8 @@ mod nip98;
 mod ratelimit;
 mod render;
 mod routes;
-mod vm_ports;
 pub mod scenario;
+pub mod stablevps;
+mod vm_ports;
 mod wire;
 mod world;

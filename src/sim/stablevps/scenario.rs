@@ -1,0 +1,358 @@
+//! StableVPS scenarios: accounts (wallet, API keys), their VPSes and the simulator's
+//! knobs (provisioning delay, RDP port, what an unpaid renewal does, initial faults).
+//!
+//! Deserializes from TOML or JSON; `demo` is built in. Relative times ("5d", "-2h")
+//! count from the simulator's start (or, for [`super::StableVpsSimHandle::add_vps`],
+//! from the moment the VPS is added); RFC 3339 timestamps are accepted too.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::sim::faults::Fault;
+use crate::sim::scenario::RelTime;
+
+/// The starting world of a StableVPS simulator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StableScenario {
+    pub accounts: Vec<AccountSpec>,
+    pub vps: Vec<VpsSpec>,
+    /// How long a `provisioning` VPS takes to become `active` (per-VPS override:
+    /// [`VpsSpec::provisioning_for`]).
+    #[serde(with = "humantime_serde")]
+    pub provisioning_delay: Duration,
+    /// RDP port every VPS listens on; 0 = an ephemeral port per VPS (recorded on it).
+    pub rdp_port: u16,
+    /// What a renewal the wallet cannot pay does to the service.
+    pub renewal_on_insufficient_balance: RenewalFailure,
+    /// Faults active from the start.
+    pub faults: Vec<Fault>,
+}
+
+impl Default for StableScenario {
+    fn default() -> Self {
+        Self {
+            accounts: Vec::new(),
+            vps: Vec::new(),
+            provisioning_delay: Duration::from_secs(120),
+            rdp_port: 0,
+            renewal_on_insufficient_balance: RenewalFailure::default(),
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// The state an unpaid renewal leaves the service in. The default (`suspended` /
+/// `stopped`) is a simulator choice: the real behaviour is undocumented. Any strings
+/// are allowed, so unknown values can be produced too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RenewalFailure {
+    pub status: String,
+    pub vps_status: String,
+}
+
+impl Default for RenewalFailure {
+    fn default() -> Self {
+        Self {
+            status: "suspended".into(),
+            vps_status: "stopped".into(),
+        }
+    }
+}
+
+/// One customer account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountSpec {
+    /// 24 hex chars; generated when absent.
+    pub id: Option<String>,
+    /// Wallet balance, EUR.
+    pub balance: f64,
+    pub first_name: String,
+    pub last_name: String,
+    /// Generated (`user<N>@example.com`) when absent.
+    pub email: Option<String>,
+    pub keys: Vec<KeySpec>,
+}
+
+impl Default for AccountSpec {
+    fn default() -> Self {
+        Self {
+            id: None,
+            balance: 100.0,
+            first_name: "John".into(),
+            last_name: "Doe".into(),
+            email: None,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One API key of an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySpec {
+    /// The raw key, `svps_live_` + hex.
+    pub key: String,
+    /// Label; "Key N" when absent.
+    pub name: Option<String>,
+    pub scope: KeyScope,
+    /// None = never expires.
+    pub expires_at: Option<RelTime>,
+}
+
+impl Default for KeySpec {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            name: None,
+            scope: KeyScope::Full,
+            expires_at: None,
+        }
+    }
+}
+
+/// API key permission scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// Read and write.
+    Full,
+    /// List/view only; writes answer 403.
+    Read,
+}
+
+impl KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Full => "full",
+            KeyScope::Read => "read",
+        }
+    }
+}
+
+/// One VPS service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VpsSpec {
+    /// The owning account: its `id`, one of its keys, or its index ("0").
+    pub account: String,
+    /// `basic`, `prime`, `pro` (anything else is served as is and never renews).
+    pub plan_id: String,
+    /// `monthly` or `yearly` (anything else never renews).
+    pub billing_cycle: String,
+    /// Service/billing status; any string.
+    pub status: String,
+    /// Machine status; any string. `provisioning` becomes `active` after the delay.
+    pub vps_status: String,
+    pub location: String,
+    pub current_period_end: RelTime,
+    /// Default: one billing cycle before the period end.
+    pub current_period_start: Option<RelTime>,
+    /// Default: the period start.
+    pub created_at: Option<RelTime>,
+    /// Default: a distinct 127.2.x.y.
+    pub ip_address: Option<Ipv4Addr>,
+    /// Open a TCP listener at `ip_address:rdp_port` while the machine is up.
+    pub listen_rdp: bool,
+    /// Overrides the scenario's `rdp_port`.
+    pub rdp_port: Option<u16>,
+    /// Machine "hung": reported active, but the RDP port is closed.
+    pub hang: bool,
+    /// Overrides the scenario's `provisioning_delay`.
+    #[serde(with = "humantime_serde")]
+    pub provisioning_for: Option<Duration>,
+}
+
+impl Default for VpsSpec {
+    fn default() -> Self {
+        Self {
+            account: "0".into(),
+            plan_id: "prime".into(),
+            billing_cycle: "monthly".into(),
+            status: "active".into(),
+            vps_status: "active".into(),
+            location: "amsterdam".into(),
+            current_period_end: RelTime::Offset(30 * 86_400),
+            current_period_start: None,
+            created_at: None,
+            ip_address: None,
+            listen_rdp: true,
+            rdp_port: None,
+            hang: false,
+            provisioning_for: None,
+        }
+    }
+}
+
+/// Raw key of the demo's full-scope key (a simulator secret, not a real one).
+pub const DEMO_FULL_KEY: &str = "svps_live_0d3m0f011a5c3e5500112233445566778899aabb";
+/// Raw key of the demo's read-only key.
+pub const DEMO_READ_KEY: &str = "svps_live_0d3m0read0c3e5500112233445566778899aabb";
+
+impl StableScenario {
+    /// One account (wallet 30 EUR, a full and a read key) with three VPSes: one
+    /// renewing in 20 days, one in 2 days (the wallet covers only part of the
+    /// upcoming renewals), and one still provisioning.
+    pub fn demo() -> StableScenario {
+        let day = 86_400;
+        StableScenario {
+            accounts: vec![AccountSpec {
+                balance: 30.0,
+                keys: vec![
+                    KeySpec {
+                        key: DEMO_FULL_KEY.into(),
+                        name: Some("vpswatch".into()),
+                        ..KeySpec::default()
+                    },
+                    KeySpec {
+                        key: DEMO_READ_KEY.into(),
+                        name: Some("vpswatch read-only".into()),
+                        scope: KeyScope::Read,
+                        expires_at: Some(RelTime::Offset(10 * day)),
+                    },
+                ],
+                ..AccountSpec::default()
+            }],
+            vps: vec![
+                VpsSpec {
+                    current_period_end: RelTime::Offset(20 * day),
+                    ..VpsSpec::default()
+                },
+                VpsSpec {
+                    plan_id: "basic".into(),
+                    location: "london".into(),
+                    current_period_end: RelTime::Offset(2 * day),
+                    ..VpsSpec::default()
+                },
+                VpsSpec {
+                    plan_id: "pro".into(),
+                    billing_cycle: "yearly".into(),
+                    vps_status: "provisioning".into(),
+                    location: "frankfurt".into(),
+                    current_period_end: RelTime::Offset(365 * day),
+                    ..VpsSpec::default()
+                },
+            ],
+            ..StableScenario::default()
+        }
+    }
+
+    /// A built-in by name (`demo`, `empty`) or a TOML/JSON file (by extension).
+    pub fn load(path_or_name: &str) -> anyhow::Result<StableScenario> {
+        let scenario = match path_or_name {
+            "demo" => Self::demo(),
+            "empty" => Self::default(),
+            path => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "scenario `{path}` is neither a built-in (demo, empty) nor a readable file"
+                    )
+                })?;
+                if path.ends_with(".json") {
+                    Self::from_json(&text)
+                } else {
+                    Self::from_toml(&text)
+                }
+                .with_context(|| format!("scenario file {path}"))?
+            }
+        };
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<StableScenario> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn from_json(text: &str) -> anyhow::Result<StableScenario> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Checks what serde cannot: key format and uniqueness, balances, VPS owners.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !a.balance.is_finite() {
+                bail!("accounts[{i}].balance must be a finite number");
+            }
+            if let Some(id) = &a.id {
+                if id.is_empty() {
+                    bail!("accounts[{i}].id must not be empty");
+                }
+            }
+            for k in &a.keys {
+                if !k.key.starts_with("svps_live_") || k.key.len() <= "svps_live_".len() {
+                    bail!(
+                        "accounts[{i}]: key `{}` must look like svps_live_<hex>",
+                        k.key
+                    );
+                }
+                if !seen.insert(k.key.as_str()) {
+                    bail!("accounts[{i}]: key `{}` is used twice", k.key);
+                }
+            }
+        }
+        for (i, v) in self.vps.iter().enumerate() {
+            if self.account_index(&v.account).is_none() {
+                bail!("vps[{i}].account `{}` names no account", v.account);
+            }
+        }
+        Ok(())
+    }
+
+    fn account_index(&self, account: &str) -> Option<usize> {
+        if let Ok(i) = account.parse::<usize>() {
+            return (i < self.accounts.len()).then_some(i);
+        }
+        self.accounts.iter().position(|a| {
+            a.id.as_deref() == Some(account) || a.keys.iter().any(|k| k.key == account)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_example_parses() {
+        let s = StableScenario::from_toml(
+            r#"
+            rdp_port = 0
+            provisioning_delay = "30s"
+            renewal_on_insufficient_balance = { status = "expired", vps_status = "stopped" }
+            [[accounts]]
+            balance = 5.0
+            keys = [{ key = "svps_live_abcd", scope = "read", expires_at = "3d" }]
+            [[vps]]
+            account = "0"
+            plan_id = "basic"
+            status = "weird"
+            current_period_end = "5d"
+            ip_address = "127.2.9.9"
+            listen_rdp = false
+            "#,
+        )
+        .expect("toml");
+        s.validate().expect("valid");
+        assert_eq!(s.accounts[0].keys[0].scope, KeyScope::Read);
+        assert_eq!(s.vps[0].current_period_end, RelTime::Offset(5 * 86_400));
+        assert_eq!(s.renewal_on_insufficient_balance.status, "expired");
+    }
+
+    #[test]
+    fn rejects_bad_keys_and_owners() {
+        let mut s = StableScenario::demo();
+        s.validate().expect("demo is valid");
+        s.vps[0].account = "7".into();
+        assert!(s.validate().is_err());
+        let mut s = StableScenario::demo();
+        s.accounts[0].keys[0].key = "nope".into();
+        assert!(s.validate().is_err());
+    }
+}

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// One injected fault.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +186,49 @@ impl FaultSet {
             }
         }
         Some(kind)
+    }
+}
+
+/// A `Hang` fault holds its request at most this long (or until shutdown).
+const MAX_HANG: Duration = Duration::from_secs(15 * 60);
+
+/// What a request does once its fault, if any, has been played.
+pub enum FaultEffect {
+    /// Answer normally, cutting the body in half when `truncate`.
+    Proceed { truncate: bool },
+    /// The request was held until shutdown or the hang limit: answer nothing useful.
+    Hung,
+    /// Answer with the fault's own reply instead of the handler's.
+    Reply(FaultKind),
+}
+
+/// Plays the time-based part of a fault (latency, hang) and says how the request goes
+/// on. Shared by every fake provider so faults behave the same everywhere. `on_hang`
+/// runs when a hang starts (the request log records it as never answered).
+pub async fn play(
+    fault: Option<FaultKind>,
+    shutdown: &CancellationToken,
+    on_hang: impl FnOnce(),
+) -> FaultEffect {
+    match fault {
+        None => FaultEffect::Proceed { truncate: false },
+        Some(FaultKind::Latency(d)) => {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(d) => {}
+            }
+            FaultEffect::Proceed { truncate: false }
+        }
+        Some(FaultKind::Hang) => {
+            on_hang();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(MAX_HANG) => {}
+            }
+            FaultEffect::Hung
+        }
+        Some(FaultKind::TruncatedBody) => FaultEffect::Proceed { truncate: true },
+        Some(kind) => FaultEffect::Reply(kind),
     }
 }
 

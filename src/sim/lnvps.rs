@@ -34,6 +34,7 @@ use super::ratelimit::{client_ip, RateLimiter};
 use super::routes::{self, Endpoint, Routed};
 use crate::clock::{SharedClock, SystemClock};
 
+use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
 pub use super::scenario::{
     CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
@@ -51,7 +52,6 @@ const MAX_BODY: usize = 2 * 1024 * 1024;
 /// Requests remembered by [`LnvpsSimHandle::requests`].
 const MAX_LOGGED: usize = 100_000;
 /// Longest a `Hang` fault holds a request.
-const MAX_HANG: Duration = Duration::from_secs(15 * 60);
 /// Background worker pass interval (requests also advance the world).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -321,26 +321,14 @@ impl LnvpsSimHandle {
             return self.finish(&meta, rate_limited(retry_after), false);
         }
         let fault = self.with_world(|w, _| w.faults.take(meta.template, meta.vm_id));
-        let mut truncate = false;
-        match fault {
-            None => {}
-            Some(FaultKind::Latency(d)) => {
-                tokio::select! {
-                    _ = self.inner.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(d) => {}
-                }
+        let truncate = match faults::play(fault, &self.inner.shutdown, || self.log(&meta, 0)).await
+        {
+            FaultEffect::Proceed { truncate } => truncate,
+            FaultEffect::Hung => {
+                return Reply::empty(StatusCode::SERVICE_UNAVAILABLE).into_response()
             }
-            Some(FaultKind::Hang) => {
-                self.log(&meta, 0);
-                tokio::select! {
-                    _ = self.inner.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(MAX_HANG) => {}
-                }
-                return Reply::empty(StatusCode::SERVICE_UNAVAILABLE).into_response();
-            }
-            Some(FaultKind::TruncatedBody) => truncate = true,
-            Some(kind) => return self.finish(&meta, fault_reply(&kind), false),
-        }
+            FaultEffect::Reply(kind) => return self.finish(&meta, fault_reply(&kind), false),
+        };
         let reply = match routed {
             Routed::NotFound => Reply::empty(StatusCode::NOT_FOUND),
             Routed::MethodNotAllowed { allow, .. } => {

@@ -51,6 +51,7 @@ use crate::clock::{SharedClock, SystemClock};
 use api::{error, Routed};
 use world::World;
 
+use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
 pub use super::scenario::RelTime;
 pub use api::{ACCOUNT, AUTH, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET};
@@ -65,7 +66,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// Requests remembered by [`StableVpsSimHandle::requests`].
 const MAX_LOGGED: usize = 100_000;
 /// Longest a `Hang` fault holds a request.
-const MAX_HANG: Duration = Duration::from_secs(15 * 60);
 /// Background pass interval (requests also advance the world).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -329,26 +329,14 @@ impl StableVpsSimHandle {
         };
         let fault_id = meta.vps_id.as_deref().and_then(fault_key);
         let fault = self.with_world(|w, _| w.faults.take(meta.template, fault_id));
-        let mut truncate = false;
-        match fault {
-            None => {}
-            Some(FaultKind::Latency(d)) => {
-                tokio::select! {
-                    _ = self.inner.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(d) => {}
-                }
+        let truncate = match faults::play(fault, &self.inner.shutdown, || self.log(&meta, 0)).await
+        {
+            FaultEffect::Proceed { truncate } => truncate,
+            FaultEffect::Hung => {
+                return Reply::empty(StatusCode::SERVICE_UNAVAILABLE).into_response()
             }
-            Some(FaultKind::Hang) => {
-                self.log(&meta, 0);
-                tokio::select! {
-                    _ = self.inner.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(MAX_HANG) => {}
-                }
-                return Reply::empty(StatusCode::SERVICE_UNAVAILABLE).into_response();
-            }
-            Some(FaultKind::TruncatedBody) => truncate = true,
-            Some(kind) => return self.finish(&meta, fault_reply(&kind), false),
-        }
+            FaultEffect::Reply(kind) => return self.finish(&meta, fault_reply(&kind), false),
+        };
         let reply = match routed {
             Routed::NotFound => error(StatusCode::NOT_FOUND, "Not found"),
             Routed::MethodNotAllowed(_) => {

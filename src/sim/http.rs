@@ -184,3 +184,19 @@ where
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
+
+/// Calls `tick` once a second until `shutdown`, so a fake server's world moves on
+/// (expiry, renewals, timeline events) even when no request arrives.
+pub fn spawn_ticker(
+    shutdown: tokio_util::sync::CancellationToken,
+    tick: impl Fn() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => tick(),
+            }
+        }
+    })
+}

@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -28,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::control;
 use super::handlers::{self, Call};
-use super::http::{read_body, serve, Body, Reply, JSON};
+use super::http::{read_body, serve, spawn_ticker, Body, Reply, JSON};
 use super::nip98::{sha256_hex, AuthRequest, Verifier};
 use super::ratelimit::{client_ip, RateLimiter};
 use super::routes::{self, Endpoint, Routed};
@@ -52,9 +51,6 @@ const MAX_BODY: usize = 2 * 1024 * 1024;
 /// Requests remembered by [`LnvpsSimHandle::requests`].
 const MAX_LOGGED: usize = 100_000;
 /// Longest a `Hang` fault holds a request.
-/// Background worker pass interval (requests also advance the world).
-const TICK: Duration = Duration::from_secs(1);
-
 /// One request the emulated API saw.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoggedRequest {
@@ -114,20 +110,12 @@ impl LnvpsSim {
                 async move { h.handle_request(req, peer).await }
             }))
         };
-        let ticker = tokio::spawn(ticker(handle.clone()));
+        let ticker = {
+            let h = handle.clone();
+            spawn_ticker(handle.inner.shutdown.clone(), move || h.tick())
+        };
         handle.lock_tasks().extend([server, ticker]);
         Ok(handle)
-    }
-}
-
-/// Advances the world once a second so expiry and timeline events happen without
-/// requests.
-async fn ticker(handle: LnvpsSimHandle) {
-    loop {
-        tokio::select! {
-            _ = handle.inner.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(TICK) => handle.tick(),
-        }
     }
 }
 

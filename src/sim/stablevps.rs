@@ -32,7 +32,6 @@ mod world;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -46,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{read_body, serve, Body, Reply, JSON};
+use super::http::{read_body, serve, spawn_ticker, Body, Reply, JSON};
 use crate::clock::{SharedClock, SystemClock};
 use api::{error, Routed};
 use world::World;
@@ -66,9 +65,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// Requests remembered by [`StableVpsSimHandle::requests`].
 const MAX_LOGGED: usize = 100_000;
 /// Longest a `Hang` fault holds a request.
-/// Background pass interval (requests also advance the world).
-const TICK: Duration = Duration::from_secs(1);
-
 /// The number a service id stands for in [`EndpointMatch::Vm`]: its last 16 hex
 /// digits. `None` if the id is not hex.
 pub fn fault_key(id: &str) -> Option<u64> {
@@ -129,20 +125,12 @@ impl StableVpsSim {
                 async move { h.handle_request(req).await }
             }))
         };
-        let ticker = tokio::spawn(ticker(handle.clone()));
+        let ticker = {
+            let h = handle.clone();
+            spawn_ticker(handle.inner.shutdown.clone(), move || h.tick())
+        };
         handle.lock_tasks().extend([server, ticker]);
         Ok(handle)
-    }
-}
-
-/// Advances the world once a second so renewals and provisioning happen without
-/// requests.
-async fn ticker(handle: StableVpsSimHandle) {
-    loop {
-        tokio::select! {
-            _ = handle.inner.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(TICK) => handle.tick(),
-        }
     }
 }
 

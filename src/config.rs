@@ -23,6 +23,10 @@ use crate::secret::{self, Secret};
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
 pub const DEFAULT_PORT: u16 = 10047;
 
+/// Where the journal and the alert outbox live unless `state_dir` says otherwise
+/// (systemd's `StateDirectory=vpswatch`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vpswatch";
+
 /// One problem found in a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -72,6 +76,7 @@ struct RawGlobals {
     #[serde(with = "humantime_serde")]
     staleness_limit: Duration,
     max_response_bytes: usize,
+    state_dir: PathBuf,
     web: RawWeb,
     providers: RawProviders,
     probes: ProbeConfig,
@@ -85,6 +90,7 @@ impl Default for RawGlobals {
             poll_timeout: Duration::from_secs(600),
             staleness_limit: Duration::from_secs(300),
             max_response_bytes: 16 * 1024 * 1024,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             web: RawWeb::default(),
             providers: RawProviders::default(),
             probes: ProbeConfig::default(),
@@ -233,6 +239,8 @@ pub struct Config {
     pub poll_timeout: Duration,
     pub staleness_limit: Duration,
     pub max_response_bytes: usize,
+    /// The journal and the alert outbox (see `store`).
+    pub state_dir: PathBuf,
     pub listen_address: SocketAddr,
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
@@ -386,6 +394,7 @@ pub fn parse(
             poll_timeout: g.poll_timeout,
             staleness_limit: g.staleness_limit,
             max_response_bytes: g.max_response_bytes,
+            state_dir: g.state_dir,
             listen_address,
             providers: BTreeMap::from([
                 (ProviderKind::Lnvps, g.providers.lnvps),

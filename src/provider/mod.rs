@@ -254,6 +254,12 @@ pub trait Provider: Send + Sync {
     async fn poll(&self) -> Result<AccountData, ProviderError>;
     /// Performs a write on one VM.
     async fn act(&self, vm_id: &str, action: VmAction) -> Result<(), ProviderError>;
+    /// False when this account's credential cannot act (a read-only key, or no write
+    /// credential configured): the watchdog then reports actions disabled and never
+    /// calls [`Provider::act`]. May turn false at run time (a 403 on a write).
+    fn actions_enabled(&self) -> bool {
+        true
+    }
 }
 
 pub type SharedProvider = Arc<dyn Provider>;

@@ -2,3 +2,4 @@
 //! them (see the open watchdog issue).
 
 pub mod probe;
+pub mod selector;

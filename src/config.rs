@@ -18,6 +18,7 @@ use url::Url;
 use crate::provider::lnvps::BtcUnit;
 use crate::provider::ProviderKind;
 use crate::secret::{self, Secret};
+use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
@@ -245,6 +246,7 @@ pub struct Config {
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
     pub probes: ProbeConfig,
+    pub watchdog: WatchdogConfig,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<Problem>,
 }
@@ -289,6 +291,8 @@ pub fn parse(
     let mut warnings = Vec::new();
 
     let raw_accounts = table.remove("accounts");
+    let raw_rules = table.remove("rules");
+    let raw_watchdog = table.remove("watchdog");
     let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
@@ -310,6 +314,8 @@ pub fn parse(
             message: "must be an array of tables ([[accounts]])".into(),
         }),
     }
+
+    let watchdog = read_watchdog(raw_watchdog, raw_rules, &mut problems);
 
     let Some(g) = globals else {
         return Err(err(problems));
@@ -387,6 +393,8 @@ pub fn parse(
         }
     }
 
+    check_rule_targets(&watchdog, &valid_accounts, &mut warnings);
+
     match listen_address {
         Some(listen_address) if problems.is_empty() => Ok(Config {
             poll_interval: g.poll_interval,
@@ -402,9 +410,72 @@ pub fn parse(
             ]),
             accounts: valid_accounts,
             probes: g.probes,
+            watchdog,
             warnings,
         }),
         _ => Err(err(problems)),
+    }
+}
+
+/// Reads `[watchdog]` and `[[rules]]`; rule names must be unique.
+fn read_watchdog(
+    raw_watchdog: Option<toml::Value>,
+    raw_rules: Option<toml::Value>,
+    problems: &mut Vec<Problem>,
+) -> WatchdogConfig {
+    let settings = match raw_watchdog {
+        None => Some(RawWatchdog::default()),
+        Some(v) => read_section::<RawWatchdog>(v, "watchdog", problems),
+    };
+    let mut checked = Vec::new();
+    match raw_rules {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            let mut seen = HashMap::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let prefix = format!("rules[{i}]");
+                let Some(raw) = read_section::<RawRule>(item, &prefix, problems) else {
+                    continue;
+                };
+                if let Some(rule) = rules::check_rule(&prefix, raw, problems) {
+                    if let Some(prev) = seen.insert(rule.name.clone(), prefix.clone()) {
+                        problems.push(Problem {
+                            path: format!("{prefix}.name"),
+                            message: format!("{:?} is already used by {prev}", rule.name),
+                        });
+                    }
+                    checked.push(rule);
+                }
+            }
+        }
+        Some(_) => problems.push(Problem {
+            path: "rules".into(),
+            message: "must be an array of tables ([[rules]])".into(),
+        }),
+    }
+    rules::check_watchdog(settings.unwrap_or_default(), checked, problems)
+}
+
+/// A rule whose `match` names no configured account is almost always a typo.
+fn check_rule_targets(
+    watchdog: &WatchdogConfig,
+    accounts: &[AccountConfig],
+    warnings: &mut Vec<Problem>,
+) {
+    for (i, rule) in watchdog.rules.iter().enumerate() {
+        if !accounts.is_empty()
+            && !accounts
+                .iter()
+                .any(|a| rule.selector.may_match_account(a.provider, &a.name))
+        {
+            warnings.push(Problem {
+                path: format!("rules[{i}].match"),
+                message: format!(
+                    "rule {:?} matches none of the configured accounts",
+                    rule.name
+                ),
+            });
+        }
     }
 }
 

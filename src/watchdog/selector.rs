@@ -56,6 +56,12 @@ impl Selector {
         !self.vms.is_empty() || !self.names.is_empty()
     }
 
+    /// Whether some VM (or the account itself) of this account could match.
+    pub fn may_match_account(&self, provider: ProviderKind, account: &str) -> bool {
+        self.provider.is_none_or(|p| p == provider)
+            && (self.accounts.is_empty() || self.accounts.iter().any(|a| a == account))
+    }
+
     pub fn matches(&self, t: Target<'_>) -> bool {
         if self.provider.is_some_and(|p| p != t.provider) {
             return false;

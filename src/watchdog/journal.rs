@@ -1,0 +1,319 @@
+//! The watchdog's journal: every action written before it is sent and again with its
+//! outcome, plus each rule's per-target state, in the shared redb store.
+//!
+//! An action and the rule state it changes (cooldown, cap window, ladder rung, counters)
+//! are committed in one transaction before the provider is called. A crash before the
+//! call leaves an entry in `sending`, which the next start marks `interrupted` and counts
+//! as sent: after a restart vpswatch may do one action fewer, never one more.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::rules::Remedy;
+use super::state::TargetState;
+use crate::provider::ProviderKind;
+use crate::store::{StateStore, StoreError};
+
+const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("watchdog_actions");
+const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watchdog_targets");
+
+/// Journal entries kept; older ones are pruned (they only serve the API and audits).
+const KEEP_ENTRIES: u64 = 10_000;
+
+/// Where an action stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    /// Written, provider call under way.
+    Sending,
+    /// The provider accepted it.
+    Ok,
+    Failed,
+    /// Dry run: everything but the provider call.
+    DryRun,
+    /// vpswatch stopped while the call was under way; the outcome is unknown and the
+    /// action counts as sent.
+    Interrupted,
+}
+
+/// What happened to the VM after the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Recovered,
+    NotRecovered,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub id: u64,
+    pub at: DateTime<Utc>,
+    pub rule: String,
+    pub provider: ProviderKind,
+    pub account: String,
+    pub vm: String,
+    pub vm_name: String,
+    pub action: Remedy,
+    /// Ladder rung (0 = first remedy).
+    pub rung: usize,
+    /// Why: the observation that made the rule act.
+    pub reason: String,
+    pub status: ActionStatus,
+    pub dry_run: bool,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub outcome_at: Option<DateTime<Utc>>,
+}
+
+/// The identity of one rule's target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    pub rule: String,
+    pub provider: ProviderKind,
+    pub account: String,
+    /// Empty for account-level rules.
+    pub vm: String,
+}
+
+const SEP: char = '\u{1f}';
+
+impl TargetKey {
+    fn encode(&self) -> String {
+        format!(
+            "{}{SEP}{}{SEP}{}{SEP}{}",
+            self.rule, self.provider, self.account, self.vm
+        )
+    }
+
+    fn decode(s: &str) -> Option<TargetKey> {
+        let mut it = s.split(SEP);
+        let rule = it.next()?.to_string();
+        let provider = match it.next()? {
+            "lnvps" => ProviderKind::Lnvps,
+            "stablevps" => ProviderKind::Stablevps,
+            _ => return None,
+        };
+        Some(TargetKey {
+            rule,
+            provider,
+            account: it.next()?.to_string(),
+            vm: it.next()?.to_string(),
+        })
+    }
+}
+
+/// Journal handle.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    store: StateStore,
+}
+
+/// What a restart recovers.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub targets: HashMap<TargetKey, TargetState>,
+    /// Newest action time per (provider, account, vm), any rule: the shared cooldown.
+    pub last_action: HashMap<(ProviderKind, String, String), DateTime<Utc>>,
+    pub next_id: u64,
+    /// Entries found in `sending` and now marked interrupted.
+    pub interrupted: Vec<u64>,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Journal {
+    pub fn new(store: StateStore) -> Journal {
+        Journal { store }
+    }
+
+    /// Loads the state at start-up and closes entries a crash left open.
+    pub fn restore(&self, now: DateTime<Utc>) -> Result<Restored, StoreError> {
+        let e = |x: &dyn std::fmt::Display| self.store.error(x);
+        let txn = self.store.db().begin_write().map_err(|x| e(&x))?;
+        let mut out = Restored {
+            next_id: 1,
+            ..Restored::default()
+        };
+        {
+            let mut actions = txn.open_table(ACTIONS).map_err(|x| e(&x))?;
+            let mut open = Vec::new();
+            for row in actions.iter().map_err(|x| e(&x))? {
+                let (k, v) = row.map_err(|x| e(&x))?;
+                let id = k.value();
+                out.next_id = out.next_id.max(id + 1);
+                let Ok(rec) = serde_json::from_slice::<ActionRecord>(v.value()) else {
+                    tracing::warn!(id, "unreadable journal entry skipped");
+                    continue;
+                };
+                let key = (rec.provider, rec.account.clone(), rec.vm.clone());
+                let newest = out.last_action.entry(key).or_insert(rec.at);
+                *newest = (*newest).max(rec.at);
+                if rec.status == ActionStatus::Sending {
+                    open.push(rec);
+                }
+            }
+            for mut rec in open {
+                rec.status = ActionStatus::Interrupted;
+                rec.finished_at = Some(now);
+                out.interrupted.push(rec.id);
+                actions
+                    .insert(rec.id, to_json(&rec).as_slice())
+                    .map_err(|x| e(&x))?;
+            }
+            let targets = txn.open_table(TARGETS).map_err(|x| e(&x))?;
+            for row in targets.iter().map_err(|x| e(&x))? {
+                let (k, v) = row.map_err(|x| e(&x))?;
+                let Some(key) = TargetKey::decode(k.value()) else {
+                    continue;
+                };
+                match serde_json::from_slice::<TargetState>(v.value()) {
+                    Ok(s) => {
+                        out.targets.insert(key, s);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "unreadable rule state skipped"),
+                }
+            }
+        }
+        txn.commit().map_err(|x| e(&x))?;
+        Ok(out)
+    }
+
+    /// Writes target states (and removes the ones given as `None`) plus new or updated
+    /// journal entries, all in one durable transaction.
+    pub fn commit(
+        &self,
+        targets: &[(TargetKey, Option<TargetState>)],
+        records: &[ActionRecord],
+    ) -> Result<(), StoreError> {
+        if targets.is_empty() && records.is_empty() {
+            return Ok(());
+        }
+        let e = |x: &dyn std::fmt::Display| self.store.error(x);
+        let txn = self.store.db().begin_write().map_err(|x| e(&x))?;
+        {
+            let mut t = txn.open_table(TARGETS).map_err(|x| e(&x))?;
+            for (key, state) in targets {
+                let k = key.encode();
+                match state {
+                    Some(s) => {
+                        t.insert(k.as_str(), to_json(s).as_slice())
+                            .map_err(|x| e(&x))?;
+                    }
+                    None => {
+                        t.remove(k.as_str()).map_err(|x| e(&x))?;
+                    }
+                }
+            }
+            let mut a = txn.open_table(ACTIONS).map_err(|x| e(&x))?;
+            for rec in records {
+                a.insert(rec.id, to_json(rec).as_slice())
+                    .map_err(|x| e(&x))?;
+                if rec.id > KEEP_ENTRIES {
+                    a.remove(rec.id - KEEP_ENTRIES).map_err(|x| e(&x))?;
+                }
+            }
+        }
+        txn.commit().map_err(|x| e(&x))
+    }
+
+    /// The newest `limit` entries, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
+        let e = |x: &dyn std::fmt::Display| self.store.error(x);
+        let txn = self.store.db().begin_read().map_err(|x| e(&x))?;
+        let table = match txn.open_table(ACTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(x) => return Err(e(&x)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|x| e(&x))?.rev().take(limit) {
+            let (_, v) = row.map_err(|x| e(&x))?;
+            if let Ok(rec) = serde_json::from_slice::<ActionRecord>(v.value()) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One entry by id.
+    pub fn get(&self, id: u64) -> Result<Option<ActionRecord>, StoreError> {
+        let e = |x: &dyn std::fmt::Display| self.store.error(x);
+        let txn = self.store.db().begin_read().map_err(|x| e(&x))?;
+        let table = match txn.open_table(ACTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(x) => return Err(e(&x)),
+        };
+        let v = table.get(id).map_err(|x| e(&x))?;
+        Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64, status: ActionStatus) -> ActionRecord {
+        ActionRecord {
+            id,
+            at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            rule: "r".into(),
+            provider: ProviderKind::Lnvps,
+            account: "a".into(),
+            vm: "1".into(),
+            vm_name: "web".into(),
+            action: Remedy::Reboot,
+            rung: 0,
+            reason: "probe".into(),
+            status,
+            dry_run: false,
+            finished_at: None,
+            error: None,
+            outcome: None,
+            outcome_at: None,
+        }
+    }
+
+    #[test]
+    fn state_and_open_actions_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = TargetKey {
+            rule: "r".into(),
+            provider: ProviderKind::Lnvps,
+            account: "a".into(),
+            vm: "1".into(),
+        };
+        let state = TargetState {
+            bad_count: 2,
+            rung: 1,
+            ..TargetState::default()
+        };
+        {
+            let j = Journal::new(StateStore::open(dir.path()).expect("open"));
+            j.commit(
+                &[(key.clone(), Some(state.clone()))],
+                &[rec(1, ActionStatus::Ok), rec(2, ActionStatus::Sending)],
+            )
+            .expect("commit");
+        }
+        let j = Journal::new(StateStore::open(dir.path()).expect("reopen"));
+        let r = j.restore(Utc::now()).expect("restore");
+        assert_eq!(r.targets.get(&key), Some(&state));
+        assert_eq!(r.next_id, 3);
+        assert_eq!(r.interrupted, vec![2]);
+        assert_eq!(
+            j.get(2).expect("get").map(|r| r.status),
+            Some(ActionStatus::Interrupted)
+        );
+        let recent = j.recent(10).expect("recent");
+        assert_eq!(recent.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 1]);
+    }
+}

@@ -1,0 +1,397 @@
+//! Watchdog rules as configured: `[watchdog]` settings and `[[rules]]`, read into checked
+//! [`Rule`]s.
+//!
+//! Validation rejects rules that could only do harm: an action on an account-level
+//! condition, `start` on a VM vpswatch cannot know should run (`keep_running`), an
+//! action without patience or cap. Every problem carries its key path (`rules[2].action`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::selector::{Selector, SelectorConfig};
+use crate::config::Problem;
+
+/// What a rule watches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The provider reports the VM stopped (or crashed).
+    VmNotRunning,
+    /// The provider reports the VM running but its TCP port does not answer.
+    ProbeFailing,
+    /// The account's API has not answered successfully for longer than the staleness
+    /// limit. Account-level.
+    ProviderUnreachable,
+    /// CPU usage ratio (0–1, all cores) above the threshold.
+    CpuAbove(f64),
+    /// Memory in use over the VM's memory above the threshold (0–1).
+    MemoryAbove(f64),
+    /// The account's API key expires within the duration. Account-level.
+    ApiKeyExpiring(Duration),
+}
+
+impl Condition {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Condition::VmNotRunning => "vm_not_running",
+            Condition::ProbeFailing => "probe_failing",
+            Condition::ProviderUnreachable => "provider_unreachable",
+            Condition::CpuAbove(_) => "cpu_above",
+            Condition::MemoryAbove(_) => "memory_above",
+            Condition::ApiKeyExpiring(_) => "api_key_expiring",
+        }
+    }
+
+    /// Whether the condition is about a whole account rather than one VM.
+    pub fn is_account_level(&self) -> bool {
+        matches!(
+            self,
+            Condition::ProviderUnreachable | Condition::ApiKeyExpiring(_)
+        )
+    }
+}
+
+/// One rung of an escalation ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remedy {
+    Reboot,
+    Start,
+    /// Stop, wait until the provider reports it stopped, then start: a power cycle for
+    /// guests a reset does not cure.
+    StopStart,
+}
+
+impl Remedy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Remedy::Reboot => "reboot",
+            Remedy::Start => "start",
+            Remedy::StopStart => "stop_start",
+        }
+    }
+}
+
+/// A checked rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub condition: Condition,
+    /// How long the condition must hold (measured on the data's own timestamps).
+    pub hold_for: Duration,
+    /// Consecutive failing observations needed to fire (N).
+    pub failures: u32,
+    /// Consecutive good observations needed to clear (M).
+    pub recoveries: u32,
+    /// Remedies in order; empty = alert only.
+    pub ladder: Vec<Remedy>,
+    /// Least time between two actions on the same VM (by any rule).
+    pub cooldown: Duration,
+    /// At most this many actions per VM within `window`; then stop and escalate.
+    pub max_actions: u32,
+    pub window: Duration,
+    /// How long after an action the VM has to come back before the next rung.
+    pub patience: Duration,
+    /// Start the VM even though vpswatch cannot tell a crash from its owner stopping it.
+    pub keep_running: bool,
+    pub dry_run: bool,
+    pub selector: Selector,
+}
+
+/// `[watchdog]` plus the rules.
+#[derive(Debug, Clone, Default)]
+pub struct WatchdogConfig {
+    /// Global dry-run: everything but the provider call.
+    pub dry_run: bool,
+    /// Alertmanager whose active silences suppress actions.
+    pub alertmanager_url: Option<Url>,
+    pub alertmanager_timeout: Duration,
+    /// How often the silence list is re-read (at most).
+    pub silence_refresh: Duration,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawWatchdog {
+    dry_run: bool,
+    alertmanager_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    alertmanager_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    silence_refresh: Duration,
+}
+
+impl Default for RawWatchdog {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            alertmanager_url: None,
+            alertmanager_timeout: Duration::from_secs(5),
+            silence_refresh: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRule {
+    name: String,
+    condition: String,
+    threshold: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    within: Option<Duration>,
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    hold_for: Option<Duration>,
+    failures: Option<u32>,
+    recoveries: Option<u32>,
+    action: Option<String>,
+    #[serde(default)]
+    escalate: Vec<Remedy>,
+    #[serde(default, with = "humantime_serde")]
+    cooldown: Option<Duration>,
+    max_actions: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    patience: Option<Duration>,
+    #[serde(default)]
+    keep_running: bool,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default, rename = "match")]
+    selector: SelectorConfig,
+}
+
+const CONDITIONS: &str = "vm_not_running, probe_failing, provider_unreachable, cpu_above, \
+                          memory_above, api_key_expiring";
+
+pub(crate) fn check_watchdog(
+    raw: RawWatchdog,
+    rules: Vec<Rule>,
+    problems: &mut Vec<Problem>,
+) -> WatchdogConfig {
+    let alertmanager_url = raw
+        .alertmanager_url
+        .and_then(|text| match Url::parse(&text) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            Ok(u) => {
+                problems.push(Problem {
+                    path: "watchdog.alertmanager_url".into(),
+                    message: format!("scheme {:?} is not http or https", u.scheme()),
+                });
+                None
+            }
+            Err(e) => {
+                problems.push(Problem {
+                    path: "watchdog.alertmanager_url".into(),
+                    message: format!("{text:?} is not a URL: {e}"),
+                });
+                None
+            }
+        });
+    for (key, d) in [
+        ("watchdog.alertmanager_timeout", raw.alertmanager_timeout),
+        ("watchdog.silence_refresh", raw.silence_refresh),
+    ] {
+        if d.is_zero() {
+            problems.push(Problem {
+                path: key.into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+    }
+    WatchdogConfig {
+        dry_run: raw.dry_run,
+        alertmanager_url,
+        alertmanager_timeout: raw.alertmanager_timeout,
+        silence_refresh: raw.silence_refresh,
+        rules,
+    }
+}
+
+/// Checks one rule; `None` when it has problems (all of them recorded).
+pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>) -> Option<Rule> {
+    let before = problems.len();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem {
+            path: format!("{prefix}.{key}"),
+            message,
+        })
+    };
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 64
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !name_ok {
+        problem(
+            "name",
+            format!(
+                "{:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)",
+                raw.name
+            ),
+        );
+    }
+    let ratio = |problem: &mut dyn FnMut(&str, String)| match raw.threshold {
+        Some(t) if t > 0.0 && t < 1.0 => Some(t),
+        Some(t) => {
+            problem(
+                "threshold",
+                format!("{t} is not a ratio between 0 and 1 (e.g. 0.9 for 90 %)"),
+            );
+            None
+        }
+        None => {
+            problem(
+                "threshold",
+                format!("{} needs a threshold (a ratio, e.g. 0.9)", raw.condition),
+            );
+            None
+        }
+    };
+    let condition = match raw.condition.as_str() {
+        "vm_not_running" => Some(Condition::VmNotRunning),
+        "probe_failing" => Some(Condition::ProbeFailing),
+        "provider_unreachable" => Some(Condition::ProviderUnreachable),
+        "cpu_above" => ratio(&mut problem).map(Condition::CpuAbove),
+        "memory_above" => ratio(&mut problem).map(Condition::MemoryAbove),
+        "api_key_expiring" => match raw.within {
+            Some(d) if !d.is_zero() => Some(Condition::ApiKeyExpiring(d)),
+            _ => {
+                problem(
+                    "within",
+                    "api_key_expiring needs `within`, a duration such as \"14d\"".into(),
+                );
+                None
+            }
+        },
+        other => {
+            problem(
+                "condition",
+                format!("{other:?} is not a condition (one of: {CONDITIONS})"),
+            );
+            None
+        }
+    };
+    if raw.threshold.is_some() && !matches!(raw.condition.as_str(), "cpu_above" | "memory_above") {
+        problem("threshold", format!("{} takes no threshold", raw.condition));
+    }
+    if raw.within.is_some() && raw.condition != "api_key_expiring" {
+        problem("within", format!("{} takes no `within`", raw.condition));
+    }
+
+    let first = match raw.action.as_deref() {
+        None | Some("none") => None,
+        Some("reboot") => Some(Remedy::Reboot),
+        Some("start") => Some(Remedy::Start),
+        Some("stop_start") => Some(Remedy::StopStart),
+        Some(other) => {
+            problem(
+                "action",
+                format!("{other:?} is not an action (one of: none, reboot, start, stop_start)"),
+            );
+            None
+        }
+    };
+    let ladder: Vec<Remedy> = first
+        .into_iter()
+        .chain(raw.escalate.iter().copied())
+        .collect();
+    if first.is_none() && !raw.escalate.is_empty() {
+        problem("escalate", "escalation rungs need a first `action`".into());
+    }
+    if let Some(c) = &condition {
+        if c.is_account_level() && !ladder.is_empty() {
+            problem(
+                "action",
+                format!(
+                    "{} is about a whole account: it can alert but not act on a VM",
+                    c.name()
+                ),
+            );
+        }
+        if *c == Condition::VmNotRunning {
+            if let Some(r) = ladder.iter().find(|r| **r != Remedy::Start) {
+                problem(
+                    "action",
+                    format!(
+                        "a VM that is not running can only be started; {:?} does not apply",
+                        r.as_str()
+                    ),
+                );
+            }
+            if !ladder.is_empty() && !raw.keep_running {
+                problem(
+                    "keep_running",
+                    "starting a stopped VM needs keep_running = true: vpswatch cannot tell \
+                     a crash from its owner stopping it"
+                        .into(),
+                );
+            }
+        } else if ladder.contains(&Remedy::Start) {
+            problem(
+                "action",
+                "`start` only applies to vm_not_running (a running VM is rebooted, not started)"
+                    .into(),
+            );
+        }
+    }
+    let acts = !ladder.is_empty();
+    let cooldown = raw.cooldown.unwrap_or(Duration::from_secs(15 * 60));
+    let patience = raw.patience.unwrap_or(Duration::from_secs(5 * 60));
+    let window = raw.window.unwrap_or(Duration::from_secs(24 * 3600));
+    let max_actions = raw.max_actions.unwrap_or(3);
+    let failures = raw.failures.unwrap_or(3);
+    let recoveries = raw.recoveries.unwrap_or(2);
+    if acts {
+        for (key, d) in [("patience", patience), ("window", window)] {
+            if d.is_zero() {
+                problem(key, "must be greater than zero for a rule that acts".into());
+            }
+        }
+        if max_actions == 0 {
+            problem(
+                "max_actions",
+                "must be at least 1 (use action = \"none\" for alert-only rules)".into(),
+            );
+        }
+    }
+    if failures == 0 {
+        problem("failures", "must be at least 1".into());
+    }
+    if recoveries == 0 {
+        problem("recoveries", "must be at least 1".into());
+    }
+    let selector = Selector::new(&raw.selector);
+    if let Some(c) = &condition {
+        if c.is_account_level() && selector.names_vms() {
+            problem(
+                "match",
+                format!(
+                    "{} is about a whole account: match by provider or accounts, not VMs",
+                    c.name()
+                ),
+            );
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Rule {
+        name: raw.name,
+        condition: condition?,
+        hold_for: raw.hold_for.unwrap_or(Duration::ZERO),
+        failures,
+        recoveries,
+        ladder,
+        cooldown,
+        max_actions,
+        window,
+        patience,
+        keep_running: raw.keep_running,
+        dry_run: raw.dry_run,
+        selector,
+    })
+}

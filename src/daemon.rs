@@ -13,11 +13,16 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::{encoder, MetricsCache, SelfMetrics};
+use crate::notify::{LogNotifier, Notify};
 use crate::poll::Poller;
 use crate::provider::budget::BudgetRegistry;
 use crate::provider::{self, BuildContext, SharedProvider};
 use crate::snapshot::SnapshotStore;
+use crate::store::StateStore;
+use crate::watchdog::engine::{self, WatchdogParts};
+use crate::watchdog::journal::Journal;
 use crate::watchdog::probe::{self, ProbeSettings, ProbeStore};
+use crate::watchdog::report::WatchdogReport;
 use crate::web::{self, WebState};
 
 fn probe_settings(config: &Config) -> ProbeSettings {
@@ -52,6 +57,12 @@ pub struct Daemon {
     pub self_metrics: Arc<SelfMetrics>,
     pub cache: MetricsCache,
     pub providers: Vec<SharedProvider>,
+    pub probes: Arc<ProbeStore>,
+    /// The watchdog's metrics state (empty when no rules are configured).
+    pub watchdog: Arc<WatchdogReport>,
+    /// The watchdog journal; `None` when no rules are configured.
+    pub journal: Option<Journal>,
+    pub notifier: Arc<dyn Notify>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -64,7 +75,22 @@ pub fn install_crypto_provider() {
 impl Daemon {
     /// Binds the listener and starts every task.
     pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Daemon> {
+        Self::start_with(config, clock, Arc::new(LogNotifier)).await
+    }
+
+    /// Like [`Daemon::start`] with a given notification channel.
+    pub async fn start_with(
+        config: Config,
+        clock: SharedClock,
+        notifier: Arc<dyn Notify>,
+    ) -> anyhow::Result<Daemon> {
         install_crypto_provider();
+        // The state store is only needed (and only created) when something persists.
+        let state = if config.watchdog.rules.is_empty() {
+            None
+        } else {
+            Some(StateStore::open(&config.state_dir)?)
+        };
         let listener = TcpListener::bind(config.listen_address)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_address))?;
@@ -115,9 +141,38 @@ impl Daemon {
                 cancel.child_token(),
             ));
         }
+        let watchdog = Arc::new(WatchdogReport::default());
+        let journal = state.map(Journal::new);
+        if let Some(journal) = &journal {
+            if !config.probes.enabled
+                && config
+                    .watchdog
+                    .rules
+                    .iter()
+                    .any(|r| r.condition == crate::watchdog::rules::Condition::ProbeFailing)
+            {
+                tracing::warn!("probe_failing rules never fire: probes are disabled");
+            }
+            tasks.spawn(engine::run(
+                WatchdogParts {
+                    config: config.watchdog.clone(),
+                    staleness_limit: config.staleness_limit,
+                    store: store.clone(),
+                    probes: probes.clone(),
+                    providers: providers.clone(),
+                    journal: journal.clone(),
+                    notifier: notifier.clone(),
+                    clock: clock.clone(),
+                    report: watchdog.clone(),
+                    gates: Vec::new(),
+                },
+                cancel.child_token(),
+            ));
+        }
         tasks.spawn(encoder::run(
             store.clone(),
             probes.clone(),
+            watchdog.clone(),
             self_metrics.clone(),
             cache.clone(),
             cancel.child_token(),
@@ -125,6 +180,7 @@ impl Daemon {
         let web_state = Arc::new(WebState {
             cache: cache.clone(),
             store: store.clone(),
+            journal: journal.clone(),
         });
         tasks.spawn(web::serve(listener, web_state, cancel.child_token()));
         tracing::info!(%addr, accounts = config.accounts.len(), "vpswatch started");
@@ -134,6 +190,10 @@ impl Daemon {
             self_metrics,
             cache,
             providers,
+            probes,
+            watchdog,
+            journal,
+            notifier,
             cancel,
             tasks,
         })

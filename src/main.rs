@@ -37,6 +37,9 @@ enum Command {
         /// Overrides `web.listen_address` from the file.
         #[arg(long = "web.listen-address")]
         listen_address: Option<SocketAddr>,
+        /// Watchdog dry-run: rules decide and journal, no provider call is made.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
     /// Run against built-in simulated providers; no configuration needed.
     Demo {
@@ -88,10 +91,16 @@ async fn dispatch(command: Command) -> ExitCode {
                     println!("warning: {}: {}: {}", file.display(), w.path, w.message);
                 }
                 println!(
-                    "{}: OK ({} account{})",
+                    "{}: OK ({} account{}, {} rule{})",
                     file.display(),
                     cfg.accounts.len(),
-                    if cfg.accounts.len() == 1 { "" } else { "s" }
+                    if cfg.accounts.len() == 1 { "" } else { "s" },
+                    cfg.watchdog.rules.len(),
+                    if cfg.watchdog.rules.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
                 );
                 ExitCode::SUCCESS
             }
@@ -103,6 +112,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Run {
             config,
             listen_address,
+            dry_run,
         } => {
             let mut cfg = match vpswatch::config::load(&config) {
                 Ok(c) => c,
@@ -117,6 +127,7 @@ async fn dispatch(command: Command) -> ExitCode {
             if let Some(a) = listen_address {
                 cfg.listen_address = a;
             }
+            cfg.watchdog.dry_run |= dry_run;
             match vpswatch::daemon::Daemon::start(cfg, Arc::new(SystemClock)).await {
                 Ok(d) => {
                     d.run_until_signal().await;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
 use crate::snapshot::SnapshotStore;
+use crate::watchdog::journal::Journal;
 
 /// Prometheus text exposition format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -26,6 +27,8 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 pub struct WebState {
     pub cache: MetricsCache,
     pub store: Arc<SnapshotStore>,
+    /// The watchdog journal, when the watchdog runs.
+    pub journal: Option<Journal>,
 }
 
 type Body = Full<Bytes>;
@@ -110,8 +113,56 @@ const LANDING: &str = concat!(
     "</h1><p>Prometheus exporter and watchdog for LNVPS and StableVPS.</p><ul>",
     "<li><a href=\"metrics\">/metrics</a></li>",
     "<li><a href=\"-/healthy\">/-/healthy</a></li>",
-    "<li><a href=\"-/ready\">/-/ready</a></li></ul></body></html>\n"
+    "<li><a href=\"-/ready\">/-/ready</a></li>",
+    "<li><a href=\"api/v1/actions\">/api/v1/actions</a> (watchdog journal)</li></ul></body></html>\n"
 );
+
+/// Entries `/api/v1/actions` returns unless `?limit=` says otherwise (at most 1000).
+const DEFAULT_ACTIONS_LIMIT: usize = 100;
+
+/// `GET /api/v1/actions[?limit=N]`: the newest journal entries, newest first, as JSON.
+async fn actions(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
+    let limit = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("limit="))
+                .map(|v| v.parse::<usize>())
+        })
+        .unwrap_or(Ok(DEFAULT_ACTIONS_LIMIT));
+    let Ok(limit) = limit else {
+        return text(StatusCode::BAD_REQUEST, "limit must be a number\n");
+    };
+    let entries = match state.journal.clone() {
+        None => Ok::<_, String>(Vec::new()),
+        Some(j) => match tokio::task::spawn_blocking(move || j.recent(limit.min(1000))).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match entries {
+        Ok(list) => {
+            let body = serde_json::json!({
+                "watchdog": state.journal.is_some(),
+                "actions": list,
+            });
+            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the journal for /api/v1/actions");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the journal\n",
+            )
+        }
+    }
+}
 
 /// Routes one request.
 pub fn route(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
@@ -158,7 +209,13 @@ pub async fn serve(listener: TcpListener, state: Arc<WebState>, cancel: Cancella
         let st = state.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let st = st.clone();
-            async move { Ok::<_, Infallible>(route(&st, &req)) }
+            async move {
+                let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
+                if is_get && req.uri().path() == "/api/v1/actions" {
+                    return Ok::<_, Infallible>(actions(&st, &req).await);
+                }
+                Ok::<_, Infallible>(route(&st, &req))
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

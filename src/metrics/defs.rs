@@ -265,6 +265,65 @@ metric!(
     "Duration of the account's latest poll in seconds."
 );
 
+// Watchdog.
+const RULE_TARGET: &[&str] = &["rule", "provider", "account", "vm"];
+metric!(
+    RULE_FIRING,
+    "vpswatch_rule_firing",
+    Gauge,
+    RULE_TARGET,
+    "1 while the rule fires for the target (vm is empty for account-level rules), else 0."
+);
+metric!(
+    RULE_UNKNOWN,
+    "vpswatch_rule_unknown",
+    Gauge,
+    RULE_TARGET,
+    "1 while the rule cannot judge the target (stale, missing or failed data), else 0; unknown never acts."
+);
+metric!(
+    ACTIONS,
+    "vpswatch_actions_total",
+    Counter,
+    &["rule", "provider", "account", "vm", "action", "result"],
+    "Watchdog action decisions by result: ok, failed, dry_run, gave_up, skipped_cooldown, skipped_cap, skipped_maintenance, skipped_silenced, skipped_guard, skipped_disabled, skipped_unknown, skipped_error."
+);
+metric!(
+    ACTION_OUTCOMES,
+    "vpswatch_action_outcomes_total",
+    Counter,
+    &["rule", "provider", "account", "vm", "action", "outcome"],
+    "What followed an action: recovered (seen healthy within the rule's patience) or not_recovered."
+);
+metric!(
+    LAST_ACTION,
+    "vpswatch_last_action_timestamp_seconds",
+    Gauge,
+    &["provider", "account", "vm", "action"],
+    "Unix time of the newest action sent (or dry-run) to the VM."
+);
+metric!(
+    WATCHDOG_DRY_RUN,
+    "vpswatch_watchdog_dry_run",
+    Gauge,
+    &[],
+    "1 when the global dry-run is on: rules decide but no provider call is made."
+);
+metric!(
+    WATCHDOG_LAST_EVALUATION,
+    "vpswatch_watchdog_last_evaluation_timestamp_seconds",
+    Gauge,
+    &[],
+    "Unix time of the watchdog's latest evaluation round."
+);
+metric!(
+    WATCHDOG_ERRORS,
+    "vpswatch_watchdog_errors_total",
+    Counter,
+    &["kind"],
+    "Watchdog internal errors by kind (journal, silences); each means \"did not act\"."
+);
+
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[
     &VPS_INFO,
@@ -298,6 +357,14 @@ pub const ALL: &[&MetricDef] = &[
     &PROVIDER_REQUESTS,
     &PROVIDER_REQUEST_DURATION,
     &POLL_DURATION,
+    &RULE_FIRING,
+    &RULE_UNKNOWN,
+    &ACTIONS,
+    &ACTION_OUTCOMES,
+    &LAST_ACTION,
+    &WATCHDOG_DRY_RUN,
+    &WATCHDOG_LAST_EVALUATION,
+    &WATCHDOG_ERRORS,
 ];
 
 /// The README's metric reference table, generated from [`ALL`].

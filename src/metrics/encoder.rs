@@ -15,6 +15,7 @@ use super::families::{add_account, add_probes, FamilySet};
 use super::self_metrics::SelfMetrics;
 use crate::snapshot::SnapshotStore;
 use crate::watchdog::probe::ProbeStore;
+use crate::watchdog::report::WatchdogReport;
 
 /// One rendering of the exposition.
 #[derive(Debug, Default)]
@@ -36,7 +37,12 @@ pub type MetricsCache = Arc<ArcSwap<Encoded>>;
 pub const REVISION: &str = env!("VPSWATCH_REVISION");
 
 /// Renders every account's snapshot plus the self-metrics.
-pub fn render(store: &SnapshotStore, probes: &ProbeStore, self_metrics: &SelfMetrics) -> Encoded {
+pub fn render(
+    store: &SnapshotStore,
+    probes: &ProbeStore,
+    watchdog: &WatchdogReport,
+    self_metrics: &SelfMetrics,
+) -> Encoded {
     let started = Instant::now();
     let snapshots = store.all();
     let pending = snapshots
@@ -54,6 +60,7 @@ pub fn render(store: &SnapshotStore, probes: &ProbeStore, self_metrics: &SelfMet
         add_account(&mut set, snap);
     }
     add_probes(&mut set, &probes.latest());
+    watchdog.render(&mut set);
     set.extend(self_metrics.gather());
     let plain = set.render();
     let gzip = gzip(&plain);
@@ -76,22 +83,30 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Re-renders whenever a snapshot or the probe results change (bursts are coalesced)
+/// Re-renders whenever a snapshot, the probe results or the watchdog's state change (bursts are coalesced)
 /// until cancelled.
 pub async fn run(
     store: Arc<SnapshotStore>,
     probes: Arc<ProbeStore>,
+    watchdog: Arc<WatchdogReport>,
     self_metrics: Arc<SelfMetrics>,
     cache: MetricsCache,
     cancel: CancellationToken,
 ) {
     let mut changes = store.subscribe();
     let mut probe_changes = probes.subscribe();
+    let mut watchdog_changes = watchdog.subscribe();
     loop {
         changes.mark_unchanged();
         probe_changes.mark_unchanged();
-        let (s, p, m) = (store.clone(), probes.clone(), self_metrics.clone());
-        match tokio::task::spawn_blocking(move || render(&s, &p, &m)).await {
+        watchdog_changes.mark_unchanged();
+        let (s, p, w, m) = (
+            store.clone(),
+            probes.clone(),
+            watchdog.clone(),
+            self_metrics.clone(),
+        );
+        match tokio::task::spawn_blocking(move || render(&s, &p, &w, &m)).await {
             Ok(encoded) => cache.store(Arc::new(encoded)),
             Err(e) => tracing::error!(error = %e, "metrics encoder task failed"),
         }
@@ -99,6 +114,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
             r = probe_changes.changed() => if r.is_err() { return },
+            r = watchdog_changes.changed() => if r.is_err() { return },
         }
         // Let a burst of publishes (many accounts finishing together) settle.
         tokio::time::sleep(Duration::from_millis(25)).await;

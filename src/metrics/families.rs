@@ -60,6 +60,16 @@ impl FamilySet {
     /// Adds one gauge sample. `labels` are the values for `def.labels`, in order.
     pub fn gauge(&mut self, def: &'static MetricDef, labels: &[&str], value: f64) {
         debug_assert_eq!(def.kind, Kind::Gauge);
+        self.sample(def, labels, value);
+    }
+
+    /// Adds one counter sample.
+    pub fn counter(&mut self, def: &'static MetricDef, labels: &[&str], value: f64) {
+        debug_assert_eq!(def.kind, Kind::Counter);
+        self.sample(def, labels, value);
+    }
+
+    fn sample(&mut self, def: &'static MetricDef, labels: &[&str], value: f64) {
         debug_assert_eq!(def.labels.len(), labels.len(), "{}", def.name);
         let Some(i) = index_of(def.name) else { return };
         let out = &mut self.bodies[i];

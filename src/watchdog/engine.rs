@@ -1,0 +1,926 @@
+//! The watchdog loop: after every poll, probe round or tick, evaluate each rule on each
+//! target, run the hysteresis, and when a rule asks for a remedy pass it through the
+//! guards, journal it, then send it.
+//!
+//! Decisions are made only when new data arrives (or a patience window ends), so skips
+//! are counted per observation, not per tick. Provider calls run in their own tasks and
+//! report back over a channel; a target with a call in flight is never acted on again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::action::{self, Skip};
+use super::evaluate::{self, Freshness, Observation, Verdict};
+use super::journal::{ActionRecord, ActionStatus, Journal, Outcome, TargetKey};
+use super::probe::{ProbeResult, ProbeStore, VmKey};
+use super::report::WatchdogReport;
+use super::rules::{Remedy, Rule, WatchdogConfig};
+use super::selector::Target;
+use super::state::{Changes, TargetState, Want};
+use crate::clock::SharedClock;
+use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
+use crate::provider::{ProviderError, ProviderKind, SharedProvider, Vm};
+use crate::snapshot::{AccountSnapshot, SnapshotStore};
+
+/// How often the loop wakes without new data (patience deadlines, stale data).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Optional gates on actions (maintenance windows, Alertmanager silences).
+#[async_trait::async_trait]
+pub trait ActionGate: Send + Sync {
+    /// `Some(skip)` when the action on this target must not happen now.
+    async fn check(&self, target: Target<'_>, now: DateTime<Utc>) -> Option<Skip>;
+}
+
+/// Everything the engine needs.
+pub struct WatchdogParts {
+    pub config: WatchdogConfig,
+    pub staleness_limit: Duration,
+    pub store: Arc<SnapshotStore>,
+    pub probes: Arc<ProbeStore>,
+    pub providers: Vec<SharedProvider>,
+    pub journal: Journal,
+    pub notifier: Arc<dyn Notify>,
+    pub clock: SharedClock,
+    pub report: Arc<WatchdogReport>,
+    pub gates: Vec<Arc<dyn ActionGate>>,
+}
+
+/// The result of one provider call, sent back to the loop.
+struct Finished {
+    key: TargetKey,
+    id: u64,
+    result: Result<(), ProviderError>,
+}
+
+struct Engine {
+    rules: Vec<Rule>,
+    dry_run: bool,
+    freshness: Freshness,
+    store: Arc<SnapshotStore>,
+    probes: Arc<ProbeStore>,
+    providers: HashMap<(ProviderKind, String), SharedProvider>,
+    journal: Journal,
+    notifier: Arc<dyn Notify>,
+    clock: SharedClock,
+    report: Arc<WatchdogReport>,
+    gates: Vec<Arc<dyn ActionGate>>,
+    targets: HashMap<TargetKey, TargetState>,
+    /// Newest action per VM, any rule (the cooldown is per VM).
+    last_action: HashMap<VmKey, DateTime<Utc>>,
+    next_id: u64,
+    dirty: HashSet<TargetKey>,
+    removed: Vec<TargetKey>,
+    records: Vec<ActionRecord>,
+    in_flight: HashSet<TargetKey>,
+    /// Last skip reason per target, so a repeated skip is logged once.
+    last_skip: HashMap<TargetKey, String>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+}
+
+/// Restores the journal and runs until cancelled.
+pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
+    let now = parts.clock.now();
+    let restored = match parts.journal.restore(now) {
+        Ok(r) => r,
+        Err(e) => {
+            // Without the journal, cooldowns and caps are unknown: acting would be unsafe.
+            tracing::error!(error = %e, "watchdog disabled: cannot read its journal");
+            parts.report.count_error("journal");
+            return;
+        }
+    };
+    for id in &restored.interrupted {
+        tracing::warn!(
+            id,
+            "action was in flight when vpswatch stopped; counted as sent, outcome unknown"
+        );
+    }
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let providers = parts
+        .providers
+        .iter()
+        .map(|p| ((p.kind(), p.account().to_string()), p.clone()))
+        .collect();
+    parts.report.set_dry_run(parts.config.dry_run);
+    for (key, s) in &restored.targets {
+        parts.report.set_target(key, s.firing, s.unknown.is_some());
+    }
+    let mut engine = Engine {
+        rules: parts.config.rules,
+        dry_run: parts.config.dry_run,
+        freshness: Freshness {
+            staleness_limit: parts.staleness_limit,
+        },
+        store: parts.store,
+        probes: parts.probes,
+        providers,
+        journal: parts.journal,
+        notifier: parts.notifier,
+        clock: parts.clock,
+        report: parts.report,
+        gates: parts.gates,
+        targets: restored.targets,
+        last_action: restored.last_action,
+        next_id: restored.next_id,
+        dirty: HashSet::new(),
+        removed: Vec::new(),
+        records: Vec::new(),
+        in_flight: HashSet::new(),
+        last_skip: HashMap::new(),
+        done_tx,
+    };
+    // Alerts that were open when vpswatch stopped are announced again; the notifier
+    // drops repeats, so a crash between its queue and our commit loses nothing.
+    engine.reannounce();
+    tracing::info!(
+        rules = engine.rules.len(),
+        restored = engine.targets.len(),
+        dry_run = engine.dry_run,
+        "watchdog started"
+    );
+    let mut snaps = engine.store.subscribe();
+    let mut probes = engine.probes.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = snaps.changed() => if r.is_err() { break },
+            r = probes.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
+            Some(done) = done_rx.recv() => engine.finished(done),
+        }
+        engine.round().await;
+    }
+    // Let calls in flight report, so their outcome is journaled (bounded by shutdown).
+    while !engine.in_flight.is_empty() {
+        tokio::select! {
+            Some(done) = done_rx.recv() => engine.finished(done),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => break,
+        }
+    }
+    engine.flush();
+}
+
+impl Engine {
+    fn reannounce(&mut self) {
+        let now = self.clock.now();
+        let firing: Vec<(TargetKey, TargetState)> = self
+            .targets
+            .iter()
+            .filter(|(_, s)| s.firing)
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (key, s) in firing {
+            self.notifier.alert(AlertUpdate {
+                key: alert_key(&key),
+                status: AlertStatus::Firing,
+                facts: Facts {
+                    vm_name: s.vm_name.clone(),
+                    summary: s.last_summary.clone(),
+                    ..Facts::default()
+                },
+                at: now,
+            });
+        }
+    }
+
+    /// One evaluation of every rule on every target.
+    async fn round(&mut self) {
+        let now = self.clock.now();
+        let snapshots = self.store.all();
+        let probes = self.probes.latest();
+        let mut seen: HashSet<TargetKey> = HashSet::new();
+        for rule_idx in 0..self.rules.len() {
+            for snap in &snapshots {
+                self.evaluate_account(rule_idx, snap, &probes, now, &mut seen)
+                    .await;
+            }
+        }
+        // Targets whose rule is gone from the config, or whose account is.
+        let stale: Vec<TargetKey> = self
+            .targets
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .filter(|k| {
+                !self.rules.iter().any(|r| r.name == k.rule)
+                    || !snapshots
+                        .iter()
+                        .any(|s| s.provider == k.provider && s.account == k.account)
+            })
+            .cloned()
+            .collect();
+        for key in stale {
+            self.forget(&key, "rule or account no longer configured", now);
+        }
+        self.report.evaluated(now);
+        self.flush();
+    }
+
+    async fn evaluate_account(
+        &mut self,
+        rule_idx: usize,
+        snap: &Arc<AccountSnapshot>,
+        probes: &HashMap<VmKey, ProbeResult>,
+        now: DateTime<Utc>,
+        seen: &mut HashSet<TargetKey>,
+    ) {
+        let rule = &self.rules[rule_idx];
+        if !rule
+            .selector
+            .may_match_account(snap.provider, &snap.account)
+        {
+            return;
+        }
+        let key_for = |vm: &str| TargetKey {
+            rule: rule.name.clone(),
+            provider: snap.provider,
+            account: snap.account.clone(),
+            vm: vm.to_string(),
+        };
+        if rule.condition.is_account_level() {
+            let target = Target {
+                provider: snap.provider,
+                account: &snap.account,
+                vm: None,
+                vm_name: None,
+            };
+            if !rule.selector.matches(target) {
+                return;
+            }
+            let Some(obs) = evaluate::evaluate_account(&rule.condition, snap, now, self.freshness)
+            else {
+                return;
+            };
+            let key = key_for("");
+            seen.insert(key.clone());
+            self.process(rule_idx, key, obs, snap, None, now).await;
+            return;
+        }
+        let vms: Vec<Vm> = snap
+            .data
+            .as_ref()
+            .map(|d| d.vms.clone())
+            .unwrap_or_default();
+        for vm in &vms {
+            let target = Target {
+                provider: snap.provider,
+                account: &snap.account,
+                vm: Some(&vm.id),
+                vm_name: Some(&vm.name),
+            };
+            if !self.rules[rule_idx].selector.matches(target) {
+                continue;
+            }
+            let probe = probes.get(&(snap.provider, snap.account.clone(), vm.id.clone()));
+            let obs = evaluate::evaluate_vm(
+                &self.rules[rule_idx].condition,
+                snap,
+                Some(vm),
+                probe,
+                now,
+                self.freshness,
+            );
+            let key = TargetKey {
+                rule: self.rules[rule_idx].name.clone(),
+                provider: snap.provider,
+                account: snap.account.clone(),
+                vm: vm.id.clone(),
+            };
+            seen.insert(key.clone());
+            self.process(rule_idx, key, obs, snap, Some(vm), now).await;
+        }
+        // Known targets of this rule and account that the provider no longer lists.
+        let rule_name = self.rules[rule_idx].name.clone();
+        let missing: Vec<TargetKey> = self
+            .targets
+            .keys()
+            .filter(|k| {
+                k.rule == rule_name
+                    && k.provider == snap.provider
+                    && k.account == snap.account
+                    && !k.vm.is_empty()
+                    && !seen.contains(*k)
+            })
+            .cloned()
+            .collect();
+        let fresh = snap.is_up() && snap.data.is_some();
+        for key in missing {
+            seen.insert(key.clone());
+            if fresh {
+                // A fresh, successful list without the VM: it is gone (deleted or moved).
+                self.forget(&key, "the VM is no longer listed by the provider", now);
+            } else {
+                let obs = evaluate::evaluate_vm(
+                    &self.rules[rule_idx].condition,
+                    snap,
+                    None,
+                    None,
+                    now,
+                    self.freshness,
+                );
+                self.process(rule_idx, key, obs, snap, None, now).await;
+            }
+        }
+    }
+
+    /// Drops a target's state (resolving its alert if it was firing).
+    fn forget(&mut self, key: &TargetKey, why: &str, now: DateTime<Utc>) {
+        if let Some(s) = self.targets.remove(key) {
+            if s.firing {
+                self.notifier.alert(AlertUpdate {
+                    key: alert_key(key),
+                    status: AlertStatus::Resolved,
+                    facts: Facts {
+                        vm_name: s.vm_name.clone(),
+                        summary: why.to_string(),
+                        next_step: "nothing: vpswatch stopped watching this target".into(),
+                        ..Facts::default()
+                    },
+                    at: now,
+                });
+            }
+            tracing::info!(rule = %key.rule, account = %key.account, vm = %key.vm, why, "watchdog target dropped");
+            self.report.remove_target(key);
+            self.dirty.remove(key);
+            self.removed.push(key.clone());
+        }
+    }
+
+    async fn process(
+        &mut self,
+        rule_idx: usize,
+        key: TargetKey,
+        obs: Observation,
+        snap: &AccountSnapshot,
+        vm: Option<&Vm>,
+        now: DateTime<Utc>,
+    ) {
+        let rule = self.rules[rule_idx].clone();
+        let state = self.targets.entry(key.clone()).or_default();
+        if let Some(vm) = vm {
+            if state.vm_name != vm.name {
+                state.vm_name = vm.name.clone();
+            }
+        }
+        let before = state.clone();
+        let changes = state.observe(&rule, &obs, now);
+        let expired = state.patience_expired(now);
+        let after = state.clone();
+        if after != before {
+            self.dirty.insert(key.clone());
+        }
+        self.report
+            .set_target(&key, after.firing, after.unknown.is_some());
+        self.announce(&rule, &key, &after, &obs, &changes, snap, vm, now);
+        if let Some(a) = &expired {
+            self.outcome(
+                &rule,
+                &key,
+                &after,
+                a.journal_id,
+                a.remedy,
+                Outcome::NotRecovered,
+                now,
+            );
+        }
+        if let Some(why) = &changes.became_unknown {
+            if after.firing && !rule.ladder.is_empty() && !after.gave_up {
+                self.skipped(
+                    &key,
+                    "none",
+                    &Skip::Error(format!("data unknown: {why}")),
+                    "skipped_unknown",
+                );
+            }
+        }
+        if changes.counted || expired.is_some() {
+            self.decide(&rule, &key, snap, vm, &obs, now).await;
+        }
+    }
+
+    /// Tells the notifier and the log about state changes.
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
+        &mut self,
+        rule: &Rule,
+        key: &TargetKey,
+        state: &TargetState,
+        obs: &Observation,
+        changes: &Changes,
+        snap: &AccountSnapshot,
+        vm: Option<&Vm>,
+        now: DateTime<Utc>,
+    ) {
+        if changes.fired {
+            tracing::warn!(rule = %rule.name, account = %key.account, vm = %key.vm, summary = %obs.summary, "rule firing");
+            self.notifier.alert(AlertUpdate {
+                key: alert_key(key),
+                status: AlertStatus::Firing,
+                facts: facts(
+                    rule,
+                    state,
+                    obs,
+                    snap,
+                    vm,
+                    next_step_when_firing(rule, state),
+                ),
+                at: now,
+            });
+        }
+        if changes.resolved {
+            tracing::info!(rule = %rule.name, account = %key.account, vm = %key.vm, summary = %obs.summary, "rule resolved");
+            let next = match &changes.recovered {
+                Some(a) => format!(
+                    "recovered after the {} sent at {} (journal #{}); counters reset",
+                    a.remedy.as_str(),
+                    a.sent_at.to_rfc3339(),
+                    a.journal_id
+                ),
+                None => "nothing: recovered on its own".into(),
+            };
+            let mut f = facts(rule, state, obs, snap, vm, next);
+            f.journal_id = changes.recovered.as_ref().map(|a| a.journal_id);
+            self.notifier.alert(AlertUpdate {
+                key: alert_key(key),
+                status: AlertStatus::Resolved,
+                facts: f,
+                at: now,
+            });
+        }
+        if let Some(a) = &changes.recovered {
+            self.outcome(
+                rule,
+                key,
+                state,
+                a.journal_id,
+                a.remedy,
+                Outcome::Recovered,
+                now,
+            );
+        }
+    }
+
+    /// Journals and reports what followed an action.
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(
+        &mut self,
+        rule: &Rule,
+        key: &TargetKey,
+        state: &TargetState,
+        id: u64,
+        remedy: Remedy,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) {
+        let label = match outcome {
+            Outcome::Recovered => "recovered",
+            Outcome::NotRecovered => "not_recovered",
+        };
+        self.report.count_outcome(key, remedy.as_str(), label);
+        if let Some(mut rec) = self.record(id) {
+            rec.outcome = Some(outcome);
+            rec.outcome_at = Some(now);
+            self.records.push(rec);
+        }
+        if outcome == Outcome::NotRecovered {
+            tracing::warn!(rule = %rule.name, account = %key.account, vm = %key.vm, action = remedy.as_str(), "no recovery within the rule's patience");
+            let next = match rule.ladder.get(state.rung) {
+                Some(r) => format!("next: {} once the failure is confirmed again", r.as_str()),
+                None => "no rung left: vpswatch stops acting; a human must look".into(),
+            };
+            self.notifier.event(Event {
+                id: format!("action-{id}-not-recovered"),
+                kind: EventKind::ActionNotRecovered,
+                key: alert_key(key),
+                facts: Facts {
+                    vm_name: state.vm_name.clone(),
+                    summary: format!(
+                        "{} did not bring the VM back within {}",
+                        remedy.as_str(),
+                        humantime::format_duration(rule.patience)
+                    ),
+                    details: vec![],
+                    next_step: next,
+                    journal_id: Some(id),
+                },
+                at: now,
+            });
+        }
+    }
+
+    /// A journal entry, from this round's pending writes or the store.
+    fn record(&self, id: u64) -> Option<ActionRecord> {
+        if let Some(r) = self.records.iter().rev().find(|r| r.id == id) {
+            return Some(r.clone());
+        }
+        match self.journal.get(id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, id, "cannot read journal entry");
+                None
+            }
+        }
+    }
+
+    fn skipped(&mut self, key: &TargetKey, action: &str, skip: &Skip, result: &str) {
+        self.report.count_action(key, action, result);
+        let text = skip.describe();
+        if self.last_skip.get(key) != Some(&text) {
+            tracing::info!(rule = %key.rule, account = %key.account, vm = %key.vm, action, why = %text, "action skipped");
+            self.last_skip.insert(key.clone(), text);
+        }
+    }
+
+    /// Turns what the ladder wants into an action, a skip or giving up.
+    async fn decide(
+        &mut self,
+        rule: &Rule,
+        key: &TargetKey,
+        snap: &AccountSnapshot,
+        vm: Option<&Vm>,
+        obs: &Observation,
+        now: DateTime<Utc>,
+    ) {
+        if self.in_flight.contains(key) {
+            return;
+        }
+        let Some(state) = self.targets.get(key) else {
+            return;
+        };
+        let remedy = match state.want(rule, now) {
+            Want::Nothing => return,
+            Want::GiveUp => {
+                self.give_up(
+                    rule,
+                    key,
+                    "every rung of the ladder was tried without recovery",
+                    now,
+                );
+                return;
+            }
+            Want::Act(r) => r,
+        };
+        // The verdict must be a fresh "bad" right now; anything else is not evidence.
+        if obs.verdict != Verdict::Bad {
+            return;
+        }
+        let Some(vm) = vm else { return };
+        let Some(provider) = self
+            .providers
+            .get(&(key.provider, key.account.clone()))
+            .cloned()
+        else {
+            return;
+        };
+        let action = remedy.as_str();
+        if !provider.actions_enabled() {
+            self.skipped(key, action, &Skip::Disabled, Skip::Disabled.result());
+            return;
+        }
+        if let Err(why) = action::vm_guard(rule, remedy, vm, now) {
+            let s = Skip::Guard(why);
+            self.skipped(key, action, &s, s.result());
+            return;
+        }
+        let vm_key = (key.provider, key.account.clone(), key.vm.clone());
+        if let Some(last) = self.last_action.get(&vm_key) {
+            let until =
+                *last + chrono::Duration::from_std(rule.cooldown).unwrap_or(chrono::Duration::MAX);
+            if now < until {
+                let s = Skip::Cooldown { until };
+                self.skipped(key, action, &s, s.result());
+                return;
+            }
+        }
+        let count = self
+            .targets
+            .get_mut(key)
+            .map(|s| s.actions_in_window(rule, now))
+            .unwrap_or(0);
+        if count >= rule.max_actions as usize {
+            let s = Skip::Cap { count };
+            self.skipped(key, action, &s, s.result());
+            self.give_up(rule, key, &s.describe(), now);
+            return;
+        }
+        let target = Target {
+            provider: key.provider,
+            account: &key.account,
+            vm: Some(&vm.id),
+            vm_name: Some(&vm.name),
+        };
+        for gate in self.gates.clone() {
+            if let Some(s) = gate.check(target, now).await {
+                if matches!(s, Skip::Error(_)) {
+                    self.report.count_error("gate");
+                }
+                self.skipped(key, action, &s, s.result());
+                return;
+            }
+        }
+        self.act(rule, key, remedy, snap, vm, obs, provider, now);
+    }
+
+    fn give_up(&mut self, rule: &Rule, key: &TargetKey, why: &str, now: DateTime<Utc>) {
+        let Some(state) = self.targets.get_mut(key) else {
+            return;
+        };
+        if state.gave_up {
+            return;
+        }
+        state.gave_up = true;
+        let state = state.clone();
+        self.dirty.insert(key.clone());
+        self.report.count_action(key, "none", "gave_up");
+        tracing::error!(rule = %rule.name, account = %key.account, vm = %key.vm, why, "watchdog gave up on this VM; a human must look");
+        let since = state
+            .firing_since
+            .map(|t| t.timestamp())
+            .unwrap_or_default();
+        self.notifier.event(Event {
+            id: format!(
+                "gave-up-{}-{}-{}-{}-{since}",
+                key.rule, key.provider, key.account, key.vm
+            ),
+            kind: EventKind::GaveUp,
+            key: alert_key(key),
+            facts: Facts {
+                vm_name: state.vm_name.clone(),
+                summary: format!("vpswatch stopped acting: {why}"),
+                details: vec![("Last observation".into(), state.last_summary.clone())],
+                next_step:
+                    "no further actions until the VM is seen healthy again; please look at it"
+                        .into(),
+                journal_id: state.awaiting.as_ref().map(|a| a.journal_id),
+            },
+            at: now,
+        });
+    }
+
+    /// Journals the action (with the state it changes) and sends it.
+    #[allow(clippy::too_many_arguments)]
+    fn act(
+        &mut self,
+        rule: &Rule,
+        key: &TargetKey,
+        remedy: Remedy,
+        snap: &AccountSnapshot,
+        vm: &Vm,
+        obs: &Observation,
+        provider: SharedProvider,
+        now: DateTime<Utc>,
+    ) {
+        let Some(state) = self.targets.get_mut(key) else {
+            return;
+        };
+        let dry_run = self.dry_run || rule.dry_run;
+        let id = self.next_id;
+        let rung = state.rung;
+        let previous = state.clone();
+        state.acted(rule, remedy, id, now);
+        let state = state.clone();
+        let record = ActionRecord {
+            id,
+            at: now,
+            rule: rule.name.clone(),
+            provider: key.provider,
+            account: key.account.clone(),
+            vm: key.vm.clone(),
+            vm_name: vm.name.clone(),
+            action: remedy,
+            rung,
+            reason: obs.summary.clone(),
+            status: if dry_run {
+                ActionStatus::DryRun
+            } else {
+                ActionStatus::Sending
+            },
+            dry_run,
+            finished_at: dry_run.then_some(now),
+            error: None,
+            outcome: None,
+            outcome_at: None,
+        };
+        // Written before it is sent: if this fails, do not act.
+        if let Err(e) = self
+            .journal
+            .commit(&[(key.clone(), Some(state.clone()))], std::slice::from_ref(&record))
+        {
+            self.targets.insert(key.clone(), previous);
+            self.report.count_error("journal");
+            let s = Skip::Error(e.to_string());
+            self.skipped(key, remedy.as_str(), &s, s.result());
+            return;
+        }
+        self.next_id += 1;
+        self.dirty.remove(key);
+        self.last_action
+            .insert((key.provider, key.account.clone(), key.vm.clone()), now);
+        self.report.set_last_action(key, remedy.as_str(), now);
+        self.last_skip.remove(key);
+        tracing::warn!(
+            id,
+            rule = %rule.name,
+            account = %key.account,
+            vm = %key.vm,
+            name = %vm.name,
+            action = remedy.as_str(),
+            dry_run,
+            reason = %obs.summary,
+            "watchdog action"
+        );
+        if dry_run {
+            self.report.count_action(key, remedy.as_str(), "dry_run");
+            self.notifier.event(Event {
+                id: format!("action-{id}-dry-run"),
+                kind: EventKind::ActionTaken,
+                key: alert_key(key),
+                facts: facts(
+                    rule,
+                    &state,
+                    obs,
+                    snap,
+                    Some(vm),
+                    format!(
+                        "dry run: would have sent {} (journal #{id})",
+                        remedy.as_str()
+                    ),
+                ),
+                at: now,
+            });
+            return;
+        }
+        self.in_flight.insert(key.clone());
+        let tx = self.done_tx.clone();
+        let key = key.clone();
+        let vm_id = vm.id.clone();
+        tokio::spawn(async move {
+            let result = action::execute(provider.as_ref(), &vm_id, remedy).await;
+            let _ = tx.send(Finished { key, id, result });
+        });
+    }
+
+    /// Journals a provider call's result.
+    fn finished(&mut self, done: Finished) {
+        self.in_flight.remove(&done.key);
+        let now = self.clock.now();
+        let Some(mut rec) = self.record(done.id) else {
+            return;
+        };
+        rec.finished_at = Some(now);
+        let action = rec.action.as_str();
+        let vm_name = rec.vm_name.clone();
+        let (kind, summary) = match &done.result {
+            Ok(()) => {
+                rec.status = ActionStatus::Ok;
+                self.report.count_action(&done.key, action, "ok");
+                (
+                    EventKind::ActionTaken,
+                    format!("{action} accepted by the provider; watching for recovery"),
+                )
+            }
+            Err(e) => {
+                rec.status = ActionStatus::Failed;
+                rec.error = Some(e.to_string());
+                self.report.count_action(&done.key, action, "failed");
+                if let Some(s) = self.targets.get_mut(&done.key) {
+                    s.action_failed(done.id);
+                    self.dirty.insert(done.key.clone());
+                }
+                tracing::error!(id = done.id, account = %done.key.account, vm = %done.key.vm, action, error = %e, "watchdog action failed");
+                (EventKind::ActionFailed, format!("{action} failed: {e}"))
+            }
+        };
+        let next = self
+            .rules
+            .iter()
+            .find(|r| r.name == done.key.rule)
+            .map(|r| match kind {
+                EventKind::ActionFailed => format!(
+                    "will retry after the cooldown ({}) while the failure lasts, at most {} per {}",
+                    humantime::format_duration(r.cooldown),
+                    r.max_actions,
+                    humantime::format_duration(r.window)
+                ),
+                _ => format!(
+                    "waiting up to {} for the VM to be seen healthy",
+                    humantime::format_duration(r.patience)
+                ),
+            })
+            .unwrap_or_default();
+        self.records.push(rec);
+        self.notifier.event(Event {
+            id: format!(
+                "action-{}-{}",
+                done.id,
+                if done.result.is_ok() { "ok" } else { "failed" }
+            ),
+            kind,
+            key: alert_key(&done.key),
+            facts: Facts {
+                vm_name,
+                summary,
+                details: vec![],
+                next_step: next,
+                journal_id: Some(done.id),
+            },
+            at: now,
+        });
+        self.flush();
+    }
+
+    /// Commits changed states and journal updates in one transaction.
+    fn flush(&mut self) {
+        if self.dirty.is_empty() && self.removed.is_empty() && self.records.is_empty() {
+            return;
+        }
+        let mut targets: Vec<(TargetKey, Option<TargetState>)> = self
+            .dirty
+            .iter()
+            .filter_map(|k| self.targets.get(k).map(|s| (k.clone(), Some(s.clone()))))
+            .collect();
+        targets.extend(self.removed.iter().map(|k| (k.clone(), None)));
+        match self.journal.commit(&targets, &self.records) {
+            Ok(()) => {
+                self.dirty.clear();
+                self.removed.clear();
+                self.records.clear();
+            }
+            Err(e) => {
+                // Kept for the next attempt; actions are refused meanwhile (act() commits
+                // first and fails the same way).
+                self.report.count_error("journal");
+                tracing::error!(error = %e, "cannot write the watchdog journal");
+            }
+        }
+    }
+}
+
+fn alert_key(key: &TargetKey) -> AlertKey {
+    AlertKey {
+        rule: key.rule.clone(),
+        provider: key.provider,
+        account: key.account.clone(),
+        vm: key.vm.clone(),
+    }
+}
+
+fn next_step_when_firing(rule: &Rule, state: &TargetState) -> String {
+    match rule.ladder.get(state.rung) {
+        None if rule.ladder.is_empty() => "alert only: this rule takes no action".into(),
+        None => "no rung left: a human must look".into(),
+        Some(r) => format!(
+            "{} next (rung {} of {}), subject to cooldown {}, at most {} per {}{}",
+            r.as_str(),
+            state.rung + 1,
+            rule.ladder.len(),
+            humantime::format_duration(rule.cooldown),
+            rule.max_actions,
+            humantime::format_duration(rule.window),
+            if rule.dry_run { " (dry run)" } else { "" }
+        ),
+    }
+}
+
+fn facts(
+    rule: &Rule,
+    state: &TargetState,
+    obs: &Observation,
+    snap: &AccountSnapshot,
+    vm: Option<&Vm>,
+    next_step: String,
+) -> Facts {
+    let mut details = vec![("Condition".to_string(), rule.condition.name().to_string())];
+    if let Some(vm) = vm {
+        details.push(("State".into(), vm.state.label().to_string()));
+        if let Some(ip) = vm.ipv4 {
+            details.push(("IPv4".into(), ip.to_string()));
+        }
+        if let Some(e) = vm.expires {
+            details.push(("Expires".into(), e.to_rfc3339()));
+        }
+        if let Some(u) = &vm.usage {
+            details.push(("CPU".into(), format!("{:.0} %", u.cpu_ratio * 100.0)));
+        }
+    }
+    if let Some(t) = snap.last_success {
+        details.push(("Last successful poll".into(), t.to_rfc3339()));
+    }
+    details.push(("Observed at".into(), obs.sample_at.to_rfc3339()));
+    Facts {
+        vm_name: vm
+            .map(|v| v.name.clone())
+            .unwrap_or_else(|| state.vm_name.clone()),
+        summary: obs.summary.clone(),
+        details,
+        next_step,
+        journal_id: state.awaiting.as_ref().map(|a| a.journal_id),
+    }
+}

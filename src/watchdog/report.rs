@@ -1,0 +1,187 @@
+//! What the watchdog shows on /metrics: rule states, action counters, last actions.
+//!
+//! The engine writes here; the metrics encoder reads a copy when it renders. A change
+//! bumps a generation the encoder waits on, so a firing rule or an action appears on
+//! /metrics at once, not only at the next poll.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::journal::TargetKey;
+use crate::clock::unix_seconds;
+use crate::metrics::defs;
+use crate::metrics::families::FamilySet;
+use crate::provider::ProviderKind;
+
+/// (rule, provider, account, vm, action, result-or-outcome).
+type CounterKey = (String, ProviderKind, String, String, String, String);
+
+#[derive(Debug, Default, Clone)]
+struct Data {
+    /// (firing, unknown) per target.
+    targets: BTreeMap<TargetKey, (bool, bool)>,
+    actions: BTreeMap<CounterKey, u64>,
+    outcomes: BTreeMap<CounterKey, u64>,
+    last_action: BTreeMap<(ProviderKind, String, String, String), f64>,
+    errors: BTreeMap<String, u64>,
+    last_evaluation: Option<f64>,
+    dry_run: bool,
+}
+
+/// Shared between the engine and the encoder.
+pub struct WatchdogReport {
+    data: Mutex<Data>,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for WatchdogReport {
+    fn default() -> Self {
+        Self {
+            data: Mutex::new(Data::default()),
+            generation: watch::channel(0).0,
+        }
+    }
+}
+
+impl WatchdogReport {
+    fn with<R>(&self, notify: bool, f: impl FnOnce(&mut Data) -> R) -> R {
+        let r = {
+            let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut d)
+        };
+        if notify {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        r
+    }
+
+    /// Changes whenever something worth re-rendering changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub fn set_dry_run(&self, on: bool) {
+        self.with(true, |d| d.dry_run = on);
+    }
+
+    /// Records the rule's state for a target; re-renders only on change.
+    pub fn set_target(&self, key: &TargetKey, firing: bool, unknown: bool) {
+        let changed = {
+            let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+            d.targets.insert(key.clone(), (firing, unknown)) != Some((firing, unknown))
+        };
+        if changed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    pub fn remove_target(&self, key: &TargetKey) {
+        self.with(true, |d| d.targets.remove(key));
+    }
+
+    pub fn count_action(&self, key: &TargetKey, action: &str, result: &str) {
+        self.with(true, |d| {
+            *d.actions
+                .entry(counter_key(key, action, result))
+                .or_default() += 1;
+        });
+    }
+
+    pub fn count_outcome(&self, key: &TargetKey, action: &str, outcome: &str) {
+        self.with(true, |d| {
+            *d.outcomes
+                .entry(counter_key(key, action, outcome))
+                .or_default() += 1;
+        });
+    }
+
+    pub fn set_last_action(&self, key: &TargetKey, action: &str, at: DateTime<Utc>) {
+        self.with(true, |d| {
+            d.last_action.insert(
+                (
+                    key.provider,
+                    key.account.clone(),
+                    key.vm.clone(),
+                    action.into(),
+                ),
+                unix_seconds(at),
+            );
+        });
+    }
+
+    pub fn count_error(&self, kind: &str) {
+        self.with(true, |d| *d.errors.entry(kind.into()).or_default() += 1);
+    }
+
+    /// The time of the latest round; not worth a re-render on its own.
+    pub fn evaluated(&self, at: DateTime<Utc>) {
+        self.with(false, |d| d.last_evaluation = Some(unix_seconds(at)));
+    }
+
+    /// The count for one (target, action, result), for tests and the demo.
+    pub fn action_count(&self, key: &TargetKey, action: &str, result: &str) -> u64 {
+        self.with(false, |d| {
+            d.actions
+                .get(&counter_key(key, action, result))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Adds the watchdog's families.
+    pub fn render(&self, set: &mut FamilySet) {
+        let d = self.with(false, |d| d.clone());
+        set.gauge(
+            &defs::WATCHDOG_DRY_RUN,
+            &[],
+            if d.dry_run { 1.0 } else { 0.0 },
+        );
+        if let Some(t) = d.last_evaluation {
+            set.gauge(&defs::WATCHDOG_LAST_EVALUATION, &[], t);
+        }
+        for (k, (firing, unknown)) in &d.targets {
+            let labels = [
+                k.rule.as_str(),
+                k.provider.as_str(),
+                k.account.as_str(),
+                k.vm.as_str(),
+            ];
+            set.gauge(&defs::RULE_FIRING, &labels, f64::from(u8::from(*firing)));
+            set.gauge(&defs::RULE_UNKNOWN, &labels, f64::from(u8::from(*unknown)));
+        }
+        for ((rule, p, account, vm, action, result), n) in &d.actions {
+            set.counter(
+                &defs::ACTIONS,
+                &[rule, p.as_str(), account, vm, action, result],
+                *n as f64,
+            );
+        }
+        for ((rule, p, account, vm, action, outcome), n) in &d.outcomes {
+            set.counter(
+                &defs::ACTION_OUTCOMES,
+                &[rule, p.as_str(), account, vm, action, outcome],
+                *n as f64,
+            );
+        }
+        for ((p, account, vm, action), t) in &d.last_action {
+            set.gauge(&defs::LAST_ACTION, &[p.as_str(), account, vm, action], *t);
+        }
+        for (kind, n) in &d.errors {
+            set.counter(&defs::WATCHDOG_ERRORS, &[kind], *n as f64);
+        }
+    }
+}
+
+fn counter_key(key: &TargetKey, action: &str, result: &str) -> CounterKey {
+    (
+        key.rule.clone(),
+        key.provider,
+        key.account.clone(),
+        key.vm.clone(),
+        action.to_string(),
+        result.to_string(),
+    )
+}

@@ -9,16 +9,19 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Exposition, Harness};
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::lnvps::{Scenario, VmSpec, VmState};
+use common::{Exposition, Harness, RecordingNotifier};
+use vpswatch::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use vpswatch::notify::{AlertStatus, Notify};
+use vpswatch::sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmSpec, VmState};
 
 const T: Duration = Duration::from_secs(20);
 
 /// A daemon with rules, its state directory and the simulator's VM port.
 struct Wd {
     h: Harness,
-    _dir: tempfile::TempDir,
+    /// The config's global lines (state_dir, probes, rules), for a restart.
+    globals: String,
+    dir: tempfile::TempDir,
 }
 
 /// Rule text for a probe rule that reboots after two failed probes held 300 ms.
@@ -50,13 +53,33 @@ impl Wd {
     /// `vms` VMs in the given states on 127.5.<subnet>.<n>, listening when running.
     async fn start(subnet: u8, states: &[VmState], rules: &str) -> Wd {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(
+            dir,
+            subnet,
+            states,
+            rules,
+            Arc::new(SystemClock),
+            Arc::new(RecordingNotifier::default()),
+        )
+        .await
+    }
+
+    /// Starts with a given state directory, clock and notifier.
+    async fn start_in(
+        dir: tempfile::TempDir,
+        subnet: u8,
+        states: &[VmState],
+        rules: &str,
+        clock: SharedClock,
+        notifier: Arc<dyn Notify>,
+    ) -> Wd {
         let port = free_port();
         let globals = format!(
             "state_dir = {:?}\n[probes]\ninterval = \"100ms\"\ntimeout = \"300ms\"\n[probes.ports]\nlnvps = {port}\n{rules}\n",
             dir.path().display().to_string()
         );
         let states = states.to_vec();
-        let h = Harness::start_with(
+        let h = Harness::start_notifying(
             move |owner| {
                 let vms = states
                     .iter()
@@ -76,10 +99,11 @@ impl Wd {
                 s
             },
             &globals,
-            Arc::new(SystemClock),
+            clock,
+            notifier,
         )
         .await;
-        Wd { h, _dir: dir }
+        Wd { h, globals, dir }
     }
 
     /// Power actions the simulator received for a VM (`restart`, `start`, `stop`).
@@ -263,4 +287,235 @@ failures = 1
         Some(1.0)
     );
     wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn provider_blackout_with_every_probe_failing_acts_never_and_alerts_once() {
+    // Ten minutes of scenario time on a clock the test moves.
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let notes = Arc::new(RecordingNotifier::default());
+    let rules = format!(
+        "staleness = 0\n{}\n[[rules]]\nname = \"api-down\"\ncondition = \"provider_unreachable\"\nfailures = 1\n",
+        probe_rule("").replace("for = \"300ms\"", "for = \"30s\"")
+    )
+    .replace("staleness = 0\n", "");
+    let wd = Wd::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        4,
+        &[VmState::Running, VmState::Running, VmState::Running],
+        &rules,
+        clock.clone(),
+        notes.clone(),
+    )
+    .await;
+    wd.h.wait_metrics("all VMs answer", T, |e| {
+        (1..=3).all(|vm| e.get("vps_probe_success", &[("vm", &vm.to_string())]) == Some(1.0))
+    })
+    .await;
+
+    // The provider's API goes dark, then every VM stops answering too.
+    wd.h.sim
+        .inject_fault(Fault::new(EndpointMatch::Any, FaultKind::Status(503)));
+    wd.h.wait_metrics("polls failing", T, |e| {
+        e.get("vpswatch_provider_up", &[]) == Some(0.0)
+    })
+    .await;
+    for vm in 1..=3 {
+        wd.h.sim.update_vm(vm, |v| v.hung = true);
+    }
+    wd.h.wait_metrics("probes failing", T, |e| {
+        (1..=3).all(|vm| e.get("vps_probe_success", &[("vm", &vm.to_string())]) == Some(0.0))
+    })
+    .await;
+    // 10 minutes in 10-second steps, each step seen by probes and polls.
+    for _ in 0..60 {
+        clock.advance(chrono::Duration::seconds(10));
+        let at = vpswatch::clock::unix_seconds(clock.now());
+        wd.evaluated_after(at - 0.001).await;
+    }
+    let exp =
+        wd.h.wait_metrics("provider-down alert firing", T, |e| {
+            e.get("vpswatch_rule_firing", &[("rule", "api-down")]) == Some(1.0)
+        })
+        .await;
+    for vm in 1..=3u64 {
+        assert_eq!(
+            exp.get(
+                "vpswatch_rule_unknown",
+                &[("rule", "ssh-dead"), ("vm", &vm.to_string())]
+            ),
+            Some(1.0),
+            "vm {vm} must be unknown, not failing"
+        );
+        for verb in ["/restart", "/start", "/stop"] {
+            assert_eq!(wd.calls(vm, verb), 0, "vm {vm} {verb} during the blackout");
+        }
+    }
+    // The API comes back with the VMs healthy again.
+    for vm in 1..=3 {
+        wd.h.sim.update_vm(vm, |v| v.hung = false);
+    }
+    wd.h.sim.clear_faults();
+    // Scenario time goes on while the recovery is confirmed (two good polls).
+    let mut resolved = false;
+    for _ in 0..100 {
+        clock.advance(chrono::Duration::seconds(5));
+        let at = vpswatch::clock::unix_seconds(clock.now());
+        let e = wd.evaluated_after(at - 0.001).await;
+        if e.get("vpswatch_rule_firing", &[("rule", "api-down")]) == Some(0.0) {
+            resolved = true;
+            break;
+        }
+    }
+    assert!(
+        resolved,
+        "provider-down alert resolves once the API answers"
+    );
+    let log = notes.alert_log();
+    let api: Vec<_> = log.iter().filter(|(r, _, _)| r == "api-down").collect();
+    assert_eq!(
+        api.iter().map(|(_, _, s)| *s).collect::<Vec<_>>(),
+        vec![AlertStatus::Firing, AlertStatus::Resolved],
+        "one provider-down alert, then its resolution: {log:?}"
+    );
+    assert!(
+        log.iter().all(|(r, _, _)| r != "ssh-dead"),
+        "no per-VM alert storm: {log:?}"
+    );
+    assert!(notes.event_kinds().is_empty(), "{:?}", notes.event_kinds());
+    for vm in 1..=3u64 {
+        assert_eq!(wd.calls(vm, "/restart"), 0);
+    }
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_writes_the_journal_but_never_calls_the_provider() {
+    let rules = format!(
+        "[watchdog]\ndry_run = true\n{}",
+        probe_rule("").replace("patience = \"10s\"", "patience = \"1h\"")
+    );
+    let notes = Arc::new(RecordingNotifier::default());
+    let wd = Wd::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        5,
+        &[VmState::Running],
+        &rules,
+        Arc::new(SystemClock),
+        notes.clone(),
+    )
+    .await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    wd.h.sim.update_vm(1, |v| v.hung = true);
+    let exp =
+        wd.h.wait_metrics("dry-run action counted", T, |e| {
+            actions(e, "1", "dry_run") == 1.0
+        })
+        .await;
+    assert_eq!(exp.get("vpswatch_watchdog_dry_run", &[]), Some(1.0));
+    assert_eq!(actions(&exp, "1", "ok"), 0.0);
+    // Still hung (nothing was sent), and the rule keeps waiting out its patience.
+    wd.evaluated_after(Wd::now() + 0.5).await;
+    let writes =
+        wd.h.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET")
+            .count();
+    assert_eq!(writes, 0, "no provider write in dry-run");
+    let text =
+        wd.h.http
+            .get(wd.h.url("/api/v1/actions"))
+            .send()
+            .await
+            .expect("api")
+            .text()
+            .await
+            .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let list = body["actions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["status"], "dry_run");
+    assert_eq!(list[0]["dry_run"], true);
+    assert_eq!(list[0]["action"], "reboot");
+    assert_eq!(list[0]["rule"], "ssh-dead");
+    assert_eq!(list[0]["vm"], "1");
+    assert!(
+        notes
+            .event_kinds()
+            .contains(&("1".to_string(), "action_taken")),
+        "the dry-run action is reported"
+    );
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_cooldown_sends_no_extra_action() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // After the reboot the VM hangs again; the next rung (stop+start) is due after a short
+    // patience but the one-hour cooldown holds it back, across the restart too.
+    let rules = probe_rule("escalate = [\"stop_start\"]")
+        .replace("patience = \"10s\"", "patience = \"500ms\"");
+    let wd = Wd::start_in(
+        dir,
+        6,
+        &[VmState::Running],
+        &rules,
+        Arc::new(SystemClock),
+        Arc::new(RecordingNotifier::default()),
+    )
+    .await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    wd.h.sim.update_vm(1, |v| v.hung = true);
+    common::wait_for("the reboot", T, || async { wd.calls(1, "/restart") == 1 }).await;
+    wd.h.sim.update_vm(1, |v| v.hung = true);
+    wd.h.wait_metrics("next rung held back by the cooldown", T, |e| {
+        actions(e, "1", "skipped_cooldown") >= 1.0
+    })
+    .await;
+
+    // Restart the daemon on the same state directory (the simulator stays).
+    let Wd { h, globals, dir } = wd;
+    let sim = h.sim.clone();
+    h.daemon.shutdown().await;
+    let secret = h.keys.secret_key().to_secret_hex();
+    let config = vpswatch::config::parse(
+        &common::config_text(&sim.base_url(), &globals),
+        "test",
+        &|n| (n == "TEST_NSEC").then(|| secret.clone()),
+    )
+    .expect("config valid");
+    let daemon = vpswatch::daemon::Daemon::start(config, Arc::new(SystemClock))
+        .await
+        .expect("daemon restarts");
+    let h2 = Harness {
+        sim: sim.clone(),
+        daemon,
+        keys: h.keys.clone(),
+        http: reqwest::Client::new(),
+    };
+    h2.wait_metrics("restored: firing, and the cooldown still holds", T, |e| {
+        e.get("vpswatch_rule_firing", &[("vm", "1")]) == Some(1.0)
+            && actions(e, "1", "skipped_cooldown") >= 2.0
+    })
+    .await;
+    assert_eq!(sim.vm(1).map(|v| v.hung), Some(true), "still dead");
+    let total: usize = ["/restart", "/stop", "/start"]
+        .iter()
+        .map(|v| {
+            sim.requests()
+                .iter()
+                .filter(|r| r.method == "PATCH" && r.vm_id == Some(1) && r.path.ends_with(v))
+                .count()
+        })
+        .sum();
+    assert_eq!(total, 1, "no extra action after the restart");
+    h2.shutdown().await;
+    drop(dir);
 }

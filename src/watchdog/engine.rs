@@ -709,10 +709,10 @@ impl Engine {
             outcome_at: None,
         };
         // Written before it is sent: if this fails, do not act.
-        if let Err(e) = self
-            .journal
-            .commit(&[(key.clone(), Some(state.clone()))], std::slice::from_ref(&record))
-        {
+        if let Err(e) = self.journal.commit(
+            &[(key.clone(), Some(state.clone()))],
+            std::slice::from_ref(&record),
+        ) {
             self.targets.insert(key.clone(), previous);
             self.report.count_error("journal");
             let s = Skip::Error(e.to_string());

@@ -76,6 +76,14 @@ fn fresh_account(
             "clock jumped backwards past the last poll".into(),
         ));
     }
+    if let Some(err) = &snap.last_error {
+        // The provider is failing right now: what we hold may already be outdated, and
+        // any action would go to an API in trouble. Wait for a good poll.
+        return Err(unknown(
+            snap.last_attempt.unwrap_or(last),
+            format!("latest poll failed: {err}"),
+        ));
+    }
     let a = age(now, last);
     if a > f.staleness_limit {
         return Err(unknown(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use vpswatch::clock::{SharedClock, SystemClock};
 use vpswatch::daemon::Daemon;
+use vpswatch::notify::{AlertStatus, AlertUpdate, Event, LogNotifier, Notify};
 use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
 
 pub const LOOPBACK_ANY: &str = "127.0.0.1:0";
@@ -61,6 +62,16 @@ impl Harness {
         extra_globals: &str,
         clock: SharedClock,
     ) -> Harness {
+        Self::start_notifying(scenario, extra_globals, clock, Arc::new(LogNotifier)).await
+    }
+
+    /// Like `start_with`, with the watchdog's notifications going to `notifier`.
+    pub async fn start_notifying(
+        scenario: impl FnOnce(&str) -> Scenario,
+        extra_globals: &str,
+        clock: SharedClock,
+        notifier: Arc<dyn Notify>,
+    ) -> Harness {
         vpswatch::daemon::install_crypto_provider();
         let keys = nostr::Keys::generate();
         let owner = owner_hex(&keys);
@@ -78,7 +89,9 @@ impl Harness {
             (n == "TEST_NSEC").then(|| secret.clone())
         })
         .expect("config valid");
-        let daemon = Daemon::start(config, clock).await.expect("daemon starts");
+        let daemon = Daemon::start_with(config, clock, notifier)
+            .await
+            .expect("daemon starts");
         Harness {
             sim,
             daemon,
@@ -234,4 +247,47 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
         rest = &rest[end.min(rest.len())..];
     }
     out
+}
+
+/// A notifier that remembers what it was told (the watchdog's side of alerting).
+#[derive(Default)]
+pub struct RecordingNotifier {
+    pub alerts: std::sync::Mutex<Vec<AlertUpdate>>,
+    pub events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl Notify for RecordingNotifier {
+    fn alert(&self, u: AlertUpdate) {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(u);
+    }
+    fn event(&self, e: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e);
+    }
+}
+
+impl RecordingNotifier {
+    /// (rule, vm, status) of every alert so far.
+    pub fn alert_log(&self) -> Vec<(String, String, AlertStatus)> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|u| (u.key.rule.clone(), u.key.vm.clone(), u.status))
+            .collect()
+    }
+
+    pub fn event_kinds(&self) -> Vec<(String, &'static str)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|e| (e.key.vm.clone(), e.kind.as_str()))
+            .collect()
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -14,16 +15,26 @@ use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
 pub struct Demo {
     pub sim: LnvpsSimHandle,
     pub daemon: Daemon,
+    /// The watchdog's journal lives here for the demo's lifetime only.
+    pub state_dir: tempfile::TempDir,
 }
+
+/// The demo VM that hangs (its port stops answering while LNVPS still says running)
+/// shortly after start and again every few minutes, for the watchdog to heal.
+pub const DEMO_HANGING_VM: u64 = 1;
+/// When the first hang happens, then how often it recurs.
+pub const DEMO_FIRST_HANG: Duration = Duration::from_secs(10);
+pub const DEMO_HANG_EVERY: Duration = Duration::from_secs(300);
 
 /// Port the demo's simulated VMs listen on (their "SSH").
 pub const DEMO_VM_PORT: u16 = 2222;
 
 /// The configuration the demo runs with (also a readable example).
-pub fn demo_config_toml(sim_url: &str, listen: SocketAddr) -> String {
+pub fn demo_config_toml(sim_url: &str, listen: SocketAddr, state_dir: &str) -> String {
     format!(
         r#"poll_interval = "5s"
 request_timeout = "5s"
+state_dir = "{state_dir}"
 
 # The simulated VMs listen on their 127.1.0.x address at this port.
 [probes]
@@ -39,6 +50,39 @@ name = "demo"
 provider = "lnvps"
 base_url = "{sim_url}"
 nsec_env = "VPSWATCH_DEMO_NSEC"
+
+# A VM whose SSH port stops answering while the provider says "running" is hung:
+# reboot it, then power-cycle it, then give up and tell a human.
+[[rules]]
+name = "ssh-unreachable"
+condition = "probe_failing"
+for = "5s"
+failures = 2
+recoveries = 2
+action = "reboot"
+escalate = ["stop_start"]
+cooldown = "1m"
+max_actions = 3
+window = "1h"
+patience = "1m"
+
+# A stopped VM is only reported: its owner may have stopped it on purpose.
+[[rules]]
+name = "vm-stopped"
+condition = "vm_not_running"
+for = "10s"
+failures = 2
+
+[[rules]]
+name = "provider-down"
+condition = "provider_unreachable"
+failures = 1
+
+[[rules]]
+name = "cpu-high"
+condition = "cpu_above"
+threshold = 0.9
+for = "5m"
 "#
     )
 }
@@ -58,13 +102,45 @@ pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Dem
     .await
     .context("starting the LNVPS simulator")?;
     let secret = keys.secret_key().to_secret_hex();
-    let text = demo_config_toml(&sim.base_url(), listen);
+    let state_dir = tempfile::Builder::new()
+        .prefix("vpswatch-demo-")
+        .tempdir()
+        .context("creating the demo's state directory")?;
+    let text = demo_config_toml(
+        &sim.base_url(),
+        listen,
+        &state_dir.path().display().to_string(),
+    );
     let config = crate::config::parse(&text, "<demo>", &|name| {
         (name == "VPSWATCH_DEMO_NSEC").then(|| secret.clone())
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let daemon = Daemon::start(config, clock).await?;
-    Ok(Demo { sim, daemon })
+    spawn_hangs(sim.clone(), daemon.cancel_token());
+    Ok(Demo {
+        sim,
+        daemon,
+        state_dir,
+    })
+}
+
+/// Hangs the demo's first VM now and then; the watchdog's reboot clears it.
+fn spawn_hangs(sim: LnvpsSimHandle, cancel: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut wait = DEMO_FIRST_HANG;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            tracing::info!(
+                vm = DEMO_HANGING_VM,
+                "demo: the VM hangs (its SSH port stops answering)"
+            );
+            sim.update_vm(DEMO_HANGING_VM, |v| v.hung = true);
+            wait = DEMO_HANG_EVERY;
+        }
+    });
 }
 
 /// Runs the demo until Ctrl-C.
@@ -75,7 +151,8 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     // demo, so write without println!'s panic.
     let banner = format!(
         "vpswatch demo is running.\n  simulated LNVPS API: {}\n  metrics:             \
-         http://{addr}/metrics\n  readiness:           http://{addr}/-/ready\n\
+         http://{addr}/metrics\n  readiness:           http://{addr}/-/ready\n  \
+         watchdog journal:    http://{addr}/api/v1/actions\n\
          Press Ctrl-C to stop.\n",
         demo.sim.base_url()
     );
@@ -85,7 +162,13 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         let _ = out.write_all(banner.as_bytes());
         let _ = out.flush();
     }
-    demo.daemon.run_until_signal().await;
-    demo.sim.shutdown();
+    let Demo {
+        sim,
+        daemon,
+        state_dir,
+    } = demo;
+    daemon.run_until_signal().await;
+    sim.shutdown();
+    drop(state_dir);
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The `vpswatch demo` binary end to end: it starts without configuration, serves
-//! /metrics with the scenario's VMs, the output passes `promtool check metrics`, and
-//! SIGTERM stops it cleanly.
+//! /metrics with the scenario's VMs, the output passes `promtool check metrics`, the
+//! watchdog heals the VM that hangs, and SIGTERM stops it cleanly.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -63,7 +63,7 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         "vpswatch_provider_up{provider=\"lnvps\",account=\"demo\"} 1",
         "vpswatch_build_info{",
         // The demo's running VMs listen on their own addresses: probes succeed.
-        "vps_probe_success{provider=\"lnvps\",account=\"demo\",vm=\"1\",port=\"2222\"} 1",
+        "vps_probe_success{provider=\"lnvps\",account=\"demo\",vm=\"2\",port=\"2222\"} 1",
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
     }
@@ -88,6 +88,37 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The demo's VM 1 hangs shortly after start; the watchdog reboots it and sees it
+    // come back.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = match client.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let healed = text.lines().any(|l| {
+            l.starts_with("vpswatch_action_outcomes_total{")
+                && l.contains("vm=\"1\"")
+                && l.contains("outcome=\"recovered\"")
+        });
+        if healed {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("vpswatch_actions_total{")
+                        && l.contains("vm=\"1\"")
+                        && l.contains("action=\"reboot\"")
+                        && l.contains("result=\"ok\"")),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo's hung VM was not healed:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // SIGTERM → graceful exit with status 0.
     let pid = child.0.id().to_string();

@@ -5,3 +5,4 @@
 pub mod maintenance;
 pub mod probe;
 pub mod selector;
+pub mod silences;

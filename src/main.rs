@@ -52,19 +52,30 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
-    /// Serve a fake LNVPS API on loopback (for tests and experiments).
+    /// Serve a fake LNVPS or StableVPS API on loopback (for tests and experiments).
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Scenario file (TOML/JSON) or built-in name (demo, bench:N).
+        /// Which provider to fake.
+        #[arg(long, value_enum, default_value_t = SimProvider::Lnvps)]
+        provider: SimProvider,
+        /// Scenario file (TOML/JSON) or built-in name (LNVPS: demo, bench:N, empty;
+        /// StableVPS: demo, empty).
         #[arg(long, default_value = "demo")]
         scenario: String,
-        /// Hex public key that owns the scenario's "default" VMs.
+        /// Hex public key that owns the scenario's "default" VMs (LNVPS only).
         #[arg(long)]
         owner: Option<String>,
     },
     /// Print the metric reference table (Markdown) the README embeds.
     MetricsDoc,
+}
+
+/// The fake provider `simulate` serves.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SimProvider {
+    Lnvps,
+    Stablevps,
 }
 
 fn main() -> ExitCode {
@@ -148,15 +159,27 @@ async fn dispatch(command: Command) -> ExitCode {
         },
         Command::Simulate {
             listen,
+            provider,
             scenario,
             owner,
-        } => match vpswatch::sim::lnvps::run_cli(listen, &scenario, owner).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("vpswatch simulate: {e:#}");
-                ExitCode::FAILURE
+        } => {
+            let result = match provider {
+                SimProvider::Lnvps => vpswatch::sim::lnvps::run_cli(listen, &scenario, owner).await,
+                SimProvider::Stablevps if owner.is_some() => Err(anyhow::anyhow!(
+                    "--owner is for LNVPS scenarios; StableVPS scenarios name their API keys"
+                )),
+                SimProvider::Stablevps => {
+                    vpswatch::sim::stablevps::run_cli(listen, &scenario).await
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vpswatch simulate: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::MetricsDoc => {
             print!("{}", vpswatch::metrics::defs::markdown_table());
             ExitCode::SUCCESS

@@ -70,3 +70,37 @@ fn readme_examples_parse() {
         "{err}"
     );
 }
+
+/// The README's watchdog-steps scenario and maintenance windows are accepted as written.
+#[test]
+fn readme_watchdog_examples_parse() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    let steps = blocks
+        .iter()
+        .find(|b| b.contains("needs_power_cycle"))
+        .expect("a watchdog-steps scenario example");
+    let mut scenario =
+        vpswatch::sim::lnvps::Scenario::from_toml(steps).expect("README steps scenario parses");
+    let owner = "3bf0c63fcb93463407af97a5e5ee64fa883d107ef9e558472c4eb9aaaefa459d";
+    scenario.resolve_owners(Some(owner)).expect("owner");
+    scenario.validate().expect("README steps scenario is valid");
+
+    #[derive(serde::Deserialize)]
+    struct Windows {
+        maintenance: Vec<vpswatch::watchdog::maintenance::MaintenanceConfig>,
+    }
+    let windows = blocks
+        .iter()
+        .find(|b| b.contains("[[maintenance]]"))
+        .expect("a maintenance example");
+    let w: Windows = toml::from_str(windows).expect("README maintenance parses");
+    let problems = vpswatch::watchdog::maintenance::validate(&w.maintenance);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(w.maintenance.len(), 2);
+}

@@ -1,7 +1,9 @@
 //! The LNVPS simulator over real HTTP on loopback: NIP-98 edge cases as captured from
 //! the real server (lnvps-samples/nip98_edge_cases.json), response shapes of the
 //! captured samples, ownership and routing errors, the rate limiter, every fault kind,
-//! the timeline and lifecycle, and the `/_sim/` control API.
+//! the timeline and lifecycle, the `/_sim/` control API, and the watchdog's steps
+//! (crash, hang, dead guests, power-cycle-only guests, failing actions, blackout, boot
+//! time) observed over HTTP and on the VMs' real TCP ports.
 //!
 //! Time-sensitive tests run the simulator on a `ManualClock`, so the ±60 s window and
 //! expiry are exact; waiting is always polling with a deadline.
@@ -18,8 +20,8 @@ use sha2::{Digest, Sha256};
 
 use vpswatch::clock::{ManualClock, SharedClock, SystemClock};
 use vpswatch::sim::lnvps::{
-    EndpointMatch, Fault, FaultKind, LnvpsSim, LnvpsSimHandle, RateLimitSettings, RelTime,
-    Scenario, TimelineEvent, VmSpec, VmState,
+    ActionFailure, BlackoutLength, EndpointMatch, Fault, FaultKind, LnvpsSim, LnvpsSimHandle,
+    PowerAction, RateLimitSettings, RelTime, Scenario, TimelineEvent, VmSpec, VmState,
 };
 
 /// The real server's GET /api/v1/account body for a new Nostr user (nip98_edge_cases.json).
@@ -1565,4 +1567,540 @@ async fn shutdown_stops_serving() {
         client().get(&url).send().await.is_err()
     })
     .await;
+}
+
+// ---- watchdog steps: crash, hang, dead guests, failing actions, blackout, boot time ---
+
+/// A port number free on loopback; the simulator opens it on each VM's own address.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn port_open(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Running VMs on `ips` (each test its own 127.x range, so parallel tests never share
+/// an address), listening on a free port, with the given boot time.
+async fn start_listening(ips: &[[u8; 4]], reboot: Duration) -> (TestSim, Vec<SocketAddr>) {
+    let port = free_port();
+    let vms: Vec<VmSpec> = ips
+        .iter()
+        .map(|ip| VmSpec {
+            ipv4: Some(std::net::Ipv4Addr::from(*ip)),
+            ..running("30d")
+        })
+        .collect();
+    let t = start_with(|keys| {
+        let mut s = scenario_for(keys, vms);
+        s.settings.vm_listen_port = Some(port);
+        s.settings.reboot_duration = reboot;
+        s
+    })
+    .await;
+    let addrs = ips.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
+    (t, addrs)
+}
+
+impl TestSim {
+    /// Polls (running a worker pass each time) until `addr` is open/closed, or fails.
+    async fn wait_port(&self, addr: SocketAddr, want: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.sim.tick();
+            if port_open(addr).await == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {addr} never became {}",
+                if want { "open" } else { "closed" }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn state(&self, id: u64) -> String {
+        let v = self.get(&format!("/api/v1/vm/{id}")).await.json();
+        v["data"]["status"]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// PATCH /vm/{id}/{action}: (status, body).
+    async fn act(&self, id: u64, action: &str) -> (u16, String) {
+        let r = self
+            .call("PATCH", &format!("/api/v1/vm/{id}/{action}"))
+            .await;
+        (r.status, r.body)
+    }
+}
+
+const DATA_NULL: &str = r#"{"data":null}"#;
+
+#[tokio::test]
+async fn crash_stops_the_vm_and_closes_its_port() {
+    let (t, addrs) = start_listening(&[[127, 61, 0, 1]], Duration::ZERO).await;
+    let addr = addrs[0];
+    t.wait_port(addr, true).await;
+    t.sim.crash_vm(1);
+    assert_eq!(t.state(1).await, "stopped", "a crashed VM reads stopped");
+    t.wait_port(addr, false).await;
+    let hist = t.get("/api/v1/vm/1/history").await.json();
+    let kinds: Vec<&str> = hist["data"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|h| h["action_type"].as_str())
+        .collect();
+    assert!(!kinds.contains(&"stopped"), "no owner stop: {kinds:?}");
+    assert_eq!(t.act(1, "start").await, (200, DATA_NULL.into()));
+    assert_eq!(t.state(1).await, "running");
+    t.wait_port(addr, true).await;
+}
+
+#[tokio::test]
+async fn hung_vm_runs_with_a_closed_port_until_restart_or_stop_start() {
+    let (t, addrs) = start_listening(&[[127, 61, 1, 1]], Duration::ZERO).await;
+    let addr = addrs[0];
+    t.wait_port(addr, true).await;
+    t.sim.set_hung(1, true);
+    t.wait_port(addr, false).await;
+    assert_eq!(t.state(1).await, "running", "hung, still reported running");
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    t.wait_port(addr, true).await;
+
+    t.sim.set_hung(1, true);
+    t.wait_port(addr, false).await;
+    assert_eq!(t.act(1, "stop").await.0, 200);
+    assert_eq!(t.state(1).await, "stopped");
+    assert_eq!(t.act(1, "start").await.0, 200);
+    t.wait_port(addr, true).await;
+}
+
+#[tokio::test]
+async fn stays_dead_accepts_every_action_but_never_answers() {
+    let (t, addrs) = start_listening(&[[127, 61, 2, 1]], Duration::ZERO).await;
+    let addr = addrs[0];
+    t.wait_port(addr, true).await;
+    t.sim.set_stays_dead(1, true);
+    t.wait_port(addr, false).await;
+    for action in ["restart", "stop", "start", "restart"] {
+        assert_eq!(t.act(1, action).await, (200, DATA_NULL.into()), "{action}");
+        assert!(!port_open(addr).await, "still dead after {action}");
+    }
+    assert_eq!(t.state(1).await, "running");
+    // The operator repairs it: the next reboot brings it back.
+    t.sim.set_stays_dead(1, false);
+    assert!(
+        !port_open(addr).await,
+        "repairing does not reboot by itself"
+    );
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    t.wait_port(addr, true).await;
+}
+
+#[tokio::test]
+async fn needs_power_cycle_ignores_restart_but_not_stop_then_start() {
+    let (t, addrs) = start_listening(&[[127, 61, 3, 1]], Duration::ZERO).await;
+    let addr = addrs[0];
+    t.wait_port(addr, true).await;
+    t.sim.set_needs_power_cycle(1, true);
+    t.wait_port(addr, false).await;
+    assert_eq!(t.act(1, "restart").await, (200, DATA_NULL.into()));
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    assert!(!port_open(addr).await, "a restart does not help");
+    assert!(t.sim.vm(1).expect("vm").needs_power_cycle);
+    assert_eq!(t.act(1, "stop").await.0, 200);
+    assert_eq!(t.act(1, "start").await.0, 200);
+    t.wait_port(addr, true).await;
+    assert!(
+        !t.sim.vm(1).expect("vm").needs_power_cycle,
+        "fixed for good"
+    );
+    // Afterwards an ordinary hang is fixed by a restart again.
+    t.sim.set_hung(1, true);
+    t.wait_port(addr, false).await;
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    t.wait_port(addr, true).await;
+}
+
+#[tokio::test]
+async fn action_failures_answer_the_real_error_and_are_recorded() {
+    let t = start(vec![running("30d")]).await;
+    t.sim.fail_actions(
+        1,
+        ActionFailure::status(500)
+            .only(&[PowerAction::Restart])
+            .times(2),
+    );
+    for _ in 0..2 {
+        let r = t.call("PATCH", "/api/v1/vm/1/restart").await;
+        assert_eq!(r.status, 500);
+        assert_eq!(r.body, r#"{"error":"An internal error occurred"}"#);
+        assert!(r.content_type.starts_with("application/json"));
+        t.clock.advance(chrono::Duration::milliseconds(1500));
+    }
+    assert_eq!(t.act(1, "restart").await.0, 200, "only twice");
+
+    // Every action, until cleared; the VM is left as it was.
+    t.sim.fail_actions(1, ActionFailure::status(503));
+    let r = t.call("PATCH", "/api/v1/vm/1/stop").await;
+    assert_eq!(r.status, 503);
+    assert!(r.content_type.starts_with("text/html"), "the proxy's page");
+    assert_eq!(t.state(1).await, "running", "a failed stop changes nothing");
+    t.sim.clear_action_failures(1);
+    assert_eq!(t.act(1, "stop").await.0, 200);
+
+    let log: Vec<(u64, PowerAction, u16)> = t
+        .sim
+        .actions()
+        .iter()
+        .map(|a| (a.vm_id, a.action, a.status))
+        .collect();
+    use PowerAction::{Restart, Stop};
+    assert_eq!(
+        log,
+        [
+            (1, Restart, 500),
+            (1, Restart, 500),
+            (1, Restart, 200),
+            (1, Stop, 503),
+            (1, Stop, 200)
+        ]
+    );
+    let at: Vec<DateTime<Utc>> = t.sim.actions().iter().map(|a| a.at).collect();
+    assert_eq!(at[0], t0());
+    assert_eq!(
+        at[1],
+        t0() + chrono::Duration::milliseconds(1500),
+        "times keep their milliseconds"
+    );
+    assert_eq!(t.sim.vm(1).expect("vm").actions.len(), 5);
+}
+
+#[tokio::test]
+async fn blackout_fails_every_endpoint_while_vms_run_on() {
+    let (t, addrs) = start_listening(&[[127, 61, 4, 1]], Duration::ZERO).await;
+    let addr = addrs[0];
+    t.wait_port(addr, true).await;
+    t.sim
+        .start_blackout(BlackoutLength::For(Duration::from_secs(30)));
+    for (method, path) in [
+        ("GET", "/api/v1/vm"),
+        ("GET", "/api/v1/vm/templates"),
+        ("PATCH", "/api/v1/vm/1/restart"),
+        ("GET", "/api/v1/nope"),
+    ] {
+        let r = t.call(method, path).await;
+        assert_eq!(r.status, 503, "{method} {path}");
+        assert!(r.content_type.starts_with("text/html"), "{method} {path}");
+    }
+    assert!(t.sim.actions().is_empty(), "nothing reached the API");
+    assert!(port_open(addr).await, "the VM still answers");
+    assert_eq!(
+        t.sim.vm(1).expect("vm").state,
+        VmState::Running,
+        "and keeps its state"
+    );
+    // The control API is not blacked out.
+    let b = t
+        .http
+        .get(t.url("/_sim/blackout"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    let b: Value = serde_json::from_str(&b).expect("json");
+    assert_eq!(b["active"], true);
+    t.clock.advance(chrono::Duration::seconds(30));
+    assert_eq!(t.get("/api/v1/vm").await.status, 200, "over after 30 s");
+    assert!(!t.sim.blackout().active);
+
+    t.sim.start_blackout(BlackoutLength::UntilCleared);
+    t.clock.advance(chrono::Duration::days(2));
+    assert_eq!(t.get("/api/v1/vm").await.status, 503);
+    t.sim.end_blackout();
+    assert_eq!(t.get("/api/v1/vm").await.status, 200);
+}
+
+#[tokio::test]
+async fn restart_keeps_the_port_closed_for_the_reboot_duration() {
+    let (t, addrs) = start_listening(&[[127, 61, 5, 1]], Duration::from_secs(5)).await;
+    let addr = addrs[0];
+    t.wait_port(addr, true).await;
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    t.wait_port(addr, false).await;
+    assert_eq!(
+        t.state(1).await,
+        "running",
+        "LNVPS shows running while it boots"
+    );
+    t.clock.advance(chrono::Duration::seconds(4));
+    t.sim.tick();
+    assert!(!port_open(addr).await, "still booting after 4 s");
+    t.clock.advance(chrono::Duration::seconds(1));
+    t.wait_port(addr, true).await;
+    // A stop during the boot ends it; a start boots again.
+    assert_eq!(t.act(1, "stop").await.0, 200);
+    assert!(t.sim.vm(1).expect("vm").booting_until.is_none());
+    assert_eq!(t.act(1, "start").await.0, 200);
+    t.wait_port(addr, false).await;
+    t.clock.advance(chrono::Duration::seconds(5));
+    t.wait_port(addr, true).await;
+    // Zero: the port never closes.
+    t.sim.set_reboot_duration(Duration::ZERO);
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    assert!(port_open(addr).await);
+}
+
+#[tokio::test]
+async fn reboot_ends_on_time_on_the_system_clock() {
+    let keys = Keys::generate();
+    let port = free_port();
+    let ip = [127, 61, 6, 1];
+    let mut s = scenario_for(
+        &keys,
+        vec![VmSpec {
+            ipv4: Some(std::net::Ipv4Addr::from(ip)),
+            ..running("30d")
+        }],
+    );
+    s.settings.vm_listen_port = Some(port);
+    s.settings.reboot_duration = Duration::from_millis(400);
+    let sim = LnvpsSim::start(loopback(), s, Arc::new(SystemClock))
+        .await
+        .expect("start");
+    let t = TestSim {
+        sim,
+        clock: Arc::new(ManualClock::new(t0())),
+        keys,
+        http: client(),
+    };
+    let addr = SocketAddr::from((ip, port));
+    wait_until("port open", Duration::from_secs(5), || port_open(addr)).await;
+    let sent = Instant::now();
+    assert_eq!(t.act(1, "restart").await.0, 200);
+    wait_until("port closes", Duration::from_secs(5), || async {
+        !port_open(addr).await
+    })
+    .await;
+    // No manual ticks: the simulator wakes itself at the end of the boot.
+    let deadline = sent + Duration::from_secs(5);
+    while !port_open(addr).await {
+        assert!(Instant::now() < deadline, "port never reopened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "reopened after {took:?}"
+    );
+    t.sim.shutdown_and_wait().await;
+}
+
+#[tokio::test]
+async fn timeline_scripts_the_watchdog_steps() {
+    let port = free_port();
+    let toml = format!(
+        r#"
+        [settings]
+        vm_listen_port = {port}
+        reboot_duration = "0s"
+        [[vms]]
+        ipv4 = "127.61.7.1"
+        expires = "30d"
+        [[vms]]
+        ipv4 = "127.61.7.2"
+        expires = "30d"
+        [[vms]]
+        ipv4 = "127.61.7.3"
+        expires = "30d"
+        [[vms]]
+        ipv4 = "127.61.7.4"
+        expires = "30d"
+        [[timeline]]
+        at = "10s"
+        vm = 1
+        crash = true
+        fail_actions = {{ actions = ["start"], status = 500, times = 1 }}
+        [[timeline]]
+        at = "10s"
+        vm = 2
+        hang = true
+        [[timeline]]
+        at = "10s"
+        vm = 3
+        stays_dead = true
+        [[timeline]]
+        at = "10s"
+        vm = 4
+        needs_power_cycle = true
+        [[timeline]]
+        at = "20s"
+        blackout = "15s"
+        [[timeline]]
+        at = "40s"
+        reboot_duration = "3s"
+        "#
+    );
+    let t = start_with(|keys| {
+        let mut s = Scenario::from_toml(&toml).expect("scenario parses");
+        s.resolve_owners(Some(&owner_hex(keys))).expect("owners");
+        s
+    })
+    .await;
+    let addr = |n: u8| SocketAddr::from(([127, 61, 7, n], port));
+    for n in 1..=4 {
+        t.wait_port(addr(n), true).await;
+    }
+    t.clock.advance(chrono::Duration::seconds(10));
+    for n in 1..=4 {
+        t.wait_port(addr(n), false).await;
+    }
+    assert_eq!(t.state(1).await, "stopped", "crashed");
+    for id in 2..=4 {
+        assert_eq!(t.state(id).await, "running", "hung vm {id}");
+    }
+    assert_eq!(t.act(1, "start").await.0, 500, "fails once");
+    assert_eq!(t.act(1, "start").await.0, 200);
+    t.wait_port(addr(1), true).await;
+    assert_eq!(t.act(2, "restart").await.0, 200);
+    t.wait_port(addr(2), true).await;
+    assert_eq!(t.act(3, "restart").await.0, 200);
+    assert_eq!(t.act(4, "restart").await.0, 200);
+    assert!(!port_open(addr(3)).await && !port_open(addr(4)).await);
+    assert_eq!(t.act(4, "stop").await.0, 200);
+    assert_eq!(t.act(4, "start").await.0, 200);
+    t.wait_port(addr(4), true).await;
+
+    t.clock.advance(chrono::Duration::seconds(10));
+    assert_eq!(t.get("/api/v1/vm").await.status, 503, "blackout at 20 s");
+    assert!(port_open(addr(1)).await, "VMs run on");
+    t.clock.advance(chrono::Duration::seconds(15));
+    assert_eq!(t.get("/api/v1/vm").await.status, 200, "over at 35 s");
+
+    t.clock.advance(chrono::Duration::seconds(5));
+    assert_eq!(t.act(2, "restart").await.0, 200);
+    t.wait_port(addr(2), false).await;
+    t.clock.advance(chrono::Duration::seconds(3));
+    t.wait_port(addr(2), true).await;
+}
+
+#[tokio::test]
+async fn control_api_drives_the_watchdog_steps() {
+    let (t, addrs) = start_listening(&[[127, 61, 8, 1], [127, 61, 8, 2]], Duration::ZERO).await;
+    let post = |path: &str, body: &str| {
+        t.http
+            .post(t.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let json_of = |r: reqwest::Response| async move {
+        let text = r.text().await.expect("body");
+        serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    t.wait_port(addrs[0], true).await;
+    let r = post("/_sim/vm/1", r#"{"crash":true}"#).await.expect("sent");
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["state"], "stopped");
+    t.wait_port(addrs[0], false).await;
+
+    let r = post("/_sim/vm/2", r#"{"needs_power_cycle":true,"fail_actions":{"actions":["restart"],"status":500,"times":1}}"#)
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    t.wait_port(addrs[1], false).await;
+    assert_eq!(t.act(2, "restart").await.0, 500);
+    assert_eq!(t.act(2, "restart").await.0, 200);
+    assert!(!port_open(addrs[1]).await, "restart does not help");
+    let r = post("/_sim/vm/2", r#"{"stays_dead":true}"#)
+        .await
+        .expect("sent");
+    assert_eq!(json_of(r).await["stays_dead"], true);
+    let bad = post("/_sim/vm/2", r#"{"fail_actions":{"status":200}}"#)
+        .await
+        .expect("sent");
+    assert_eq!(bad.status(), 400, "a success status is no failure");
+
+    let r = post("/_sim/blackout", r#"{"duration":"10s"}"#)
+        .await
+        .expect("sent");
+    let b = json_of(r).await;
+    assert_eq!(b["active"], true);
+    assert_eq!(
+        b["until"].as_str().map(|s| s.parse::<DateTime<Utc>>().ok()),
+        Some(Some(t0() + chrono::Duration::seconds(10)))
+    );
+    assert_eq!(t.get("/api/v1/vm").await.status, 503);
+    let r = t
+        .http
+        .delete(t.url("/_sim/blackout"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(json_of(r).await["active"], false);
+    assert_eq!(t.get("/api/v1/vm").await.status, 200);
+    let r = post("/_sim/blackout", "").await.expect("sent");
+    assert_eq!(json_of(r).await["until"], Value::Null, "until cleared");
+    assert_eq!(t.get("/api/v1/vm").await.status, 503);
+    t.http
+        .delete(t.url("/_sim/blackout"))
+        .send()
+        .await
+        .expect("sent");
+
+    let r = post("/_sim/reboot-duration", r#"{"duration":"2s"}"#)
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert_eq!(t.act(1, "start").await.0, 200);
+    t.wait_port(addrs[0], false).await;
+    t.clock.advance(chrono::Duration::seconds(2));
+    t.wait_port(addrs[0], true).await;
+
+    let r = t
+        .http
+        .get(t.url("/_sim/actions"))
+        .send()
+        .await
+        .expect("sent");
+    let actions = json_of(r).await;
+    let rows: Vec<(u64, &str, u64)> = actions
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| {
+            (
+                a["vm_id"].as_u64().unwrap_or(0),
+                a["action"].as_str().unwrap_or(""),
+                a["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [(2, "restart", 500), (2, "restart", 200), (1, "start", 200)]
+    );
+    assert!(actions[0]["at"]
+        .as_str()
+        .is_some_and(|s| s.parse::<DateTime<Utc>>().is_ok()));
+    let r = t
+        .http
+        .delete(t.url("/_sim/actions"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert!(t.sim.actions().is_empty());
 }

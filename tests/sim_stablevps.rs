@@ -1,7 +1,9 @@
 //! The StableVPS simulator over real HTTP on loopback: response shapes of every
 //! endpoint (as on the provider's API page), both auth header styles, 401/403/404,
 //! actions and the real RDP listeners, wallet renewals and suspension, unknown status
-//! values and every fault kind.
+//! values, every fault kind, and the watchdog's steps (crash, hang, dead machines,
+//! power-cycle-only machines, failing actions, blackout, boot time) over HTTP, on the
+//! real RDP ports, from the timeline and through the `/_sim/` control API.
 //!
 //! The simulator runs on a `ManualClock`, so renewals are exact; waiting for a
 //! condition is always polling with a deadline.
@@ -15,9 +17,9 @@ use serde_json::{json, Value};
 
 use vpswatch::clock::{ManualClock, SharedClock};
 use vpswatch::sim::stablevps::{
-    fault_key, AccountSpec, EndpointMatch, Fault, FaultKind, KeyScope, KeySpec, RelTime,
-    StableScenario, StableVpsSim, StableVpsSimHandle, VpsSpec, VPS_ACTIONS, VPS_LIST, VPS_ONE,
-    WALLET,
+    fault_key, AccountSpec, ActionFailure, BlackoutLength, EndpointMatch, Fault, FaultKind,
+    KeyScope, KeySpec, PowerAction, RelTime, StableScenario, StableTimelineEvent, StableVpsSim,
+    StableVpsSimHandle, VpsSpec, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET,
 };
 
 const KEY_A: &str = "svps_live_aaaa0000000000000000000000000001";
@@ -414,6 +416,9 @@ async fn actions_change_state_and_rdp_listener() {
 
     assert_eq!(t.action(id, KEY_A, "start").await.status, 200);
     assert_eq!(t.sim.vps(id).expect("vps").vps_status, "active");
+    // It boots for the default second before RDP answers.
+    t.clock.advance(chrono::Duration::seconds(1));
+    t.sim.tick();
     wait_rdp(rdp, true).await;
 
     // A hung machine reports active but does not answer; a reboot fixes it.
@@ -421,6 +426,8 @@ async fn actions_change_state_and_rdp_listener() {
     wait_rdp(rdp, false).await;
     assert_eq!(t.sim.vps(id).expect("vps").vps_status, "active");
     assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200);
+    t.clock.advance(chrono::Duration::seconds(1));
+    t.sim.tick();
     wait_rdp(rdp, true).await;
 
     let r = t.action(id, KEY_A, "explode").await;
@@ -747,4 +754,431 @@ async fn demo_scenario_and_toml_load() {
     let list = t.get(VPS_LIST, "svps_live_00ff").await.json();
     assert_eq!(list["vps"][0]["status"], "odd");
     assert_eq!(t.get(WALLET, "svps_live_00ff").await.json()["balance"], 1.5);
+}
+
+// ---- watchdog steps: crash, hang, dead machines, failing actions, blackout, boot time -
+
+impl TestSim {
+    fn rdp(&self, i: usize) -> SocketAddr {
+        self.sim.vps(&self.ids[i]).expect("vps").rdp_addr()
+    }
+
+    async fn vps_status(&self, i: usize) -> String {
+        let one = self
+            .get(&format!("/api/v1/vps/{}", self.ids[i]), KEY_A)
+            .await;
+        one.json()["vpsStatus"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Like `wait_rdp`, but runs a simulator pass on every round (manual clock).
+    async fn wait_rdp_ticking(&self, addr: SocketAddr, want: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.sim.tick();
+            if rdp_open(addr).await == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RDP at {addr} never became {}",
+                if want { "open" } else { "closed" }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The harness scenario with a given boot time.
+fn scenario_booting(reboot: Duration) -> StableScenario {
+    StableScenario {
+        reboot_duration: reboot,
+        ..scenario()
+    }
+}
+
+#[tokio::test]
+async fn crash_reports_stopped_or_the_given_status_and_closes_rdp() {
+    let t = start(scenario_booting(Duration::ZERO)).await;
+    let id = &t.ids[0];
+    let rdp = t.rdp(0);
+    wait_rdp(rdp, true).await;
+    t.sim.crash_vps(id, None);
+    assert_eq!(t.vps_status(0).await, "stopped");
+    wait_rdp(rdp, false).await;
+    assert_eq!(t.action(id, KEY_A, "start").await.status, 200);
+    assert_eq!(t.vps_status(0).await, "active");
+    wait_rdp(rdp, true).await;
+    t.sim.crash_vps(id, Some("error"));
+    assert_eq!(t.vps_status(0).await, "error", "any status can be produced");
+    wait_rdp(rdp, false).await;
+    assert!(
+        t.sim.actions().iter().all(|a| a.action == "start"),
+        "crashes are no requests"
+    );
+}
+
+#[tokio::test]
+async fn hang_dead_and_power_cycle_machines() {
+    let t = start(scenario_booting(Duration::ZERO)).await;
+    let id = &t.ids[0];
+    let rdp = t.rdp(0);
+    wait_rdp(rdp, true).await;
+
+    t.sim.set_hang(id, true);
+    wait_rdp(rdp, false).await;
+    assert_eq!(
+        t.vps_status(0).await,
+        "active",
+        "hung, still reported active"
+    );
+    assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200);
+    wait_rdp(rdp, true).await;
+    t.sim.set_hang(id, true);
+    wait_rdp(rdp, false).await;
+    assert_eq!(t.action(id, KEY_A, "stop").await.status, 200);
+    assert_eq!(t.action(id, KEY_A, "start").await.status, 200);
+    wait_rdp(rdp, true).await;
+
+    t.sim.set_stays_dead(id, true);
+    wait_rdp(rdp, false).await;
+    for action in ["reboot", "stop", "start", "reboot"] {
+        let r = t.action(id, KEY_A, action).await;
+        assert_eq!((r.status, r.json()["success"].as_bool()), (200, Some(true)));
+        assert!(!rdp_open(rdp).await, "still dead after {action}");
+    }
+    t.sim.set_stays_dead(id, false);
+    assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200);
+    wait_rdp(rdp, true).await;
+
+    t.sim.set_needs_power_cycle(id, true);
+    wait_rdp(rdp, false).await;
+    assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200);
+    assert!(!rdp_open(rdp).await, "a reboot does not help");
+    assert_eq!(t.action(id, KEY_A, "stop").await.status, 200);
+    assert_eq!(t.action(id, KEY_A, "start").await.status, 200);
+    wait_rdp(rdp, true).await;
+    assert!(!t.sim.vps(id).expect("vps").needs_power_cycle);
+}
+
+#[tokio::test]
+async fn action_failures_answer_json_errors_and_are_recorded() {
+    let t = start(scenario_booting(Duration::ZERO)).await;
+    let id = &t.ids[0];
+    t.sim.fail_actions(
+        id,
+        ActionFailure::status(502)
+            .only(&[PowerAction::Restart])
+            .times(1),
+    );
+    let r = t.action(id, KEY_A, "reboot").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, r#"{"error":"VPS provider request failed"}"#);
+    t.clock.advance(chrono::Duration::milliseconds(250));
+    assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200, "only once");
+    t.sim.fail_actions(id, ActionFailure::status(500));
+    let r = t.action(id, KEY_A, "stop").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.body, r#"{"error":"Internal server error"}"#);
+    assert_eq!(
+        t.vps_status(0).await,
+        "active",
+        "a failed stop changes nothing"
+    );
+    // A read key is still refused first: the failure is the provider call's.
+    assert_eq!(t.action(id, KEY_A_READ, "stop").await.status, 403);
+    t.sim.clear_action_failures(id);
+    assert_eq!(t.action(id, KEY_A, "stop").await.status, 200);
+    let log: Vec<(String, u16)> = t
+        .sim
+        .actions()
+        .into_iter()
+        .map(|a| (a.action, a.status))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("reboot".to_string(), 502),
+            ("reboot".into(), 200),
+            ("stop".into(), 500),
+            ("stop".into(), 200)
+        ]
+    );
+    let at: Vec<DateTime<Utc>> = t.sim.actions().iter().map(|a| a.at).collect();
+    assert_eq!(at[0], t0());
+    assert_eq!(at[1], t0() + chrono::Duration::milliseconds(250));
+}
+
+#[tokio::test]
+async fn blackout_answers_503_everywhere_while_machines_run_on() {
+    let t = start(scenario()).await;
+    let rdp = t.rdp(0);
+    wait_rdp(rdp, true).await;
+    t.sim
+        .start_blackout(BlackoutLength::For(Duration::from_secs(30)));
+    for (method, path, auth) in [
+        ("GET", VPS_LIST.to_string(), Auth::Bearer(KEY_A)),
+        ("GET", WALLET.to_string(), Auth::Nothing),
+        (
+            "POST",
+            format!("/api/v1/vps/{}/actions", t.ids[0]),
+            Auth::Bearer(KEY_A),
+        ),
+        ("GET", "/api/v1/nothing".to_string(), Auth::Bearer(KEY_A)),
+    ] {
+        let r = t
+            .call(method, &path, auth, Some(json!({ "action": "reboot" })))
+            .await;
+        assert_eq!(r.status, 503, "{method} {path}");
+        assert!(r.json()["error"].is_string(), "{method} {path}: {}", r.body);
+    }
+    assert!(t.sim.actions().is_empty(), "nothing reached the API");
+    assert!(rdp_open(rdp).await, "the machine still answers");
+    t.clock.advance(chrono::Duration::seconds(30));
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 200, "over after 30 s");
+    t.sim.start_blackout(BlackoutLength::UntilCleared);
+    t.clock.advance(chrono::Duration::days(1));
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 503);
+    t.sim.end_blackout();
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 200);
+}
+
+#[tokio::test]
+async fn reboot_keeps_rdp_closed_for_the_boot_time() {
+    let t = start(StableScenario {
+        booting_vps_status: Some("rebooting".into()),
+        ..scenario_booting(Duration::from_secs(5))
+    })
+    .await;
+    let id = &t.ids[0];
+    let rdp = t.rdp(0);
+    wait_rdp(rdp, true).await;
+    assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200);
+    t.wait_rdp_ticking(rdp, false).await;
+    assert_eq!(t.vps_status(0).await, "rebooting");
+    t.clock.advance(chrono::Duration::seconds(4));
+    t.sim.tick();
+    assert!(!rdp_open(rdp).await, "still booting after 4 s");
+    t.clock.advance(chrono::Duration::seconds(1));
+    t.wait_rdp_ticking(rdp, true).await;
+    assert_eq!(t.vps_status(0).await, "active");
+    t.sim.set_reboot_duration(Duration::ZERO);
+    assert_eq!(t.action(id, KEY_A, "reboot").await.status, 200);
+    assert_eq!(t.vps_status(0).await, "active");
+    assert!(rdp_open(rdp).await);
+}
+
+#[tokio::test]
+async fn reboot_ends_on_time_on_the_system_clock() {
+    vpswatch::daemon::install_crypto_provider();
+    let s = StableScenario {
+        reboot_duration: Duration::from_millis(400),
+        ..scenario()
+    };
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let sim = StableVpsSim::start(listen, s, Arc::new(vpswatch::clock::SystemClock))
+        .await
+        .expect("start");
+    let id = sim.vpses()[0].id.clone();
+    let rdp = sim.vps(&id).expect("vps").rdp_addr();
+    wait_rdp(rdp, true).await;
+    let sent = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/vps/{id}/actions", sim.base_url()))
+        .bearer_auth(KEY_A)
+        .header("content-type", "application/json")
+        .body(r#"{"action":"reboot"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 200);
+    wait_rdp(rdp, false).await;
+    // No manual ticks: the simulator wakes itself at the end of the boot.
+    wait_rdp(rdp, true).await;
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "reopened after {took:?}"
+    );
+    sim.shutdown_and_wait().await;
+}
+
+#[tokio::test]
+async fn timeline_scripts_the_watchdog_steps() {
+    let toml = r#"
+        reboot_duration = "0s"
+        [[accounts]]
+        keys = [{ key = "svps_live_aaaa0000000000000000000000000001" }]
+        [[vps]]
+        [[vps]]
+        [[vps]]
+        [[timeline]]
+        at = "10s"
+        vps = 0
+        crash = "offline"
+        fail_actions = { actions = ["start"], status = 502, times = 1 }
+        [[timeline]]
+        at = "10s"
+        vps = 1
+        stays_dead = true
+        [[timeline]]
+        at = "10s"
+        vps = 2
+        needs_power_cycle = true
+        [[timeline]]
+        at = "20s"
+        blackout = "5s"
+        [[timeline]]
+        at = "30s"
+        reboot_duration = "2s"
+    "#;
+    let t = start(StableScenario::from_toml(toml).expect("toml")).await;
+    for i in 0..3 {
+        wait_rdp(t.rdp(i), true).await;
+    }
+    t.clock.advance(chrono::Duration::seconds(10));
+    for i in 0..3 {
+        t.wait_rdp_ticking(t.rdp(i), false).await;
+    }
+    assert_eq!(t.vps_status(0).await, "offline");
+    assert_eq!(t.vps_status(1).await, "active");
+    assert_eq!(t.action(&t.ids[0], KEY_A, "start").await.status, 502);
+    assert_eq!(t.action(&t.ids[0], KEY_A, "start").await.status, 200);
+    wait_rdp(t.rdp(0), true).await;
+    assert_eq!(t.action(&t.ids[1], KEY_A, "reboot").await.status, 200);
+    assert_eq!(t.action(&t.ids[2], KEY_A, "reboot").await.status, 200);
+    assert!(!rdp_open(t.rdp(1)).await && !rdp_open(t.rdp(2)).await);
+    assert_eq!(t.action(&t.ids[2], KEY_A, "stop").await.status, 200);
+    assert_eq!(t.action(&t.ids[2], KEY_A, "start").await.status, 200);
+    wait_rdp(t.rdp(2), true).await;
+
+    t.clock.advance(chrono::Duration::seconds(10));
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 503, "blackout at 20 s");
+    t.clock.advance(chrono::Duration::seconds(5));
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 200, "over at 25 s");
+    t.clock.advance(chrono::Duration::seconds(5));
+    assert_eq!(t.action(&t.ids[0], KEY_A, "reboot").await.status, 200);
+    t.wait_rdp_ticking(t.rdp(0), false).await;
+    t.clock.advance(chrono::Duration::seconds(2));
+    t.wait_rdp_ticking(t.rdp(0), true).await;
+
+    let bad =
+        StableScenario::from_toml("[[vps]]\n[[timeline]]\nat = \"1s\"\nvps = 0\nhang = true\n");
+    assert!(bad.is_ok(), "parses");
+    let err = bad.and_then(|s| s.validate()).expect_err("no account");
+    assert!(err.to_string().contains("names no account"), "{err}");
+    let mut s = scenario();
+    s.timeline = vec![StableTimelineEvent {
+        vps: Some(9),
+        hang: Some(true),
+        ..StableTimelineEvent::default()
+    }];
+    let err = s.validate().expect_err("vps 9");
+    assert!(
+        err.to_string().contains("vps 9 is not in the scenario"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn control_api_drives_the_watchdog_steps() {
+    let t = start(scenario_booting(Duration::ZERO)).await;
+    let id = t.ids[0].clone();
+    let rdp = t.rdp(0);
+    wait_rdp(rdp, true).await;
+    let url = |p: &str| format!("{}{p}", t.sim.base_url());
+    let send = |method: reqwest::Method, path: String, body: Option<&str>| {
+        let mut req = t.http.request(method, url(&path));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        async move {
+            let r = req.send().await.expect("sent");
+            let status = r.status().as_u16();
+            let text = r.text().await.expect("body");
+            let v = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    let post = |path: String, body: &'static str| send(reqwest::Method::POST, path, Some(body));
+
+    let (status, index) = send(reqwest::Method::GET, "/_sim/".into(), None).await;
+    assert_eq!(status, 200);
+    assert!(index["endpoints"].as_array().is_some_and(|e| e.len() >= 7));
+    let (status, v) = post(format!("/_sim/vps/{id}"), r#"{"crash":"offline"}"#).await;
+    assert_eq!((status, v["vps_status"].as_str()), (200, Some("offline")));
+    wait_rdp(rdp, false).await;
+    let (_, v) = post(
+        format!("/_sim/vps/{id}"),
+        r#"{"vps_status":"active","needs_power_cycle":true,"fail_actions":{"actions":["reboot"],"status":500,"times":1}}"#,
+    )
+    .await;
+    assert_eq!(v["needs_power_cycle"], true);
+    assert!(!rdp_open(rdp).await, "hung until a power cycle");
+    assert_eq!(t.action(&id, KEY_A, "reboot").await.status, 500);
+    assert_eq!(t.action(&id, KEY_A, "reboot").await.status, 200);
+    assert!(!rdp_open(rdp).await);
+    let (status, _) = post(
+        format!("/_sim/vps/{id}"),
+        r#"{"fail_actions":{"status":302}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "a redirect is no failure");
+    let (status, _) = post("/_sim/vps/nope".into(), r#"{"hang":true}"#).await;
+    assert_eq!(status, 404);
+
+    let (_, b) = post("/_sim/blackout".into(), r#"{"duration":"10s"}"#).await;
+    assert_eq!(b["active"], true);
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 503);
+    let (_, b) = send(reqwest::Method::DELETE, "/_sim/blackout".into(), None).await;
+    assert_eq!(b["active"], false);
+    assert_eq!(t.get(VPS_LIST, KEY_A).await.status, 200);
+    let (_, b) = post("/_sim/blackout".into(), "{}").await;
+    assert_eq!(
+        (b["active"].as_bool(), &b["until"]),
+        (Some(true), &Value::Null)
+    );
+    send(reqwest::Method::DELETE, "/_sim/blackout".into(), None).await;
+
+    let (status, _) = post("/_sim/reboot-duration".into(), r#"{"duration":"3s"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(t.action(&id, KEY_A, "stop").await.status, 200);
+    assert_eq!(t.action(&id, KEY_A, "start").await.status, 200);
+    t.clock.advance(chrono::Duration::seconds(3));
+    t.wait_rdp_ticking(rdp, true).await;
+
+    let (_, actions) = send(reqwest::Method::GET, "/_sim/actions".into(), None).await;
+    let rows: Vec<(&str, u64)> = actions
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap_or(""),
+                a["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("reboot", 500),
+            ("reboot", 200),
+            ("stop", 200),
+            ("start", 200)
+        ]
+    );
+    assert_eq!(actions[0]["vps_id"], id.as_str());
+    assert!(actions[0]["at"]
+        .as_str()
+        .is_some_and(|s| s.parse::<DateTime<Utc>>().is_ok()));
+    let (status, _) = send(reqwest::Method::DELETE, "/_sim/actions".into(), None).await;
+    assert_eq!(status, 200);
+    assert!(t.sim.actions().is_empty());
+    let (_, list) = send(reqwest::Method::GET, "/_sim/vps".into(), None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(3));
+    let (status, _) = send(reqwest::Method::DELETE, format!("/_sim/vps/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(t.get(&format!("/api/v1/vps/{id}"), KEY_A).await.status, 404);
 }

@@ -9,8 +9,14 @@
 //! - `GET /_sim/vm/{id}`, `POST /_sim/vm/{id}` (patch: `state`, `expires` (relative
 //!   to now, RFC 3339, or null = unpaid), `remove`, `status_stale`,
 //!   `status_unavailable`, `timeseries_error`, `memory_as_fraction`,
-//!   `auto_renewal_enabled`, `hung`), `DELETE /_sim/vm/{id}` (soft-delete)
+//!   `auto_renewal_enabled`, `hung`, and the watchdog steps `crash`, `stays_dead`,
+//!   `needs_power_cycle`, `fail_actions` (an [`ActionFailure`]),
+//!   `clear_action_failures`), `DELETE /_sim/vm/{id}` (soft-delete)
 //! - `GET|DELETE /_sim/requests` the request log
+//! - `GET|DELETE /_sim/actions` every power-action request with its time and answer
+//! - `GET|POST|DELETE /_sim/blackout` the API outage: `{"duration":"30s"}` or `{}`
+//!   (until cleared)
+//! - `POST /_sim/reboot-duration` `{"duration":"2s"}` boot time of starts/restarts
 //! - `POST /_sim/skew` `{"secs":n}`; `POST /_sim/rate-limit` rate limit settings
 
 use http::{Method, Request, Response, StatusCode};
@@ -22,11 +28,12 @@ use serde_json::json;
 use super::faults::Fault;
 use super::http::{read_body, Body, Reply};
 use super::lnvps::LnvpsSimHandle;
+use super::power::{add_failure, ActionFailure, BlackoutRequest, RebootDurationRequest};
 use super::scenario::{RateLimitSettings, RelTime, VmSpec, VmState, DEFAULT_OWNER};
 use super::world::SimVm;
 
-const PREFIX: &str = "/_sim";
-const MAX_CONTROL_BODY: usize = 1024 * 1024;
+pub(crate) const PREFIX: &str = "/_sim";
+pub(crate) const MAX_CONTROL_BODY: usize = 1024 * 1024;
 
 pub fn is_control_path(path: &str) -> bool {
     path == PREFIX || path.starts_with("/_sim/")
@@ -50,6 +57,9 @@ pub async fn handle(sim: &LnvpsSimHandle, req: Request<Incoming>) -> Response<Bo
             Err(_) => error(StatusCode::BAD_REQUEST, "bad VM id"),
         },
         (_, ["requests"]) => requests(sim, &method),
+        (_, ["actions"]) => actions(sim, &method),
+        (_, ["blackout"]) => blackout(sim, &method, &body),
+        (&Method::POST, ["reboot-duration"]) => reboot_duration(sim, &body),
         (&Method::POST, ["skew"]) => skew(sim, &body),
         (&Method::POST, ["rate-limit"]) => rate_limit(sim, &body),
         _ => error(
@@ -60,17 +70,25 @@ pub async fn handle(sim: &LnvpsSimHandle, req: Request<Incoming>) -> Response<Bo
     reply.into_response()
 }
 
-fn error(status: StatusCode, msg: &str) -> Reply {
+pub(crate) fn error(status: StatusCode, msg: &str) -> Reply {
     Reply::json(status, &json!({ "error": msg }))
 }
 
-fn ok_json<T: serde::Serialize>(value: &T) -> Reply {
+pub(crate) fn ok_json<T: serde::Serialize>(value: &T) -> Reply {
     Reply::json(StatusCode::OK, value)
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")))
+}
+
+/// Like [`parse`], but an empty body is the type's default.
+pub(crate) fn parse_or_empty<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse(body)
 }
 
 fn index() -> Reply {
@@ -80,6 +98,9 @@ fn index() -> Reply {
             "GET|POST /_sim/vms",
             "GET|POST|DELETE /_sim/vm/{id}",
             "GET|DELETE /_sim/requests",
+            "GET|DELETE /_sim/actions",
+            "GET|POST|DELETE /_sim/blackout {\"duration\":\"30s\"} (or {} until cleared)",
+            "POST /_sim/reboot-duration {\"duration\":\"1s\"}",
             "POST /_sim/skew {\"secs\":n}",
             "POST /_sim/rate-limit {\"per_minute\":n,\"window\":\"60s\"}"
         ]
@@ -145,6 +166,11 @@ struct VmPatch {
     memory_as_fraction: Option<bool>,
     auto_renewal_enabled: Option<bool>,
     hung: Option<bool>,
+    crash: bool,
+    stays_dead: Option<bool>,
+    needs_power_cycle: Option<bool>,
+    clear_action_failures: bool,
+    fail_actions: Option<ActionFailure>,
 }
 
 /// Distinguishes a missing field (None) from an explicit null (Some(None)).
@@ -163,7 +189,12 @@ fn vm(sim: &LnvpsSimHandle, method: &Method, id: u64, body: &[u8]) -> Reply {
     match *method {
         Method::GET => {}
         Method::POST => match parse::<VmPatch>(body) {
-            Ok(p) => apply_patch(sim, id, p),
+            Ok(p) => {
+                if let Some(problem) = p.fail_actions.as_ref().and_then(ActionFailure::problem) {
+                    return error(StatusCode::BAD_REQUEST, &problem);
+                }
+                apply_patch(sim, id, p)
+            }
             Err(r) => return r,
         },
         Method::DELETE => sim.remove_vm(id),
@@ -198,6 +229,21 @@ fn apply_patch(sim: &LnvpsSimHandle, id: u64, p: VmPatch) {
                 *field = v;
             }
         }
+        if p.crash {
+            vm.crash(now);
+        }
+        if let Some(v) = p.stays_dead {
+            vm.set_stays_dead(v);
+        }
+        if let Some(v) = p.needs_power_cycle {
+            vm.set_needs_power_cycle(v);
+        }
+        if p.clear_action_failures {
+            vm.action_failures.clear();
+        }
+        if let Some(f) = p.fail_actions {
+            add_failure(&mut vm.action_failures, f);
+        }
     });
     if p.remove {
         sim.remove_vm(id);
@@ -212,6 +258,40 @@ fn requests(sim: &LnvpsSimHandle, method: &Method) -> Reply {
             ok_json(&json!({ "ok": true }))
         }
         _ => Reply::empty(StatusCode::METHOD_NOT_ALLOWED),
+    }
+}
+
+fn actions(sim: &LnvpsSimHandle, method: &Method) -> Reply {
+    match *method {
+        Method::GET => ok_json(&sim.actions()),
+        Method::DELETE => {
+            sim.clear_actions();
+            ok_json(&json!({ "ok": true }))
+        }
+        _ => Reply::empty(StatusCode::METHOD_NOT_ALLOWED),
+    }
+}
+
+fn blackout(sim: &LnvpsSimHandle, method: &Method, body: &[u8]) -> Reply {
+    match *method {
+        Method::GET => {}
+        Method::POST => match parse_or_empty::<BlackoutRequest>(body) {
+            Ok(b) => sim.start_blackout(b.length()),
+            Err(r) => return r,
+        },
+        Method::DELETE => sim.end_blackout(),
+        _ => return Reply::empty(StatusCode::METHOD_NOT_ALLOWED),
+    }
+    ok_json(&sim.blackout())
+}
+
+fn reboot_duration(sim: &LnvpsSimHandle, body: &[u8]) -> Reply {
+    match parse::<RebootDurationRequest>(body) {
+        Ok(r) => {
+            sim.set_reboot_duration(r.duration);
+            ok_json(&json!({ "ok": true }))
+        }
+        Err(r) => r,
     }
 }
 

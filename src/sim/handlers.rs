@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::http::Reply;
+use super::power::take_failure;
 use super::render;
 use super::routes::{self, Endpoint};
 use super::scenario::IntervalType;
@@ -48,6 +49,28 @@ pub fn internal_error() -> Reply {
         StatusCode::INTERNAL_SERVER_ERROR,
         "An internal error occurred",
     )
+}
+
+/// An error answer for `code` as the real deployment gives it: 500 → the API's
+/// sanitized error; 502–504 → the reverse proxy's HTML page; anything else → a JSON
+/// error with the status' reason.
+pub fn status_error(code: u16) -> Reply {
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return internal_error();
+    };
+    match code {
+        500 => internal_error(),
+        502..=504 => {
+            let title = format!("{} {}", code, status.canonical_reason().unwrap_or("Error"));
+            Reply::html(
+                status,
+                format!(
+                    "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+                ),
+            )
+        }
+        _ => api_error(status, status.canonical_reason().unwrap_or("Error")),
+    }
 }
 
 fn not_found() -> Reply {
@@ -269,12 +292,30 @@ fn time_series(world: &World, call: &Call<'_>) -> Outcome {
     Ok(ok(render::time_series(vm, call.now)))
 }
 
+/// PATCH /vm/{id}/start|stop|restart; every request with a valid id is recorded with
+/// its answer.
 fn power(world: &mut World, call: &Call<'_>, action: PowerAction) -> Outcome {
     let id = path_id(call)?;
+    let result = power_checked(world, call, id, action);
+    let status = match &result {
+        Ok(r) | Err(r) => r.status.as_u16(),
+    };
+    world.record_action(id, action, call.now, status);
+    result
+}
+
+fn power_checked(world: &mut World, call: &Call<'_>, id: u64, action: PowerAction) -> Outcome {
     let vm = user_vm(world, call.user, id)?;
     if !vm.is_provisioned() {
         // The host has no such VM yet.
         return Err(internal_error());
+    }
+    // An injected failure: the host call failed (the real server answers 500).
+    let failed = world
+        .vm_mut(id)
+        .and_then(|vm| take_failure(&mut vm.action_failures, action));
+    if let Some(status) = failed {
+        return Err(status_error(status));
     }
     world.power(id, action, call.now);
     Ok(ok(()))

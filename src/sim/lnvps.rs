@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -35,6 +36,8 @@ use crate::clock::{SharedClock, SystemClock};
 
 use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
+use super::power;
+pub use super::power::{ActionFailure, Blackout, BlackoutLength};
 pub use super::scenario::{
     CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
     SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UserSpec, VmSpec, VmState,
@@ -231,6 +234,77 @@ impl LnvpsSimHandle {
         self.with_world(|w, _| w.faults.list())
     }
 
+    // ---- the watchdog's trouble (see `sim::power`) -----------------------------------
+
+    /// The running VM stops by itself: state `stopped`, port closed, no owner history.
+    pub fn crash_vm(&self, id: u64) {
+        self.with_world(|w, now| {
+            if let Some(vm) = w.vm_mut(id) {
+                vm.crash(now);
+            }
+        });
+    }
+
+    /// Hangs (true) or un-hangs the guest: the state stays, the port closes.
+    pub fn set_hung(&self, id: u64, hung: bool) {
+        self.update_vm(id, |vm| vm.set_hung(hung));
+    }
+
+    /// Dead through reboots: every action is accepted, the guest stays hung (true also
+    /// hangs it now).
+    pub fn set_stays_dead(&self, id: u64, v: bool) {
+        self.update_vm(id, |vm| vm.set_stays_dead(v));
+    }
+
+    /// A restart does not help, a stop followed by a start does (true also hangs the
+    /// guest now).
+    pub fn set_needs_power_cycle(&self, id: u64, v: bool) {
+        self.update_vm(id, |vm| vm.set_needs_power_cycle(v));
+    }
+
+    /// The VM's power actions fail as `failure` says (after auth and ownership checks).
+    pub fn fail_actions(&self, id: u64, failure: ActionFailure) {
+        self.update_vm(id, |vm| {
+            power::add_failure(&mut vm.action_failures, failure)
+        });
+    }
+
+    pub fn clear_action_failures(&self, id: u64) {
+        self.update_vm(id, |vm| vm.action_failures.clear());
+    }
+
+    /// Every API endpoint answers 503 (the proxy's page) for `length`; the VMs, their
+    /// ports and the control API carry on.
+    pub fn start_blackout(&self, length: BlackoutLength) {
+        self.with_world(|w, now| w.blackout.start(now, length));
+    }
+
+    pub fn end_blackout(&self) {
+        self.with_world(|w, _| w.blackout.end());
+    }
+
+    /// The blackout switch as of now.
+    pub fn blackout(&self) -> Blackout {
+        self.with_world(|w, now| {
+            w.blackout.check(now);
+            w.blackout
+        })
+    }
+
+    /// Boot time of starts and restarts from now on (0 = the port opens at once).
+    pub fn set_reboot_duration(&self, d: Duration) {
+        self.with_world(|w, _| w.settings.reboot_duration = d);
+    }
+
+    /// Every power-action request received (any VM, any answer), oldest first.
+    pub fn actions(&self) -> Vec<SimAction> {
+        self.lock_world().action_log()
+    }
+
+    pub fn clear_actions(&self) {
+        self.lock_world().clear_action_log();
+    }
+
     /// Shifts the simulator's clock (NIP-98 window, expiry, status timestamps).
     pub fn set_clock_skew(&self, secs: i64) {
         self.inner.skew_secs.store(secs, Ordering::Relaxed);
@@ -305,6 +379,11 @@ impl LnvpsSimHandle {
             at: self.now(),
             ip: client_ip(req.headers(), peer),
         };
+        // The API is down behind its proxy: answered before anything else, rate limit
+        // included; the VMs run on.
+        if self.with_world(|w, now| w.blackout.check(now)) {
+            return self.finish(&meta, handlers::status_error(503), false);
+        }
         if let Err(retry_after) = self.inner.limiter.check(meta.ip, &meta.path) {
             return self.finish(&meta, rate_limited(retry_after), false);
         }
@@ -322,9 +401,32 @@ impl LnvpsSimHandle {
             Routed::MethodNotAllowed { allow, .. } => {
                 Reply::empty(StatusCode::METHOD_NOT_ALLOWED).with_header(ALLOW, allow)
             }
-            Routed::Found { endpoint, id, .. } => self.serve_endpoint(req, endpoint, id).await,
+            Routed::Found { endpoint, id, .. } => {
+                let reply = self.serve_endpoint(req, endpoint, id).await;
+                if matches!(endpoint, Endpoint::Start | Endpoint::Restart) {
+                    self.wake_at_boot_end();
+                }
+                reply
+            }
         };
         self.finish(&meta, reply, truncate)
+    }
+
+    /// Runs a worker pass the moment the next booting VM comes up, so its port opens
+    /// on time rather than at the next one-second tick.
+    fn wake_at_boot_end(&self) {
+        let Some(end) = self.lock_world().next_boot_end() else {
+            return;
+        };
+        let wait = (end - self.now()).to_std().unwrap_or_default();
+        let h = self.clone();
+        let token = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(wait + Duration::from_millis(2)) => h.tick(),
+            }
+        });
     }
 
     fn finish(&self, meta: &RequestMeta, reply: Reply, truncate: bool) -> Response<Body> {
@@ -411,7 +513,7 @@ fn rate_limited(retry_after: u64) -> Reply {
 /// The answer a fault gives instead of the normal one.
 fn fault_reply(kind: &FaultKind) -> Reply {
     match kind {
-        FaultKind::Status(code) => status_fault(*code),
+        FaultKind::Status(code) => handlers::status_error(*code),
         FaultKind::MalformedJson => Reply::new(
             StatusCode::OK,
             Some(JSON),
@@ -429,26 +531,6 @@ fn fault_reply(kind: &FaultKind) -> Reply {
         ),
         // Handled before a reply is built; answer normally if one gets here.
         FaultKind::Latency(_) | FaultKind::Hang | FaultKind::TruncatedBody => handlers::internal_error(),
-    }
-}
-
-/// 500 → the API's sanitized error; 502–504 → a reverse proxy's page; else JSON.
-fn status_fault(code: u16) -> Reply {
-    let Ok(status) = StatusCode::from_u16(code) else {
-        return handlers::internal_error();
-    };
-    match code {
-        500 => handlers::internal_error(),
-        502..=504 => {
-            let title = format!("{} {}", code, status.canonical_reason().unwrap_or("Error"));
-            Reply::html(
-                status,
-                format!(
-                    "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-                ),
-            )
-        }
-        _ => handlers::api_error(status, status.canonical_reason().unwrap_or("Error")),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`stablevps`]: the fake StableVPS API server (scenario, wallet renewals, RDP listeners);
 //! - [`scenario`]: the starting world and its timeline (TOML/JSON, built-ins);
 //! - [`faults`]: injectable API faults (latency, 5xx, 429, broken bodies, hangs);
+//! - [`power`]: what the watchdog meets, shared by both fakes: crashes, hangs, guests
+//!   that stay dead or need a power cycle, failing actions, API blackouts, boot time;
 //! - `world`: in-memory users, VMs and the lifecycle the real worker runs;
 //! - `handlers`, `routes`, `wire`: the emulated endpoints, route table and JSON shapes;
 //! - `nip98`: NIP-98 verification exactly as the real server enforces it;
@@ -22,6 +24,7 @@ mod handlers;
 mod http;
 pub mod lnvps;
 mod nip98;
+pub mod power;
 mod ratelimit;
 mod render;
 mod routes;

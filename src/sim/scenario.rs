@@ -2,7 +2,8 @@
 //!
 //! A scenario lists users, their VMs (state, expiry, template, usage profile, …), rate
 //! limit settings and a timeline of events (state changes, expiry changes, removals,
-//! faults). It deserializes from TOML or JSON, so tests, the demo and `vpswatch simulate`
+//! faults, and the watchdog's trouble: crash, hang, dead through reboots, fixed only by
+//! stop+start, failing actions, API blackout, boot time). It deserializes from TOML or JSON, so tests, the demo and `vpswatch simulate`
 //! share one format; `demo` and `bench:N` are built in.
 //!
 //! Relative times ("3d", "-2h") count from the moment the VM is added (for scenario VMs:
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::faults::Fault;
+use super::power::{ActionFailure, BlackoutLength};
 
 /// Placeholder owner that [`Scenario::load`] replaces with the given owner pubkey.
 pub const DEFAULT_OWNER: &str = "default";
@@ -76,6 +78,11 @@ pub struct SimSettings {
     /// When set, every running VM listens on `<its ipv4>:<port>` (its "SSH port") so
     /// liveness probes are real TCP; a stopped, deleted or `hung` VM does not.
     pub vm_listen_port: Option<u16>,
+    /// How long a guest takes to boot after a start or restart through the API: its
+    /// port stays closed meanwhile (the state already says running, as Proxmox does
+    /// during a reset). 0 = it answers at once.
+    #[serde(with = "humantime_serde")]
+    pub reboot_duration: Duration,
 }
 
 impl Default for SimSettings {
@@ -87,6 +94,7 @@ impl Default for SimSettings {
             btc_eur: 90_000.0,
             btc_usd: 100_000.0,
             vm_listen_port: None,
+            reboot_duration: Duration::from_secs(1),
         }
     }
 }
@@ -378,10 +386,30 @@ pub struct TimelineEvent {
     pub set_stale: Option<bool>,
     pub set_timeseries_error: Option<bool>,
     pub set_status_unavailable: Option<bool>,
+    /// The running VM stops by itself (state `stopped`, port closed).
+    pub crash: bool,
+    /// Hang (true) or un-hang (false) the guest: state unchanged, port closed.
+    pub hang: Option<bool>,
+    /// Dead through reboots: actions succeed but the guest stays hung (true also hangs
+    /// it now).
+    pub stays_dead: Option<bool>,
+    /// Only stop+start fixes the guest, a restart does not (true also hangs it now).
+    pub needs_power_cycle: Option<bool>,
+    /// Drop the VM's injected action failures (applied before `fail_actions`).
+    pub clear_action_failures: bool,
+    /// The VM's power actions fail with an error status (optionally N times).
+    pub fail_actions: Option<ActionFailure>,
     /// Soft-delete the VM.
     pub remove: bool,
     pub clear_faults: bool,
     pub add_fault: Option<Fault>,
+    /// End an API blackout (applied before `blackout`).
+    pub end_blackout: bool,
+    /// Every API endpoint answers 503 for this long (`"30s"`) or `"until_cleared"`.
+    pub blackout: Option<BlackoutLength>,
+    /// New boot time for starts and restarts from now on.
+    #[serde(with = "humantime_serde")]
+    pub reboot_duration: Option<Duration>,
 }
 
 impl TimelineEvent {
@@ -391,12 +419,26 @@ impl TimelineEvent {
             || self.set_stale.is_some()
             || self.set_timeseries_error.is_some()
             || self.set_status_unavailable.is_some()
+            || self.crash
+            || self.hang.is_some()
+            || self.stays_dead.is_some()
+            || self.needs_power_cycle.is_some()
+            || self.clear_action_failures
+            || self.fail_actions.is_some()
             || self.remove
     }
 
     fn validate(&self, index: usize, vm_count: usize) -> anyhow::Result<()> {
-        if !self.targets_vm() && !self.clear_faults && self.add_fault.is_none() {
-            bail!("timeline[{index}]: no action (set_state, set_expires, set_stale, set_timeseries_error, set_status_unavailable, remove, clear_faults or add_fault)");
+        let global = self.clear_faults
+            || self.add_fault.is_some()
+            || self.end_blackout
+            || self.blackout.is_some()
+            || self.reboot_duration.is_some();
+        if !self.targets_vm() && !global {
+            bail!("timeline[{index}]: no action (set_state, set_expires, set_stale, set_timeseries_error, set_status_unavailable, crash, hang, stays_dead, needs_power_cycle, clear_action_failures, fail_actions, remove, clear_faults, add_fault, end_blackout, blackout or reboot_duration)");
+        }
+        if let Some(problem) = self.fail_actions.as_ref().and_then(ActionFailure::problem) {
+            bail!("timeline[{index}].{problem}");
         }
         if self.targets_vm() {
             match self.vm {

@@ -18,20 +18,29 @@
 //! - fault statuses answer JSON `{"error": …}` (502: "VPS provider request failed");
 //! - per-VPS fault matching uses [`fault_key`] of the service id as the numeric id.
 //!
+//! The watchdog's trouble (`sim::power`) is scriptable as for LNVPS — crash (reported
+//! `stopped` unless told otherwise: the page documents no value), hang, dead through
+//! reboots, fixed only by stop+start, failing actions (JSON errors), API blackout (503
+//! JSON on every endpoint), boot time — through handle methods, the scenario `timeline`
+//! and the unauthenticated `/_sim/` control API (`control`).
+//!
 //! Each VPS with `listen_rdp` gets a real TCP listener on `ip_address:rdp_port`
 //! (default a distinct 127.2.x.y, Linux routes all of 127/8 to loopback) while its
-//! `vpsStatus` is `active` and it is not `hang`ing, so liveness probes are real TCP.
+//! `vpsStatus` is `active` and it is neither `hang`ing nor booting, so liveness probes
+//! are real TCP.
 //!
-//! A request goes: route (404/405) → injected fault → API key (401) → scope (403) →
+//! A request goes: control API? → blackout (503) → route (404/405) → injected fault → API key (401) → scope (403) →
 //! body (64 KiB) → handler, with the world advanced to the clock's "now" first.
 
 mod api;
+mod control;
 mod scenario;
 mod world;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -40,7 +49,6 @@ use http::header::RETRY_AFTER;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,11 +60,13 @@ use world::World;
 
 use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
+use super::power;
+pub use super::power::{ActionFailure, Blackout, BlackoutLength, PowerAction};
 pub use super::scenario::RelTime;
 pub use api::{ACCOUNT, AUTH, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET};
 pub use scenario::{
-    AccountSpec, KeyScope, KeySpec, RenewalFailure, StableScenario, VpsSpec, DEMO_FULL_KEY,
-    DEMO_READ_KEY,
+    AccountSpec, Crash, KeyScope, KeySpec, RenewalFailure, StableScenario, StableTimelineEvent,
+    VpsSpec, DEMO_FULL_KEY, DEMO_READ_KEY,
 };
 pub use world::{plan_price, SimAccount, SimAction, SimVps};
 
@@ -270,9 +280,88 @@ impl StableVpsSimHandle {
         self.lock_log().clear();
     }
 
-    /// Authenticated writes received (actions, deletes, creates), oldest first.
+    /// Authenticated writes received (actions, deletes, creates), oldest first, each
+    /// with its time and the status answered.
     pub fn actions(&self) -> Vec<SimAction> {
         self.lock_world().actions.clone()
+    }
+
+    pub fn clear_actions(&self) {
+        self.lock_world().actions.clear();
+    }
+
+    // ---- the watchdog's trouble (see `sim::power`) -----------------------------------
+
+    /// The machine goes down by itself; the API reports `vps_status` (default
+    /// `stopped`) and the RDP port closes.
+    pub fn crash_vps(&self, id: &str, vps_status: Option<&str>) {
+        self.update_vps(id, |v| v.crash(vps_status.unwrap_or("stopped")));
+    }
+
+    /// Hangs (true) or un-hangs the machine: `vpsStatus` stays, the RDP port closes.
+    pub fn set_hang(&self, id: &str, hang: bool) {
+        self.update_vps(id, |v| v.set_hang(hang));
+    }
+
+    /// Dead through reboots: every action is accepted, the machine stays hung (true
+    /// also hangs it now).
+    pub fn set_stays_dead(&self, id: &str, v: bool) {
+        self.update_vps(id, |vps| vps.set_stays_dead(v));
+    }
+
+    /// A reboot does not help, a stop followed by a start does (true also hangs the
+    /// machine now).
+    pub fn set_needs_power_cycle(&self, id: &str, v: bool) {
+        self.update_vps(id, |vps| vps.set_needs_power_cycle(v));
+    }
+
+    /// The VPS's actions fail as `failure` says (after auth, scope and ownership).
+    pub fn fail_actions(&self, id: &str, failure: ActionFailure) {
+        self.update_vps(id, |v| power::add_failure(&mut v.action_failures, failure));
+    }
+
+    pub fn clear_action_failures(&self, id: &str) {
+        self.update_vps(id, |v| v.action_failures.clear());
+    }
+
+    /// Every API endpoint answers 503 for `length`; machines, RDP ports and the
+    /// control API carry on.
+    pub fn start_blackout(&self, length: BlackoutLength) {
+        self.with_world(|w, now| w.blackout.start(now, length));
+    }
+
+    pub fn end_blackout(&self) {
+        self.with_world(|w, _| w.blackout.end());
+    }
+
+    /// The blackout switch as of now.
+    pub fn blackout(&self) -> Blackout {
+        self.with_world(|w, now| {
+            w.blackout.check(now);
+            w.blackout
+        })
+    }
+
+    /// Boot time of starts and reboots from now on (0 = the port opens at once).
+    pub fn set_reboot_duration(&self, d: Duration) {
+        self.with_world(|w, _| w.reboot_duration = d);
+    }
+
+    /// Runs a pass the moment the next booting machine comes up, so its port opens on
+    /// time rather than at the next one-second tick.
+    fn wake_at_boot_end(&self) {
+        let Some(end) = self.lock_world().next_boot_end() else {
+            return;
+        };
+        let wait = (end - self.now()).to_std().unwrap_or_default();
+        let h = self.clone();
+        let token = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(wait + Duration::from_millis(2)) => h.tick(),
+            }
+        });
     }
 
     /// Stops accepting, closes RDP listeners, cancels hung requests and lets the rest
@@ -307,6 +396,9 @@ impl StableVpsSimHandle {
     }
 
     async fn handle_request(&self, req: Request<Incoming>) -> Response<Body> {
+        if crate::sim::control::is_control_path(req.uri().path()) {
+            return control::handle(self, req).await;
+        }
         let routed = api::route(req.uri().path(), req.method());
         let meta = RequestMeta {
             method: req.method().to_string(),
@@ -315,6 +407,10 @@ impl StableVpsSimHandle {
             vps_id: routed.id().map(str::to_string),
             at: self.now(),
         };
+        // The API is down: answered before routing and auth; the machines run on.
+        if self.with_world(|w, now| w.blackout.check(now)) {
+            return self.finish(&meta, api::status_error(503), false);
+        }
         let fault_id = meta.vps_id.as_deref().and_then(fault_key);
         let fault = self.with_world(|w, _| w.faults.take(meta.template, fault_id));
         let truncate = match faults::play(fault, &self.inner.shutdown, || self.log(&meta, 0)).await
@@ -330,7 +426,13 @@ impl StableVpsSimHandle {
             Routed::MethodNotAllowed(_) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
             }
-            Routed::Found { endpoint, id, .. } => self.serve_endpoint(req, endpoint, id).await,
+            Routed::Found { endpoint, id, .. } => {
+                let reply = self.serve_endpoint(req, endpoint, id).await;
+                if endpoint == api::Endpoint::VpsAction {
+                    self.wake_at_boot_end();
+                }
+                reply
+            }
         };
         self.finish(&meta, reply, truncate)
     }
@@ -395,7 +497,7 @@ struct RequestMeta {
 /// The answer a fault gives instead of the normal one.
 fn fault_reply(kind: &FaultKind) -> Reply {
     match kind {
-        FaultKind::Status(code) => status_fault(*code),
+        FaultKind::Status(code) => api::status_error(*code),
         FaultKind::MalformedJson => Reply::new(
             StatusCode::OK,
             Some(JSON),
@@ -412,19 +514,10 @@ fn fault_reply(kind: &FaultKind) -> Reply {
              <body><h1>StableVPS</h1><p>Forex VPS hosting</p></body></html>\n",
         ),
         // Handled before a reply is built; answer like the API's 500 if one gets here.
-        FaultKind::Latency(_) | FaultKind::Hang | FaultKind::TruncatedBody => status_fault(500),
+        FaultKind::Latency(_) | FaultKind::Hang | FaultKind::TruncatedBody => {
+            api::status_error(500)
+        }
     }
-}
-
-/// A JSON error for an injected status (502 = the underlying provider failed).
-fn status_fault(code: u16) -> Reply {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let message = match status.as_u16() {
-        500 => "Internal server error",
-        502 => "VPS provider request failed",
-        _ => status.canonical_reason().unwrap_or("Error"),
-    };
-    Reply::json(status, &json!({ "error": message }))
 }
 
 /// Like `println!`, but a closed stdout (a reader that went away) is not a panic.
@@ -460,6 +553,7 @@ pub async fn run_cli(listen: SocketAddr, scenario: &str) -> anyhow::Result<()> {
             v.rdp_addr()
         );
     }
+    outln!("  control API: {}/_sim/", sim.base_url());
     outln!("Press Ctrl-C to stop.");
     crate::signal::wait_for_signal().await;
     sim.shutdown_and_wait().await;

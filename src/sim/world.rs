@@ -13,6 +13,8 @@ use chrono::{DateTime, Days, TimeZone, Utc};
 use serde::Serialize;
 
 use super::faults::FaultSet;
+pub use super::power::PowerAction;
+use super::power::{self as pw, ActionFailure, Blackout};
 use super::scenario::{
     after, before, normalize_pubkey, CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec,
     Scenario, SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UsageSample, VmSpec, VmState,
@@ -22,6 +24,8 @@ use super::scenario::{
 const MAX_RUN_INTERVALS: usize = 16;
 /// History entries kept per VM.
 const MAX_HISTORY: usize = 200;
+/// Power-action requests kept in the simulator-wide log.
+const MAX_ACTION_LOG: usize = 100_000;
 
 /// A template as the catalogue holds it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,20 +62,16 @@ pub struct Image {
     pub default_username: Option<String>,
 }
 
-/// A power action a client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PowerAction {
-    Start,
-    Stop,
-    Restart,
-}
-
-/// A recorded power action, for tests to count.
+/// A power-action request the API received from the VM's owner (or anyone, in the
+/// simulator-wide log), whatever it answered — for tests and benchmarks to count and time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimAction {
+    pub vm_id: u64,
     pub action: PowerAction,
+    /// Simulator time, not truncated (the history keeps whole seconds).
     pub at: DateTime<Utc>,
+    /// The status answered: 200, or an injected failure, 403, 404, 500 (not provisioned).
+    pub status: u16,
 }
 
 /// One VM history entry (GET /vm/{id}/history).
@@ -143,8 +143,18 @@ pub struct SimVm {
     /// Soft-deleted: hidden from lists, GET answers 404 "VM not found".
     pub deleted: bool,
     /// Hung: the state stays as it is but the VM's port stops answering (a frozen
-    /// guest). Cleared by a start or restart, as a reset would.
+    /// guest). Cleared by a start or restart, as a reset would — unless one of the two
+    /// flags below says otherwise.
     pub hung: bool,
+    /// Dead through reboots: actions are accepted, but the guest never answers again.
+    pub stays_dead: bool,
+    /// A restart leaves the guest hung; a start from powered-off (stop, then start)
+    /// fixes it, and clears this flag.
+    pub needs_power_cycle: bool,
+    /// Booting after a start/restart until then: running, but its port is closed.
+    pub booting_until: Option<DateTime<Utc>>,
+    /// Injected power-action failures, first match wins.
+    pub action_failures: Vec<ActionFailure>,
     pub subscription_active: bool,
     /// (boot, shutdown) pairs, newest last; `None` = still running.
     pub run_intervals: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>,
@@ -198,9 +208,45 @@ impl SimVm {
         }
     }
 
+    /// A running VM stops by itself, as a crashed guest does: the provider reports it
+    /// stopped (Proxmox shows a dead QEMU process as `stopped`), with no history entry
+    /// from its owner — which is how a watchdog tells a crash from a deliberate stop.
+    pub fn crash(&mut self, now: DateTime<Utc>) {
+        if self.state == VmState::Running {
+            self.state = VmState::Stopped;
+            self.power_off(whole_seconds(now));
+            self.booting_until = None;
+        }
+    }
+
+    /// Hangs (or un-hangs) the guest; the state is left as it is.
+    pub fn set_hung(&mut self, hung: bool) {
+        self.hung = hung;
+    }
+
+    /// `true` also hangs the guest now: it is dead, and reboots will not help.
+    pub fn set_stays_dead(&mut self, v: bool) {
+        self.stays_dead = v;
+        if v {
+            self.hung = true;
+        }
+    }
+
+    /// `true` also hangs the guest now: only a stop followed by a start will fix it.
+    pub fn set_needs_power_cycle(&mut self, v: bool) {
+        self.needs_power_cycle = v;
+        if v {
+            self.hung = true;
+        }
+    }
+
+    /// Whether the guest answers after a boot (see [`pw::boot`]).
+    fn boot_guest(&mut self, cold: bool) {
+        self.hung = pw::boot(cold, self.stays_dead, &mut self.needs_power_cycle);
+    }
+
     fn power_on(&mut self, at: DateTime<Utc>) {
         self.power_off(at);
-        self.hung = false;
         self.run_intervals.push((at, None));
         if self.run_intervals.len() > MAX_RUN_INTERVALS {
             self.run_intervals.remove(0);
@@ -217,7 +263,10 @@ impl SimVm {
     fn sync_power(&mut self, now: DateTime<Utc>) {
         let running = self.current_boot().is_some();
         if self.state == VmState::Running && !running {
+            // Started by other means than the API (a direct edit, the timeline): a
+            // cold boot with no boot time.
             self.power_on(now);
+            self.boot_guest(true);
         } else if self.state != VmState::Running && running {
             self.power_off(now);
         }
@@ -576,6 +625,9 @@ pub struct World {
     pub settings: SimSettings,
     pub catalogue: Catalogue,
     pub faults: FaultSet,
+    pub blackout: Blackout,
+    /// Every power-action request, oldest first (bounded).
+    action_log: std::collections::VecDeque<SimAction>,
     users: BTreeMap<String, SimUser>,
     vms: BTreeMap<u64, SimVm>,
     next_vm_id: u64,
@@ -595,6 +647,8 @@ impl World {
             settings: scenario.settings,
             catalogue: Catalogue::new(),
             faults: FaultSet::default(),
+            blackout: Blackout::default(),
+            action_log: std::collections::VecDeque::new(),
             users: BTreeMap::new(),
             vms: BTreeMap::new(),
             next_vm_id: 1,
@@ -689,6 +743,10 @@ impl World {
             pending_payment: spec.pending_payment,
             deleted: false,
             hung: false,
+            stays_dead: false,
+            needs_power_cycle: false,
+            booting_until: None,
+            action_failures: Vec::new(),
             subscription_active: spec.expires.is_some(),
             run_intervals: Vec::new(),
             expired_handled: None,
@@ -714,7 +772,9 @@ impl World {
         };
         self.vms
             .values()
-            .filter(|v| v.state == VmState::Running && !v.deleted && !v.hung)
+            .filter(|v| {
+                v.state == VmState::Running && !v.deleted && !v.hung && v.booting_until.is_none()
+            })
             .map(|v| (v.id, std::net::SocketAddr::from((v.ipv4, port))))
             .collect()
     }
@@ -763,29 +823,75 @@ impl World {
         }
     }
 
-    /// Applies a client's power action.
-    pub fn power(&mut self, id: u64, action: PowerAction, now: DateTime<Utc>) {
-        let now = whole_seconds(now);
+    /// Applies a client's power action. A start or restart boots the guest: its port
+    /// stays closed for `settings.reboot_duration`, and whether it answers afterwards
+    /// depends on `stays_dead` / `needs_power_cycle` (a boot from stopped is cold).
+    pub fn power(&mut self, id: u64, action: PowerAction, precise_now: DateTime<Utc>) {
+        let now = whole_seconds(precise_now);
+        let boot_time = self.settings.reboot_duration;
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
         match action {
             PowerAction::Start | PowerAction::Restart => {
+                let cold = vm.current_boot().is_none();
                 vm.state = VmState::Running;
                 vm.power_on(now);
+                vm.boot_guest(cold);
+                vm.booting_until = pw::boot_end(precise_now, boot_time);
             }
             PowerAction::Stop => {
                 vm.state = VmState::Stopped;
                 vm.power_off(now);
+                vm.booting_until = None;
             }
         }
-        vm.actions.push(SimAction { action, at: now });
         let kind = match action {
             PowerAction::Start => "started",
             PowerAction::Stop => "stopped",
             PowerAction::Restart => "restarted",
         };
         self.record(id, kind, "owner", now);
+    }
+
+    /// Records a power-action request with its answer: in the simulator-wide log, and
+    /// on the VM unless the caller was refused it (403/404: not the owner's request).
+    pub fn record_action(
+        &mut self,
+        vm_id: u64,
+        action: PowerAction,
+        at: DateTime<Utc>,
+        status: u16,
+    ) {
+        let entry = SimAction {
+            vm_id,
+            action,
+            at,
+            status,
+        };
+        if status != 403 && status != 404 {
+            if let Some(vm) = self.vms.get_mut(&vm_id) {
+                vm.actions.push(entry.clone());
+            }
+        }
+        if self.action_log.len() >= MAX_ACTION_LOG {
+            self.action_log.pop_front();
+        }
+        self.action_log.push_back(entry);
+    }
+
+    /// Every power-action request, oldest first.
+    pub fn action_log(&self) -> Vec<SimAction> {
+        self.action_log.iter().cloned().collect()
+    }
+
+    pub fn clear_action_log(&mut self) {
+        self.action_log.clear();
+    }
+
+    /// The earliest moment a booting VM comes up.
+    pub fn next_boot_end(&self) -> Option<DateTime<Utc>> {
+        self.vms.values().filter_map(|v| v.booting_until).min()
     }
 
     /// Soft-deletes a VM (history "deleted", subscription inactive).
@@ -806,6 +912,12 @@ impl World {
 
     /// Advances the world to `now`: due timeline events, then one worker pass.
     pub fn tick(&mut self, now: DateTime<Utc>) {
+        // Boots end on the precise clock: whole seconds would stretch a 1 s boot to 2.
+        for vm in self.vms.values_mut() {
+            if vm.booting_until.is_some_and(|t| t <= now) {
+                vm.booting_until = None;
+            }
+        }
         let now = whole_seconds(now);
         self.apply_timeline(now);
         let ids: Vec<u64> = self.vms.keys().copied().collect();
@@ -845,6 +957,26 @@ impl World {
                 vm.status_unavailable = v;
             }
         }
+        if let Some(vm) = ev.vm.and_then(|id| self.vms.get_mut(&id)) {
+            if ev.crash {
+                vm.crash(at);
+            }
+            if let Some(v) = ev.hang {
+                vm.set_hung(v);
+            }
+            if let Some(v) = ev.stays_dead {
+                vm.set_stays_dead(v);
+            }
+            if let Some(v) = ev.needs_power_cycle {
+                vm.set_needs_power_cycle(v);
+            }
+            if ev.clear_action_failures {
+                vm.action_failures.clear();
+            }
+            if let Some(f) = &ev.fail_actions {
+                pw::add_failure(&mut vm.action_failures, f.clone());
+            }
+        }
         if ev.remove {
             if let Some(id) = ev.vm {
                 self.remove_vm(id, at);
@@ -855,6 +987,15 @@ impl World {
         }
         if let Some(f) = &ev.add_fault {
             self.faults.add(f.clone());
+        }
+        if ev.end_blackout {
+            self.blackout.end();
+        }
+        if let Some(len) = ev.blackout {
+            self.blackout.start(at, len);
+        }
+        if let Some(d) = ev.reboot_duration {
+            self.settings.reboot_duration = d;
         }
     }
 

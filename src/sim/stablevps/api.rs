@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::scenario::KeyScope;
 use super::world::{plan_price, round_eur, SimAction, SimVps, World};
 use crate::sim::http::Reply;
+use crate::sim::power::{take_failure, PowerAction};
 
 pub const VPS_LIST: &str = "/api/v1/vps";
 pub const VPS_ONE: &str = "/api/v1/vps/{id}";
@@ -306,48 +307,69 @@ fn body_field(body: &[u8], name: &str) -> Result<Option<String>, Reply> {
 }
 
 /// start/stop/reboot. Simulator choice: rebooting a `provisioning` VPS is refused
-/// with 409 (the real behaviour is an open question). Start and reboot also clear
-/// the `hang` flag (a reboot fixes a hung machine).
+/// with 409 (the real behaviour is an open question). An injected action failure
+/// answers its status after the checks (the provider call failed). Start and reboot
+/// boot the machine (see `SimVps::power`): a hung machine answers again afterwards
+/// unless it `stays_dead`, or `needs_power_cycle` and was not stopped first.
 fn vps_action(w: &mut World, call: &Call<'_>) -> (Reply, String, Option<String>) {
     let vps_id = call.id.map(str::to_string);
     let action = match body_field(call.body, "action") {
         Ok(a) => a.unwrap_or_default(),
         Err(r) => return (r, String::new(), vps_id),
     };
+    let boot_time = w.reboot_duration;
+    let booting_status = w.booting_vps_status.clone();
     let Some(v) = call
         .id
         .and_then(|id| w.owned_vps_mut(&call.caller.account_id, id))
     else {
         return (not_found(), action, vps_id);
     };
-    let reply = match action.as_str() {
-        "reboot" if v.vps_status == "provisioning" => error(
+    let power = match action.as_str() {
+        "start" => PowerAction::Start,
+        "stop" => PowerAction::Stop,
+        "reboot" => PowerAction::Restart,
+        _ => {
+            let r = error(
+                StatusCode::BAD_REQUEST,
+                "Invalid action. Must be one of: start, stop, reboot",
+            );
+            return (r, action, vps_id);
+        }
+    };
+    if power == PowerAction::Restart && v.vps_status == "provisioning" {
+        let r = error(
             StatusCode::CONFLICT,
             "VPS is still provisioning and cannot be rebooted",
-        ),
-        "start" | "stop" | "reboot" => {
-            if action == "stop" {
-                v.vps_status = "stopped".into();
-            } else {
-                v.vps_status = "active".into();
-                v.hang = false;
-            }
-            Reply::json(
-                StatusCode::OK,
-                &json!({
-                    "success": true,
-                    "action": action,
-                    "vpsId": v.server_id,
-                    "message": format!("VPS {action} request sent successfully"),
-                }),
-            )
-        }
-        _ => error(
-            StatusCode::BAD_REQUEST,
-            "Invalid action. Must be one of: start, stop, reboot",
-        ),
-    };
+        );
+        return (r, action, vps_id);
+    }
+    if let Some(status) = take_failure(&mut v.action_failures, power) {
+        return (status_error(status), action, vps_id);
+    }
+    v.power(power, call.now, boot_time, booting_status.as_deref());
+    let reply = Reply::json(
+        StatusCode::OK,
+        &json!({
+            "success": true,
+            "action": action,
+            "vpsId": v.server_id,
+            "message": format!("VPS {action} request sent successfully"),
+        }),
+    );
     (reply, action, vps_id)
+}
+
+/// A JSON error for `status` as the API page describes them (500 internal, 502 the
+/// underlying provider failed; others with their reason).
+pub fn status_error(code: u16) -> Reply {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match status.as_u16() {
+        500 => "Internal server error",
+        502 => "VPS provider request failed",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    };
+    error(status, message)
 }
 
 fn delete_vps(w: &mut World, call: &Call<'_>) -> (Reply, String, Option<String>) {

@@ -1,5 +1,6 @@
-//! StableVPS scenarios: accounts (wallet, API keys), their VPSes and the simulator's
-//! knobs (provisioning delay, RDP port, what an unpaid renewal does, initial faults).
+//! StableVPS scenarios: accounts (wallet, API keys), their VPSes, the simulator's
+//! knobs (provisioning delay, RDP port, what an unpaid renewal does, initial faults,
+//! boot time) and a timeline of scripted changes (the watchdog's trouble included).
 //!
 //! Deserializes from TOML or JSON; `demo` is built in. Relative times ("5d", "-2h")
 //! count from the simulator's start (or, for [`super::StableVpsSimHandle::add_vps`],
@@ -12,6 +13,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::sim::faults::Fault;
+use crate::sim::power::{ActionFailure, BlackoutLength};
 use crate::sim::scenario::RelTime;
 
 /// The starting world of a StableVPS simulator.
@@ -30,6 +32,111 @@ pub struct StableScenario {
     pub renewal_on_insufficient_balance: RenewalFailure,
     /// Faults active from the start.
     pub faults: Vec<Fault>,
+    /// How long a machine takes to boot after a start or reboot: its RDP port stays
+    /// closed meanwhile. 0 = it answers at once.
+    #[serde(with = "humantime_serde")]
+    pub reboot_duration: Duration,
+    /// `vpsStatus` while a machine boots. The API page documents none, so by default it
+    /// stays `active` (port closed); set e.g. "rebooting" to produce one.
+    pub booting_vps_status: Option<String>,
+    /// Scripted changes after the start.
+    pub timeline: Vec<StableTimelineEvent>,
+}
+
+/// A scripted change at `at` after the simulator started. Several actions may be set on
+/// one event; they apply in field order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StableTimelineEvent {
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// Target VPS: its index in the scenario's `vps` list (0-based, like `account`).
+    pub vps: Option<usize>,
+    pub set_status: Option<String>,
+    pub set_vps_status: Option<String>,
+    /// The machine goes down by itself: `true` (reported `stopped`) or the `vpsStatus`
+    /// to report (e.g. "error").
+    pub crash: Option<Crash>,
+    /// Hang (true) or un-hang (false): `vpsStatus` unchanged, RDP port closed.
+    pub hang: Option<bool>,
+    /// Dead through reboots: actions succeed but the machine stays hung (true also
+    /// hangs it now).
+    pub stays_dead: Option<bool>,
+    /// Only stop+start fixes the machine, a reboot does not (true also hangs it now).
+    pub needs_power_cycle: Option<bool>,
+    /// Drop the VPS's injected action failures (applied before `fail_actions`).
+    pub clear_action_failures: bool,
+    /// The VPS's actions fail with an error status (optionally N times).
+    pub fail_actions: Option<ActionFailure>,
+    /// Delete the VPS (gone from lists, 404).
+    pub remove: bool,
+    pub clear_faults: bool,
+    pub add_fault: Option<Fault>,
+    /// End an API blackout (applied before `blackout`).
+    pub end_blackout: bool,
+    /// Every API endpoint answers 503 for this long (`"30s"`) or `"until_cleared"`.
+    pub blackout: Option<BlackoutLength>,
+    /// New boot time for starts and reboots from now on.
+    #[serde(with = "humantime_serde")]
+    pub reboot_duration: Option<Duration>,
+}
+
+impl StableTimelineEvent {
+    fn targets_vps(&self) -> bool {
+        self.set_status.is_some()
+            || self.set_vps_status.is_some()
+            || self.crash.is_some()
+            || self.hang.is_some()
+            || self.stays_dead.is_some()
+            || self.needs_power_cycle.is_some()
+            || self.clear_action_failures
+            || self.fail_actions.is_some()
+            || self.remove
+    }
+
+    fn validate(&self, index: usize, vps_count: usize) -> anyhow::Result<()> {
+        let global = self.clear_faults
+            || self.add_fault.is_some()
+            || self.end_blackout
+            || self.blackout.is_some()
+            || self.reboot_duration.is_some();
+        if !self.targets_vps() && !global {
+            bail!("timeline[{index}]: no action (set_status, set_vps_status, crash, hang, stays_dead, needs_power_cycle, clear_action_failures, fail_actions, remove, clear_faults, add_fault, end_blackout, blackout or reboot_duration)");
+        }
+        if self.targets_vps() {
+            match self.vps {
+                None => bail!("timeline[{index}]: a VPS action needs `vps`"),
+                Some(i) if i >= vps_count => {
+                    bail!("timeline[{index}]: vps {i} is not in the scenario (0..{vps_count})")
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(problem) = self.fail_actions.as_ref().and_then(ActionFailure::problem) {
+            bail!("timeline[{index}].{problem}");
+        }
+        Ok(())
+    }
+}
+
+/// A crash: `true` (reported `stopped`), `false` (nothing), or the `vpsStatus` to
+/// report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Crash {
+    Flag(bool),
+    Status(String),
+}
+
+impl Crash {
+    /// The `vpsStatus` a crashed machine reports, if this is a crash at all.
+    pub fn vps_status(&self) -> Option<&str> {
+        match self {
+            Crash::Flag(true) => Some("stopped"),
+            Crash::Flag(false) => None,
+            Crash::Status(s) => Some(s),
+        }
+    }
 }
 
 impl Default for StableScenario {
@@ -41,6 +148,9 @@ impl Default for StableScenario {
             rdp_port: 0,
             renewal_on_insufficient_balance: RenewalFailure::default(),
             faults: Vec::new(),
+            reboot_duration: Duration::from_secs(1),
+            booting_vps_status: None,
+            timeline: Vec::new(),
         }
     }
 }
@@ -301,6 +411,9 @@ impl StableScenario {
             if self.account_index(&v.account).is_none() {
                 bail!("vps[{i}].account `{}` names no account", v.account);
             }
+        }
+        for (i, ev) in self.timeline.iter().enumerate() {
+            ev.validate(i, self.vps.len())?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The simulated StableVPS world: accounts with wallets and keys, VPS services, the
-//! provisioning → active transition, wallet-charged renewals at period end, and the
-//! per-VPS RDP listeners that make liveness probes real TCP.
+//! provisioning → active transition, wallet-charged renewals at period end, the
+//! per-VPS RDP listeners that make liveness probes real TCP, and the scripted trouble a
+//! watchdog meets (timeline, crashes, hangs, boot time; see `sim::power`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,8 +13,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle as Runtime;
 use tokio_util::sync::CancellationToken;
 
-use super::scenario::{KeyScope, RenewalFailure, StableScenario, VpsSpec};
+use super::scenario::{
+    Crash, KeyScope, RenewalFailure, StableScenario, StableTimelineEvent, VpsSpec,
+};
 use crate::sim::faults::FaultSet;
+use crate::sim::power::{self as pw, ActionFailure, Blackout, PowerAction};
 use crate::sim::scenario::after;
 
 /// Plan prices in EUR: (monthly, yearly). None = unknown plan (never renews).
@@ -101,6 +105,15 @@ pub struct SimVps {
     /// 0 until an ephemeral port has been bound.
     pub rdp_port: u16,
     pub hang: bool,
+    /// Dead through reboots: actions are accepted, the machine never answers again.
+    pub stays_dead: bool,
+    /// A reboot leaves the machine hung; a start from stopped fixes it (and clears
+    /// this flag).
+    pub needs_power_cycle: bool,
+    /// Booting after a start/reboot until then: its RDP port is closed meanwhile.
+    pub booting_until: Option<DateTime<Utc>>,
+    /// Injected power-action failures, first match wins.
+    pub action_failures: Vec<ActionFailure>,
     /// When a `provisioning` machine becomes active.
     pub provisioning_until: Option<DateTime<Utc>>,
     pub current_period_start: DateTime<Utc>,
@@ -118,7 +131,73 @@ impl SimVps {
     }
 
     fn wants_rdp(&self) -> bool {
-        self.listen_rdp && !self.deleted && !self.hang && self.vps_status == "active"
+        self.listen_rdp
+            && !self.deleted
+            && !self.hang
+            && self.booting_until.is_none()
+            && self.vps_status == "active"
+    }
+
+    /// Running, or on its way up.
+    fn is_up(&self) -> bool {
+        self.vps_status == "active" || self.booting_until.is_some()
+    }
+
+    /// The machine goes down by itself and the API reports `vps_status` (StableVPS
+    /// documents no value for it; the simulator's default is `stopped`, what a stop
+    /// shows, so — as with the real API — a crash cannot be told from a stop by state).
+    pub fn crash(&mut self, vps_status: &str) {
+        self.vps_status = vps_status.to_string();
+        self.booting_until = None;
+    }
+
+    /// Hangs (or un-hangs) the machine; `vpsStatus` is left as it is.
+    pub fn set_hang(&mut self, hang: bool) {
+        self.hang = hang;
+    }
+
+    /// `true` also hangs the machine now: it is dead, and reboots will not help.
+    pub fn set_stays_dead(&mut self, v: bool) {
+        self.stays_dead = v;
+        if v {
+            self.hang = true;
+        }
+    }
+
+    /// `true` also hangs the machine now: only a stop followed by a start fixes it.
+    pub fn set_needs_power_cycle(&mut self, v: bool) {
+        self.needs_power_cycle = v;
+        if v {
+            self.hang = true;
+        }
+    }
+
+    /// Carries out an accepted power action. A start or reboot boots the machine: its
+    /// port stays closed for `boot_time` (with `vpsStatus` = `booting_status`, if the
+    /// scenario sets one), and whether it answers afterwards depends on `stays_dead` /
+    /// `needs_power_cycle` (a boot from a machine that was down is cold).
+    pub fn power(
+        &mut self,
+        action: PowerAction,
+        now: DateTime<Utc>,
+        boot_time: std::time::Duration,
+        booting_status: Option<&str>,
+    ) {
+        match action {
+            PowerAction::Stop => {
+                self.vps_status = "stopped".into();
+                self.booting_until = None;
+            }
+            PowerAction::Start | PowerAction::Restart => {
+                let cold = !self.is_up();
+                self.hang = pw::boot(cold, self.stays_dead, &mut self.needs_power_cycle);
+                self.booting_until = pw::boot_end(now, boot_time);
+                self.vps_status = match (self.booting_until, booting_status) {
+                    (Some(_), Some(s)) => s.to_string(),
+                    _ => "active".into(),
+                };
+            }
+        }
     }
 }
 
@@ -143,6 +222,16 @@ pub struct World {
     pub faults: FaultSet,
     pub actions: Vec<SimAction>,
     pub renewal_failure: RenewalFailure,
+    pub blackout: Blackout,
+    /// Boot time of starts and reboots.
+    pub reboot_duration: std::time::Duration,
+    /// `vpsStatus` while booting; `None` = stays `active`.
+    pub booting_vps_status: Option<String>,
+    start: DateTime<Utc>,
+    timeline: Vec<StableTimelineEvent>,
+    timeline_next: usize,
+    /// Service ids of the scenario's VPSes, in file order (timeline targets).
+    scenario_ids: Vec<String>,
     provisioning_delay: std::time::Duration,
     rdp_port: u16,
     seq: u64,
@@ -165,6 +254,17 @@ impl World {
             faults: FaultSet::default(),
             actions: Vec::new(),
             renewal_failure: scenario.renewal_on_insufficient_balance,
+            blackout: Blackout::default(),
+            reboot_duration: scenario.reboot_duration,
+            booting_vps_status: scenario.booting_vps_status,
+            start: now,
+            timeline: {
+                let mut t = scenario.timeline;
+                t.sort_by_key(|e| e.at);
+                t
+            },
+            timeline_next: 0,
+            scenario_ids: Vec::new(),
             provisioning_delay: scenario.provisioning_delay,
             rdp_port: scenario.rdp_port,
             seq: 0,
@@ -204,7 +304,8 @@ impl World {
         }
         for spec in scenario.vps {
             let account = spec.account.clone();
-            w.add_vps(&account, spec, now);
+            let id = w.add_vps(&account, spec, now);
+            w.scenario_ids.push(id);
         }
         w
     }
@@ -274,6 +375,10 @@ impl World {
             rdp_username: "Administrator".into(),
             listen_rdp: spec.listen_rdp,
             hang: spec.hang,
+            stays_dead: false,
+            needs_power_cycle: false,
+            booting_until: None,
+            action_failures: Vec::new(),
             provisioning_until,
             current_period_start: start,
             current_period_end: end,
@@ -301,15 +406,89 @@ impl World {
             .find(|v| v.id == id && v.account_id == account_id && !v.deleted)
     }
 
-    /// Advances the world to `now`: provisioning, renewals, then the RDP listeners.
+    /// Advances the world to `now`: timeline events, ended boots, provisioning,
+    /// renewals, then the RDP listeners.
     pub fn tick(&mut self, now: DateTime<Utc>) {
+        self.apply_timeline(now);
+        let booting_status = self.booting_vps_status.as_deref();
         for v in &mut self.vps {
+            if v.booting_until.is_some_and(|t| t <= now) {
+                v.booting_until = None;
+                if booting_status.is_some_and(|s| v.vps_status == s) {
+                    v.vps_status = "active".into();
+                }
+            }
             finish_provisioning(v, now);
         }
         for i in 0..self.vps.len() {
             self.renew(i, now);
         }
         self.reconcile_listeners();
+    }
+
+    /// The earliest moment a booting machine comes up.
+    pub fn next_boot_end(&self) -> Option<DateTime<Utc>> {
+        self.vps.iter().filter_map(|v| v.booting_until).min()
+    }
+
+    fn apply_timeline(&mut self, now: DateTime<Utc>) {
+        while let Some(ev) = self.timeline.get(self.timeline_next).cloned() {
+            let due = after(self.start, ev.at);
+            if due > now {
+                break;
+            }
+            self.timeline_next += 1;
+            self.apply_event(&ev, due);
+        }
+    }
+
+    /// Applies one timeline event, in the order its fields are declared.
+    fn apply_event(&mut self, ev: &StableTimelineEvent, at: DateTime<Utc>) {
+        let id = ev.vps.and_then(|i| self.scenario_ids.get(i).cloned());
+        if let Some(v) = id.as_deref().and_then(|id| self.vps_mut(id)) {
+            if let Some(s) = &ev.set_status {
+                v.status = s.clone();
+            }
+            if let Some(s) = &ev.set_vps_status {
+                v.vps_status = s.clone();
+            }
+            if let Some(s) = ev.crash.as_ref().and_then(Crash::vps_status) {
+                v.crash(s);
+            }
+            if let Some(b) = ev.hang {
+                v.set_hang(b);
+            }
+            if let Some(b) = ev.stays_dead {
+                v.set_stays_dead(b);
+            }
+            if let Some(b) = ev.needs_power_cycle {
+                v.set_needs_power_cycle(b);
+            }
+            if ev.clear_action_failures {
+                v.action_failures.clear();
+            }
+            if let Some(f) = &ev.fail_actions {
+                pw::add_failure(&mut v.action_failures, f.clone());
+            }
+            if ev.remove {
+                v.deleted = true;
+            }
+        }
+        if ev.clear_faults {
+            self.faults.clear();
+        }
+        if let Some(f) = &ev.add_fault {
+            self.faults.add(f.clone());
+        }
+        if ev.end_blackout {
+            self.blackout.end();
+        }
+        if let Some(len) = ev.blackout {
+            self.blackout.start(at, len);
+        }
+        if let Some(d) = ev.reboot_duration {
+            self.reboot_duration = d;
+        }
     }
 
     /// Charges every period that ended by `now`; an unpaid one applies the scenario's

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
+use crate::notify::email::settings::{self as email_settings, EmailSettings};
 use crate::provider::lnvps::BtcUnit;
 use crate::provider::ProviderKind;
 use crate::secret::{self, Secret};
@@ -245,6 +246,8 @@ pub struct Config {
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
     pub probes: ProbeConfig,
+    /// The `[email]` section; `None` when mail is not configured (alerts go to the log).
+    pub email: Option<EmailSettings>,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<Problem>,
 }
@@ -289,6 +292,7 @@ pub fn parse(
     let mut warnings = Vec::new();
 
     let raw_accounts = table.remove("accounts");
+    let raw_email = table.remove("email");
     let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
@@ -310,6 +314,10 @@ pub fn parse(
             message: "must be an array of tables ([[accounts]])".into(),
         }),
     }
+
+    // Read before the early return below so every section's problems are listed.
+    let email =
+        raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
 
     let Some(g) = globals else {
         return Err(err(problems));
@@ -402,6 +410,7 @@ pub fn parse(
             ]),
             accounts: valid_accounts,
             probes: g.probes,
+            email,
             warnings,
         }),
         _ => Err(err(problems)),
@@ -410,7 +419,7 @@ pub fn parse(
 
 /// Deserializes one section, recording unknown keys and the first type error with their
 /// full key paths.
-fn read_section<T: DeserializeOwned>(
+pub(crate) fn read_section<T: DeserializeOwned>(
     value: toml::Value,
     prefix: &str,
     problems: &mut Vec<Problem>,

@@ -1,5 +1,6 @@
 //! Wires a validated configuration into running tasks: one poller per account, the
-//! metrics encoder and the web server, all stopped by one cancellation token.
+//! metrics encoder, the web server and the notification channel (email outbox sender),
+//! all stopped by one cancellation token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::{encoder, MetricsCache, SelfMetrics};
+use crate::notify::{self, email::EmailNotifier, Notify};
 use crate::poll::Poller;
 use crate::provider::budget::BudgetRegistry;
 use crate::provider::{self, BuildContext, SharedProvider};
 use crate::snapshot::SnapshotStore;
+use crate::store::StateStore;
 use crate::watchdog::probe::{self, ProbeSettings, ProbeStore};
 use crate::web::{self, WebState};
 
@@ -52,6 +55,13 @@ pub struct Daemon {
     pub self_metrics: Arc<SelfMetrics>,
     pub cache: MetricsCache,
     pub providers: Vec<SharedProvider>,
+    /// Where alerts and events go (the watchdog's handle): email when configured,
+    /// else the log.
+    pub notifier: Arc<dyn Notify>,
+    /// The email channel, when configured (outbox inspection).
+    pub email: Option<Arc<EmailNotifier>>,
+    /// The state database, opened when something needs it (email today).
+    pub state: Option<StateStore>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -87,8 +97,18 @@ impl Daemon {
             providers.push(p);
         }
 
+        let state = match &config.email {
+            Some(_) => Some(StateStore::open(&config.state_dir)?),
+            None => None,
+        };
+        let notifier =
+            notify::build_notifier(&config, state.as_ref(), clock.clone(), &self_metrics)?;
+
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if let Some(email) = &notifier.email {
+            tasks.spawn(email.clone().run(cancel.child_token()));
+        }
         let cache: MetricsCache = Default::default();
         let n = config.accounts.len().max(1) as u32;
         for (idx, (account, p)) in config.accounts.iter().zip(&providers).enumerate() {
@@ -134,6 +154,9 @@ impl Daemon {
             self_metrics,
             cache,
             providers,
+            notifier: notifier.notify,
+            email: notifier.email,
+            state,
             cancel,
             tasks,
         })

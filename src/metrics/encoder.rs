@@ -76,8 +76,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Re-renders whenever a snapshot or the probe results change (bursts are coalesced)
-/// until cancelled.
+/// Re-renders whenever a snapshot, the probe results or a self-metric announced outside a
+/// poll (the alert outbox) change (bursts are coalesced) until cancelled.
 pub async fn run(
     store: Arc<SnapshotStore>,
     probes: Arc<ProbeStore>,
@@ -87,9 +87,11 @@ pub async fn run(
 ) {
     let mut changes = store.subscribe();
     let mut probe_changes = probes.subscribe();
+    let mut self_changes = self_metrics.subscribe();
     loop {
         changes.mark_unchanged();
         probe_changes.mark_unchanged();
+        self_changes.mark_unchanged();
         let (s, p, m) = (store.clone(), probes.clone(), self_metrics.clone());
         match tokio::task::spawn_blocking(move || render(&s, &p, &m)).await {
             Ok(encoded) => cache.store(Arc::new(encoded)),
@@ -99,6 +101,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
             r = probe_changes.changed() => if r.is_err() { return },
+            r = self_changes.changed() => if r.is_err() { return },
         }
         // Let a burst of publishes (many accounts finishing together) settle.
         tokio::time::sleep(Duration::from_millis(25)).await;

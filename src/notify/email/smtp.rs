@@ -361,10 +361,9 @@ impl<'a> Session<'a> {
                 });
             }
             let params = tls_parameters(settings)?;
-            if let Err(e) = step(settings, Stage::Starttls, conn.starttls(params, &hello)).await {
-                conn.abort().await;
-                return Err(e);
-            }
+            // After a failed upgrade the connection is unusable (lettre leaves no stream
+            // behind; QUIT on it would panic): just drop it.
+            step(settings, Stage::Starttls, conn.starttls(params, &hello)).await?;
         }
         if let Some(auth) = &settings.auth {
             let creds = Credentials::new(auth.username.clone(), auth.password.expose().clone());

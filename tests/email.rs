@@ -429,7 +429,7 @@ async fn firing_reminder_resolved_thread_together() {
     let all = wait_mails(&maildir, 3).await;
     wait_until("outbox drained", || run.outbox() == 0).await;
     assert_eq!(run.count("queued"), 3);
-    assert_eq!(run.count("sent"), 3);
+    wait_until("three sent", || run.count("sent") == 3).await;
     let all_again = read_mails(&maildir);
     assert_eq!(all_again.len(), 3, "exactly three mails");
 
@@ -514,6 +514,11 @@ async fn smtp_outage_queues_then_everything_arrives_once() {
     let mut server = SmtpServer::start(&maildir, port, &ServerOpts::default());
     let mails = wait_mails(&maildir, 6).await;
     wait_until("outbox drained", || run.outbox() == 0).await;
+    // The gauge follows right after the commit that emptied the outbox.
+    wait_until("outbox gauge at 0", || {
+        run.metrics.alert_metrics().outbox_messages() == 0
+    })
+    .await;
     let text = run.exposition();
     assert!(
         text.contains("vpswatch_alert_outbox_messages 0\n"),
@@ -549,7 +554,7 @@ async fn smtp_outage_queues_then_everything_arrives_once() {
     assert!(mails
         .iter()
         .any(|m| m.subject().starts_with("[ACTION TAKEN] vm-down")));
-    assert_eq!(run.count("sent"), 8);
+    wait_until("eight sent", || run.count("sent") == 8).await;
     run.close().await;
 }
 

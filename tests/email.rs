@@ -1070,3 +1070,84 @@ renewal = ["also broken"]
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+/// `vpswatch demo --smtp` mails the demo's alerts to a local server.
+#[tokio::test]
+async fn demo_mails_its_alerts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let maildir = tmp.path().join("mail");
+    std::fs::create_dir_all(&maildir).expect("maildir");
+    let server = SmtpServer::start(&maildir, 0, &ServerOpts::default());
+    let child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args([
+            "--log.level",
+            "warn",
+            "demo",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--smtp",
+        ])
+        .arg(format!("127.0.0.1:{}", server.port))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let mut child = KillOnDrop(child);
+    let mails = wait_mails(&maildir, 1).await;
+    let subject = mails[0].subject();
+    assert!(
+        subject.starts_with("[FIRING] vm-not-running · lnvps/demo · "),
+        "{subject}"
+    );
+    assert_eq!(mails[0].rcpt_tos, vec!["operator@localhost".to_string()]);
+
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            assert!(status.success(), "demo exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills a child if the test fails half-way, so no process outlives the test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's `[email]` example is valid as written (only its files are missing here).
+#[test]
+fn readme_email_example_parses() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.starts_with("[email]"))
+        .expect("an [email] example");
+    let table: toml::Table = block.parse().expect("toml");
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let email = table.get("email").cloned().expect("[email]");
+    let parsed = settings::from_toml(email, &|_| None, &mut problems, &mut warnings);
+    assert!(parsed.is_none());
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["email.password_file", "email.ca_file"],
+        "{problems:?}"
+    );
+}

@@ -791,6 +791,9 @@ impl EmailNotifier {
     }
 }
 
+/// Both calls commit to the state database before returning (one fsync): they block the
+/// calling thread for that long, which is what makes "queued" durable. Async callers
+/// that cannot afford a few milliseconds may call them from `spawn_blocking`.
 impl Notify for EmailNotifier {
     fn alert(&self, update: AlertUpdate) {
         match self.record_alert(&update) {

@@ -15,9 +15,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
+use crate::notify::email::settings::{self as email_settings, EmailSettings};
 use crate::provider::lnvps::BtcUnit;
 use crate::provider::ProviderKind;
 use crate::secret::{self, Secret};
+use crate::watchdog::maintenance::MaintenanceConfig;
 use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
@@ -247,6 +249,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     pub probes: ProbeConfig,
     pub watchdog: WatchdogConfig,
+    /// The `[email]` section; `None` when mail is not configured (alerts go to the log).
+    pub email: Option<EmailSettings>,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<Problem>,
 }
@@ -293,6 +297,8 @@ pub fn parse(
     let raw_accounts = table.remove("accounts");
     let raw_rules = table.remove("rules");
     let raw_watchdog = table.remove("watchdog");
+    let raw_maintenance = table.remove("maintenance");
+    let raw_email = table.remove("email");
     let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
@@ -315,7 +321,10 @@ pub fn parse(
         }),
     }
 
-    let watchdog = read_watchdog(raw_watchdog, raw_rules, &mut problems);
+    let watchdog = read_watchdog(raw_watchdog, raw_rules, raw_maintenance, &mut problems);
+    // Read before the early return below so every section's problems are listed.
+    let email =
+        raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
 
     let Some(g) = globals else {
         return Err(err(problems));
@@ -411,6 +420,7 @@ pub fn parse(
             accounts: valid_accounts,
             probes: g.probes,
             watchdog,
+            email,
             warnings,
         }),
         _ => Err(err(problems)),
@@ -421,8 +431,25 @@ pub fn parse(
 fn read_watchdog(
     raw_watchdog: Option<toml::Value>,
     raw_rules: Option<toml::Value>,
+    raw_maintenance: Option<toml::Value>,
     problems: &mut Vec<Problem>,
 ) -> WatchdogConfig {
+    let mut windows = Vec::new();
+    match raw_maintenance {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let prefix = format!("maintenance[{i}]");
+                if let Some(w) = read_section::<MaintenanceConfig>(item, &prefix, problems) {
+                    windows.push(w);
+                }
+            }
+        }
+        Some(_) => problems.push(Problem {
+            path: "maintenance".into(),
+            message: "must be an array of tables ([[maintenance]])".into(),
+        }),
+    }
     let settings = match raw_watchdog {
         None => Some(RawWatchdog::default()),
         Some(v) => read_section::<RawWatchdog>(v, "watchdog", problems),
@@ -453,7 +480,7 @@ fn read_watchdog(
             message: "must be an array of tables ([[rules]])".into(),
         }),
     }
-    rules::check_watchdog(settings.unwrap_or_default(), checked, problems)
+    rules::check_watchdog(settings.unwrap_or_default(), checked, windows, problems)
 }
 
 /// A rule whose `match` names no configured account is almost always a typo.
@@ -481,7 +508,7 @@ fn check_rule_targets(
 
 /// Deserializes one section, recording unknown keys and the first type error with their
 /// full key paths.
-fn read_section<T: DeserializeOwned>(
+pub(crate) fn read_section<T: DeserializeOwned>(
     value: toml::Value,
     prefix: &str,
     problems: &mut Vec<Problem>,

@@ -1,5 +1,6 @@
 //! Wires a validated configuration into running tasks: one poller per account, the
-//! metrics encoder and the web server, all stopped by one cancellation token.
+//! metrics encoder, the web server and the notification channel (email outbox sender),
+//! all stopped by one cancellation token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::{encoder, MetricsCache, SelfMetrics};
-use crate::notify::{LogNotifier, Notify};
+use crate::notify::{self, email::EmailNotifier, Notify};
 use crate::poll::Poller;
 use crate::provider::budget::BudgetRegistry;
 use crate::provider::{self, BuildContext, SharedProvider};
@@ -62,7 +63,13 @@ pub struct Daemon {
     pub watchdog: Arc<WatchdogReport>,
     /// The watchdog journal; `None` when no rules are configured.
     pub journal: Option<Journal>,
+    /// Where alerts and events go (the watchdog's handle): email when configured,
+    /// else the log.
     pub notifier: Arc<dyn Notify>,
+    /// The email channel, when configured (outbox inspection).
+    pub email: Option<Arc<EmailNotifier>>,
+    /// The state database, opened when something needs it (rules or email).
+    pub state: Option<StateStore>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -75,22 +82,16 @@ pub fn install_crypto_provider() {
 impl Daemon {
     /// Binds the listener and starts every task.
     pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Daemon> {
-        Self::start_with(config, clock, Arc::new(LogNotifier)).await
+        Self::start_with(config, clock, None).await
     }
 
-    /// Like [`Daemon::start`] with a given notification channel.
+    /// Like [`Daemon::start`]; `notifier` replaces the configured channel (tests).
     pub async fn start_with(
         config: Config,
         clock: SharedClock,
-        notifier: Arc<dyn Notify>,
+        notifier: Option<Arc<dyn Notify>>,
     ) -> anyhow::Result<Daemon> {
         install_crypto_provider();
-        // The state store is only needed (and only created) when something persists.
-        let state = if config.watchdog.rules.is_empty() {
-            None
-        } else {
-            Some(StateStore::open(&config.state_dir)?)
-        };
         let listener = TcpListener::bind(config.listen_address)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_address))?;
@@ -113,8 +114,22 @@ impl Daemon {
             providers.push(p);
         }
 
+        // The state store is only opened (and created) when something persists: the
+        // watchdog's journal or the email outbox.
+        let state = if config.watchdog.rules.is_empty() && config.email.is_none() {
+            None
+        } else {
+            Some(StateStore::open(&config.state_dir)?)
+        };
+        let built = notify::build_notifier(&config, state.as_ref(), clock.clone(), &self_metrics)?;
+        let email = built.email;
+        let notifier = notifier.unwrap_or(built.notify);
+
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if let Some(email) = &email {
+            tasks.spawn(email.clone().run(cancel.child_token()));
+        }
         let cache: MetricsCache = Default::default();
         let n = config.accounts.len().max(1) as u32;
         for (idx, (account, p)) in config.accounts.iter().zip(&providers).enumerate() {
@@ -142,7 +157,10 @@ impl Daemon {
             ));
         }
         let watchdog = Arc::new(WatchdogReport::default());
-        let journal = state.map(Journal::new);
+        let journal = state
+            .clone()
+            .filter(|_| !config.watchdog.rules.is_empty())
+            .map(Journal::new);
         if let Some(journal) = &journal {
             if !config.probes.enabled
                 && config
@@ -164,7 +182,7 @@ impl Daemon {
                     notifier: notifier.clone(),
                     clock: clock.clone(),
                     report: watchdog.clone(),
-                    gates: Vec::new(),
+                    gates: crate::watchdog::gates::build(&config),
                 },
                 cancel.child_token(),
             ));
@@ -194,6 +212,8 @@ impl Daemon {
             watchdog,
             journal,
             notifier,
+            email,
+            state,
             cancel,
             tasks,
         })

@@ -1,11 +1,13 @@
 //! `vpswatch demo`: the simulator with a lively scenario plus the daemon against it, so a
-//! new user sees real metrics at once without any account or configuration.
+//! new user sees real metrics at once without any account or configuration, and with
+//! `--smtp HOST:PORT` the alert mails too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::daemon::Daemon;
@@ -15,8 +17,56 @@ use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
 pub struct Demo {
     pub sim: LnvpsSimHandle,
     pub daemon: Daemon,
-    /// The watchdog's journal lives here for the demo's lifetime only.
+    /// The journal and outbox live here for the demo's lifetime only.
     pub state_dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Stops everything and removes the state directory.
+    pub async fn shutdown(self) {
+        self.daemon.shutdown().await;
+        self.sim.shutdown();
+        drop(self.state_dir);
+    }
+}
+
+/// The `[email]` section of the demo: plain SMTP to a local test server.
+pub fn demo_email_toml(host: &str, port: u16) -> String {
+    format!(
+        r#"
+[email]
+smtp_host = "{host}"
+smtp_port = {port}
+security = "none"            # a local test server; real servers need starttls or tls
+allow_insecure = true
+from = "vpswatch demo <vpswatch-demo@localhost>"
+to = ["operator@localhost"]
+repeat_interval = "10m"
+"#
+    )
+}
+
+/// Splits `HOST:PORT` and insists on loopback: the demo mails unencrypted.
+fn parse_smtp(arg: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = arg
+        .rsplit_once(':')
+        .with_context(|| format!("--smtp {arg:?}: expected HOST:PORT, e.g. 127.0.0.1:2525"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("--smtp {arg:?}: {port:?} is not a port"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if !crate::notify::email::settings::is_loopback(&host) {
+        anyhow::bail!(
+            "--smtp {arg:?}: the demo sends unencrypted mail, so only a loopback server \
+             (127.0.0.1, ::1, localhost) is allowed"
+        );
+    }
+    Ok((host, port))
 }
 
 /// The demo VM that hangs (its port stops answering while LNVPS still says running)
@@ -89,6 +139,16 @@ for = "5m"
 
 /// Starts the simulator and the daemon.
 pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Demo> {
+    start_with_smtp(listen, clock, None).await
+}
+
+/// Starts the simulator and the daemon, mailing alerts to `smtp` (`HOST:PORT`) if given.
+pub async fn start_with_smtp(
+    listen: SocketAddr,
+    clock: SharedClock,
+    smtp: Option<&str>,
+) -> anyhow::Result<Demo> {
+    let smtp = smtp.map(parse_smtp).transpose()?;
     crate::daemon::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
@@ -102,15 +162,19 @@ pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Dem
     .await
     .context("starting the LNVPS simulator")?;
     let secret = keys.secret_key().to_secret_hex();
+    // A fresh journal and outbox per run: the demo's history is not worth keeping.
     let state_dir = tempfile::Builder::new()
         .prefix("vpswatch-demo-")
         .tempdir()
         .context("creating the demo's state directory")?;
-    let text = demo_config_toml(
+    let mut text = demo_config_toml(
         &sim.base_url(),
         listen,
         &state_dir.path().display().to_string(),
     );
+    if let Some((host, port)) = &smtp {
+        text.push_str(&demo_email_toml(host, *port));
+    }
     let config = crate::config::parse(&text, "<demo>", &|name| {
         (name == "VPSWATCH_DEMO_NSEC").then(|| secret.clone())
     })
@@ -125,7 +189,7 @@ pub async fn start(listen: SocketAddr, clock: SharedClock) -> anyhow::Result<Dem
 }
 
 /// Hangs the demo's first VM now and then; the watchdog's reboot clears it.
-fn spawn_hangs(sim: LnvpsSimHandle, cancel: tokio_util::sync::CancellationToken) {
+fn spawn_hangs(sim: LnvpsSimHandle, cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut wait = DEMO_FIRST_HANG;
         loop {
@@ -144,8 +208,8 @@ fn spawn_hangs(sim: LnvpsSimHandle, cancel: tokio_util::sync::CancellationToken)
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
-    let demo = start(listen, Arc::new(SystemClock)).await?;
+pub async fn run(listen: SocketAddr, smtp: Option<&str>) -> anyhow::Result<()> {
+    let demo = start_with_smtp(listen, Arc::new(SystemClock), smtp).await?;
     let addr = demo.daemon.addr;
     // A closed stdout (piped into `head`, a test that stopped reading) must not kill the
     // demo, so write without println!'s panic.
@@ -153,8 +217,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         "vpswatch demo is running.\n  simulated LNVPS API: {}\n  metrics:             \
          http://{addr}/metrics\n  readiness:           http://{addr}/-/ready\n  \
          watchdog journal:    http://{addr}/api/v1/actions\n\
-         Press Ctrl-C to stop.\n",
-        demo.sim.base_url()
+         {}Press Ctrl-C to stop.\n",
+        demo.sim.base_url(),
+        match smtp {
+            Some(s) => format!("  alert mail:          smtp://{s}\n"),
+            None => "  alerts:              logged (add --smtp HOST:PORT to mail them)\n".into(),
+        }
     );
     {
         use std::io::Write;
@@ -162,13 +230,8 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         let _ = out.write_all(banner.as_bytes());
         let _ = out.flush();
     }
-    let Demo {
-        sim,
-        daemon,
-        state_dir,
-    } = demo;
-    daemon.run_until_signal().await;
-    sim.shutdown();
-    drop(state_dir);
+    crate::signal::wait_for_signal().await;
+    tracing::info!("shutting down");
+    demo.shutdown().await;
     Ok(())
 }

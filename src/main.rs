@@ -1,4 +1,5 @@
-//! The `vpswatch` command line: run | demo | check-config | simulate | metrics-doc.
+//! The `vpswatch` command line: run | demo | check-config | test-email | outbox-send |
+//! simulate | metrics-doc.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,9 @@ use clap::{Parser, Subcommand};
 
 use vpswatch::clock::SystemClock;
 use vpswatch::logging::{self, LogFormat};
+use vpswatch::notify::email::settings::EmailSettings;
+use vpswatch::notify::email::EmailNotifier;
+use vpswatch::store::StateStore;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +50,28 @@ enum Command {
         /// Where to serve /metrics.
         #[arg(long = "web.listen-address", default_value = "127.0.0.1:10047")]
         listen_address: SocketAddr,
+        /// Mail the demo's alerts to this SMTP server (HOST:PORT, plain SMTP, e.g. a local
+        /// `python3 -m aiosmtpd -n`); without it alerts go to the log.
+        #[arg(long)]
+        smtp: Option<String>,
+    },
+    /// Send one test message with the configured [email] settings (directly, not through
+    /// the outbox) and print the server's answer; exit 1 with the precise reason if not.
+    TestEmail {
+        /// Configuration file (TOML).
+        #[arg(long, short = 'c', default_value = "/etc/vpswatch/vpswatch.toml")]
+        config: PathBuf,
+        /// Queue the message in the state directory's outbox and deliver from there.
+        #[arg(long, hide = true)]
+        via_outbox: bool,
+    },
+    /// Deliver what waits in the alert outbox now, ignoring backoff, then exit (1 if mail
+    /// remains). Not while the daemon runs: it holds the state directory.
+    #[command(hide = true)]
+    OutboxSend {
+        /// Configuration file (TOML).
+        #[arg(long, short = 'c', default_value = "/etc/vpswatch/vpswatch.toml")]
+        config: PathBuf,
     },
     /// Validate a configuration file: every problem with its key path; exit 2 on error.
     CheckConfig {
@@ -102,7 +128,7 @@ async fn dispatch(command: Command) -> ExitCode {
                     println!("warning: {}: {}: {}", file.display(), w.path, w.message);
                 }
                 println!(
-                    "{}: OK ({} account{}, {} rule{})",
+                    "{}: OK ({} account{}, {} rule{}{})",
                     file.display(),
                     cfg.accounts.len(),
                     if cfg.accounts.len() == 1 { "" } else { "s" },
@@ -111,6 +137,10 @@ async fn dispatch(command: Command) -> ExitCode {
                         ""
                     } else {
                         "s"
+                    },
+                    match &cfg.email {
+                        Some(e) => format!("; email via {}", e.server()),
+                        None => String::new(),
                     }
                 );
                 ExitCode::SUCCESS
@@ -150,7 +180,12 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Demo { listen_address } => match vpswatch::demo::run(listen_address).await {
+        Command::TestEmail { config, via_outbox } => test_email(&config, via_outbox).await,
+        Command::OutboxSend { config } => outbox_send(&config).await,
+        Command::Demo {
+            listen_address,
+            smtp,
+        } => match vpswatch::demo::run(listen_address, smtp.as_deref()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vpswatch demo: {e:#}");
@@ -184,5 +219,102 @@ async fn dispatch(command: Command) -> ExitCode {
             print!("{}", vpswatch::metrics::defs::markdown_table());
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Loads the configuration and its `[email]` section, or says why not (exit 2).
+fn email_config(
+    file: &std::path::Path,
+) -> Result<(vpswatch::config::Config, EmailSettings), ExitCode> {
+    let cfg = vpswatch::config::load(file).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    match cfg.email.clone() {
+        Some(s) => Ok((cfg, s)),
+        None => {
+            eprintln!("{}: no [email] section configured", file.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn open_email(
+    cfg: &vpswatch::config::Config,
+    settings: EmailSettings,
+) -> Result<Arc<EmailNotifier>, ExitCode> {
+    let store = StateStore::open(&cfg.state_dir).map_err(|e| {
+        eprintln!("vpswatch: {e}");
+        ExitCode::FAILURE
+    })?;
+    EmailNotifier::open(
+        settings,
+        store,
+        Arc::new(SystemClock),
+        vpswatch::metrics::SelfMetrics::new(),
+    )
+    .map_err(|e| {
+        eprintln!("vpswatch: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn test_email(file: &std::path::Path, via_outbox: bool) -> ExitCode {
+    let (cfg, settings) = match email_config(file) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let server = settings.server();
+    if via_outbox {
+        let email = match open_email(&cfg, settings) {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        if let Err(e) = email.queue_test() {
+            eprintln!("vpswatch test-email: cannot queue: {e}");
+            return ExitCode::FAILURE;
+        }
+        return print_report(&server, &email.deliver(true).await);
+    }
+    match vpswatch::notify::email::send_test(&settings, chrono::Utc::now()).await {
+        Ok(reply) => {
+            println!("test message accepted by {server}: {reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vpswatch test-email: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn outbox_send(file: &std::path::Path) -> ExitCode {
+    let (cfg, settings) = match email_config(file) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let server = settings.server();
+    let email = match open_email(&cfg, settings) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    print_report(&server, &email.deliver(true).await)
+}
+
+fn print_report(server: &str, r: &vpswatch::notify::email::DeliveryReport) -> ExitCode {
+    for (id, reply) in &r.accepted {
+        println!("{id} accepted by {server}: {reply}");
+    }
+    println!(
+        "delivered {}, failed {}, {} left in the outbox",
+        r.delivered, r.failed, r.remaining
+    );
+    if let Some(e) = &r.error {
+        eprintln!("vpswatch: {e}");
+    }
+    if r.remaining > 0 || r.error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

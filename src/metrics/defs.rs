@@ -323,6 +323,27 @@ metric!(
     &["kind"],
     "Watchdog internal errors by kind (journal, silences); each means \"did not act\"."
 );
+metric!(
+    ALERTS,
+    "vpswatch_alerts_total",
+    Counter,
+    &["channel", "result"],
+    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), queue_error (could not be queued)."
+);
+metric!(
+    ALERT_OUTBOX_MESSAGES,
+    "vpswatch_alert_outbox_messages",
+    Gauge,
+    &[],
+    "Notifications waiting in the on-disk outbox for the mail server to accept them."
+);
+metric!(
+    ALERT_OUTBOX_OLDEST,
+    "vpswatch_alert_outbox_oldest_timestamp_seconds",
+    Gauge,
+    &[],
+    "When the oldest notification in the outbox was queued (Unix seconds; 0 = outbox empty)."
+);
 
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[
@@ -365,6 +386,9 @@ pub const ALL: &[&MetricDef] = &[
     &WATCHDOG_DRY_RUN,
     &WATCHDOG_LAST_EVALUATION,
     &WATCHDOG_ERRORS,
+    &ALERTS,
+    &ALERT_OUTBOX_MESSAGES,
+    &ALERT_OUTBOX_OLDEST,
 ];
 
 /// The README's metric reference table, generated from [`ALL`].

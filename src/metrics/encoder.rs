@@ -83,7 +83,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Re-renders whenever a snapshot, the probe results or the watchdog's state change (bursts are coalesced)
+/// Re-renders whenever a snapshot, the probe results, the watchdog's state or a
+/// self-metric announced outside a poll (the alert outbox) change (bursts are coalesced)
 /// until cancelled.
 pub async fn run(
     store: Arc<SnapshotStore>,
@@ -96,10 +97,12 @@ pub async fn run(
     let mut changes = store.subscribe();
     let mut probe_changes = probes.subscribe();
     let mut watchdog_changes = watchdog.subscribe();
+    let mut self_changes = self_metrics.subscribe();
     loop {
         changes.mark_unchanged();
         probe_changes.mark_unchanged();
         watchdog_changes.mark_unchanged();
+        self_changes.mark_unchanged();
         let (s, p, w, m) = (
             store.clone(),
             probes.clone(),
@@ -115,6 +118,7 @@ pub async fn run(
             r = changes.changed() => if r.is_err() { return },
             r = probe_changes.changed() => if r.is_err() { return },
             r = watchdog_changes.changed() => if r.is_err() { return },
+            r = self_changes.changed() => if r.is_err() { return },
         }
         // Let a burst of publishes (many accounts finishing together) settle.
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -1,10 +1,15 @@
-//! Counters and histograms about vpswatch's own work (requests to providers), kept in a
-//! prometheus `Registry` because they accumulate between polls.
+//! Counters and histograms about vpswatch's own work (requests to providers, alert
+//! delivery), kept in a prometheus `Registry` because they accumulate between polls.
+//!
+//! Alert metrics change between polls (a mail is queued or delivered at any time), so
+//! they announce each change on a watch channel the encoder listens to; /metrics then
+//! shows the outbox as it is, not as it was at the last poll.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::watch;
 
 use super::defs;
 use crate::provider::http::RequestObserver;
@@ -14,6 +19,39 @@ pub struct SelfMetrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    /// Registered on first use, so a daemon without email exports no outbox gauges.
+    alerts: OnceLock<AlertMetrics>,
+    changes: watch::Sender<u64>,
+}
+
+/// Delivery counters and outbox gauges of the notification channels.
+pub struct AlertMetrics {
+    alerts: IntCounterVec,
+    outbox_messages: IntGauge,
+    outbox_oldest: Gauge,
+}
+
+impl AlertMetrics {
+    /// Counts one notification outcome (`queued`, `sent`, `failed_attempt`, …).
+    pub fn count(&self, channel: &str, result: &str, n: u64) {
+        self.alerts.with_label_values(&[channel, result]).inc_by(n);
+    }
+
+    /// The count so far for one channel and outcome (tests).
+    pub fn get(&self, channel: &str, result: &str) -> u64 {
+        self.alerts.with_label_values(&[channel, result]).get()
+    }
+
+    /// Sets the outbox gauges; `oldest` in Unix seconds, `None` for an empty outbox.
+    pub fn set_outbox(&self, messages: u64, oldest: Option<f64>) {
+        self.outbox_messages
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        self.outbox_oldest.set(oldest.unwrap_or(0.0));
+    }
+
+    pub fn outbox_messages(&self) -> u64 {
+        u64::try_from(self.outbox_messages.get()).unwrap_or(0)
+    }
 }
 
 impl SelfMetrics {
@@ -45,7 +83,52 @@ impl SelfMetrics {
             registry,
             requests,
             duration,
+            alerts: OnceLock::new(),
+            changes: watch::channel(0).0,
         })
+    }
+
+    /// The alert metrics, registered on first call.
+    pub fn alert_metrics(&self) -> &AlertMetrics {
+        self.alerts.get_or_init(|| {
+            let alerts = IntCounterVec::new(
+                Opts::new(defs::ALERTS.name, defs::ALERTS.help),
+                defs::ALERTS.labels,
+            )
+            .expect("static metric definition is valid");
+            let outbox_messages = IntGauge::with_opts(Opts::new(
+                defs::ALERT_OUTBOX_MESSAGES.name,
+                defs::ALERT_OUTBOX_MESSAGES.help,
+            ))
+            .expect("static metric definition is valid");
+            let outbox_oldest = Gauge::with_opts(Opts::new(
+                defs::ALERT_OUTBOX_OLDEST.name,
+                defs::ALERT_OUTBOX_OLDEST.help,
+            ))
+            .expect("static metric definition is valid");
+            for c in [
+                Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(outbox_messages.clone()),
+                Box::new(outbox_oldest.clone()),
+            ] {
+                self.registry.register(c).expect("registered once");
+            }
+            AlertMetrics {
+                alerts,
+                outbox_messages,
+                outbox_oldest,
+            }
+        })
+    }
+
+    /// Tells the encoder that metrics changed outside a poll (it re-renders).
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes announced with [`SelfMetrics::changed`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {

@@ -8,10 +8,18 @@
 //! durably queued (the watchdog commits its own state afterwards, so a crash in between
 //! repeats the call rather than losing the message).
 
+pub mod email;
+
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::metrics::SelfMetrics;
 use crate::provider::ProviderKind;
+use crate::store::StateStore;
 
 /// What one alert is about: a rule on one VM, or on a whole account (`vm` empty).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,4 +141,37 @@ impl Notify for LogNotifier {
             "watchdog event (no email configured)"
         );
     }
+}
+
+/// The channel the daemon uses: email when `[email]` is configured, else the log.
+pub struct Notifier {
+    /// What the watchdog calls.
+    pub notify: Arc<dyn Notify>,
+    /// The email channel, when configured; its [`email::EmailNotifier::run`] task must be
+    /// running for mail to leave the outbox.
+    pub email: Option<Arc<email::EmailNotifier>>,
+}
+
+/// Builds the configured channel on `store` (needed when email is configured).
+pub fn build_notifier(
+    config: &Config,
+    store: Option<&StateStore>,
+    clock: SharedClock,
+    metrics: &Arc<SelfMetrics>,
+) -> anyhow::Result<Notifier> {
+    let Some(settings) = &config.email else {
+        return Ok(Notifier {
+            notify: Arc::new(LogNotifier),
+            email: None,
+        });
+    };
+    let Some(store) = store else {
+        anyhow::bail!("email alerts need the state store (state_dir)");
+    };
+    let email =
+        email::EmailNotifier::open(settings.clone(), store.clone(), clock, metrics.clone())?;
+    Ok(Notifier {
+        notify: email.clone(),
+        email: Some(email),
+    })
 }

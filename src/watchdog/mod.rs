@@ -8,6 +8,7 @@
 pub mod action;
 pub mod engine;
 pub mod evaluate;
+pub mod gates;
 pub mod journal;
 pub mod maintenance;
 pub mod probe;

@@ -110,6 +110,8 @@ pub struct WatchdogConfig {
     /// How often the silence list is re-read (at most).
     pub silence_refresh: Duration,
     pub rules: Vec<Rule>,
+    /// `[[maintenance]]` windows (validated).
+    pub maintenance: Vec<super::maintenance::MaintenanceConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,8 +171,10 @@ const CONDITIONS: &str = "vm_not_running, probe_failing, provider_unreachable, c
 pub(crate) fn check_watchdog(
     raw: RawWatchdog,
     rules: Vec<Rule>,
+    maintenance: Vec<super::maintenance::MaintenanceConfig>,
     problems: &mut Vec<Problem>,
 ) -> WatchdogConfig {
+    problems.extend(super::maintenance::validate(&maintenance));
     let alertmanager_url = raw
         .alertmanager_url
         .and_then(|text| match Url::parse(&text) {
@@ -207,6 +211,7 @@ pub(crate) fn check_watchdog(
         alertmanager_timeout: raw.alertmanager_timeout,
         silence_refresh: raw.silence_refresh,
         rules,
+        maintenance,
     }
 }
 

@@ -89,7 +89,7 @@ impl Harness {
             (n == "TEST_NSEC").then(|| secret.clone())
         })
         .expect("config valid");
-        let daemon = Daemon::start_with(config, clock, notifier)
+        let daemon = Daemon::start_with(config, clock, Some(notifier))
             .await
             .expect("daemon starts");
         Harness {

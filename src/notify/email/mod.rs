@@ -1,0 +1,825 @@
+//! The email channel: alert lifecycle, outbox and sender on top of the state store.
+//!
+//! `alert`/`event` decide what mail a change means (first firing, resolution, an event
+//! seen for the first time), render it and append it to the outbox in the same redb
+//! commit as the lifecycle change, then return: the caller may commit its own state
+//! knowing the mail cannot be lost. A background task ([`EmailNotifier::run`]) sends
+//! reminders for alerts that keep firing, closes digest windows, and delivers the outbox
+//! over SMTP, retrying with backoff while the server is unreachable. A mail leaves the
+//! outbox in the commit right after the server's 250; see the README for the one window
+//! in which SMTP only allows at-least-once.
+//!
+//! Time decisions (reminders, digest windows, backoff) use the injected clock so tests
+//! can run hours of reminders in seconds; only the task's polling tick uses real time.
+
+pub mod compose;
+pub mod outbox;
+pub mod settings;
+pub mod smtp;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redb::{ReadableDatabase, ReadableTable};
+use tokio_util::sync::CancellationToken;
+
+use self::compose::{AlertBlock, Composed, MailKind};
+use self::outbox::{
+    decode, encode, key_string, AlertRecord, DigestGroup, DigestItem, OutboxEntry, OutboxStats,
+    ALERTS, DIGESTS, EVENTS,
+};
+use self::settings::EmailSettings;
+use self::smtp::{Session, SmtpFailure};
+use crate::clock::{unix_seconds, SharedClock};
+use crate::metrics::SelfMetrics;
+use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, Facts, Notify};
+use crate::store::{StateStore, StoreError};
+
+/// The `channel` label of this channel's metrics.
+pub const CHANNEL: &str = "email";
+
+/// Environment variable naming a point at which the process aborts (tests of crash
+/// safety): `queued` (right after a mail is committed to the outbox) or `accepted` (right
+/// after the server accepted a mail, before that is committed). Read once at start.
+pub const CRASH_ENV: &str = "VPSWATCH_CRASH_AFTER";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    Queued,
+    Accepted,
+}
+
+fn crash_point_from_env() -> Option<CrashPoint> {
+    match std::env::var(CRASH_ENV).ok()?.as_str() {
+        "queued" => Some(CrashPoint::Queued),
+        "accepted" => Some(CrashPoint::Accepted),
+        other => {
+            tracing::warn!(
+                value = other,
+                "{CRASH_ENV} ignored (expected queued or accepted)"
+            );
+            None
+        }
+    }
+}
+
+/// Timing of the background task.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How often the task looks for due reminders, closed digests and due retries.
+    pub tick: Duration,
+    /// First wait after a failed attempt; doubles per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Mails sent per round (one SMTP session).
+    pub batch: usize,
+    /// How long delivered Message-IDs and seen event ids are remembered.
+    pub remember: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(600),
+            batch: 500,
+            remember: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What one delivery round did.
+#[derive(Debug, Default)]
+pub struct DeliveryReport {
+    pub delivered: usize,
+    pub failed: usize,
+    pub remaining: u64,
+    /// The server's answer per delivered mail (Message-ID, reply).
+    pub accepted: Vec<(String, String)>,
+    /// The failure that ended the round early (server problem) or the last per-mail one.
+    pub error: Option<SmtpFailure>,
+}
+
+/// Why a notification could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{0}")]
+    Store(String),
+    #[error("{0}")]
+    Compose(String),
+}
+
+macro_rules! store_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for QueueError {
+            fn from(e: $t) -> Self {
+                QueueError::Store(e.to_string())
+            }
+        }
+    )*};
+}
+store_err!(
+    redb::Error,
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError,
+    StoreError
+);
+
+/// Server-level backoff (connection refused, TLS, auth): in memory, so a restart tries at
+/// once.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<DateTime<Utc>>,
+}
+
+/// The email [`Notify`] implementation.
+pub struct EmailNotifier {
+    settings: EmailSettings,
+    store: StateStore,
+    clock: SharedClock,
+    metrics: Arc<SelfMetrics>,
+    tuning: Tuning,
+    wake: tokio::sync::Notify,
+    crash: Option<CrashPoint>,
+    backoff: Mutex<Backoff>,
+    /// One delivery round at a time.
+    round: tokio::sync::Mutex<()>,
+    last_prune: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl std::fmt::Debug for EmailNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailNotifier")
+            .field("server", &self.settings.server())
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn entry_for(c: Composed, now: DateTime<Utc>) -> OutboxEntry {
+    OutboxEntry {
+        message_id: c.message_id,
+        subject: c.subject,
+        env_from: c.env_from,
+        env_to: c.env_to,
+        raw: c.raw,
+        queued_at: now,
+        next_attempt: now,
+        attempts: 0,
+        last_error: None,
+    }
+}
+
+fn block<'a>(key: &'a AlertKey, facts: &'a Facts, since: DateTime<Utc>) -> AlertBlock<'a> {
+    AlertBlock {
+        key,
+        facts,
+        since,
+        resolved_at: None,
+    }
+}
+
+fn group_key(key: &AlertKey) -> String {
+    format!("{}/{}", key.provider, key.account)
+}
+
+impl EmailNotifier {
+    /// Opens the channel on `store` (creating its tables) with default timing.
+    pub fn open(
+        settings: EmailSettings,
+        store: StateStore,
+        clock: SharedClock,
+        metrics: Arc<SelfMetrics>,
+    ) -> Result<Arc<EmailNotifier>, StoreError> {
+        Self::open_with(settings, store, clock, metrics, Tuning::default())
+    }
+
+    /// Like [`EmailNotifier::open`] with explicit timing (tests use short waits).
+    pub fn open_with(
+        settings: EmailSettings,
+        store: StateStore,
+        clock: SharedClock,
+        metrics: Arc<SelfMetrics>,
+        tuning: Tuning,
+    ) -> Result<Arc<EmailNotifier>, StoreError> {
+        outbox::init(&store)?;
+        let n = Arc::new(EmailNotifier {
+            settings,
+            store,
+            clock,
+            metrics,
+            tuning,
+            wake: tokio::sync::Notify::new(),
+            crash: crash_point_from_env(),
+            backoff: Mutex::new(Backoff::default()),
+            round: tokio::sync::Mutex::new(()),
+            last_prune: Mutex::new(None),
+        });
+        n.refresh_gauges();
+        Ok(n)
+    }
+
+    pub fn settings(&self) -> &EmailSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Outbox size and age, read from the store.
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        outbox::stats(&self.store)
+    }
+
+    /// Message-IDs the server accepted (kept for `Tuning::remember`).
+    pub fn delivered_ids(&self) -> Result<Vec<String>, StoreError> {
+        outbox::delivered_ids(&self.store)
+    }
+
+    fn crash_if(&self, point: CrashPoint) {
+        if self.crash == Some(point) {
+            eprintln!("vpswatch: {CRASH_ENV}={point:?}: aborting on purpose");
+            std::process::abort();
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        match outbox::stats(&self.store) {
+            Ok(s) => {
+                self.metrics
+                    .alert_metrics()
+                    .set_outbox(s.messages, s.oldest.map(unix_seconds));
+                self.metrics.changed();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the alert outbox"),
+        }
+    }
+
+    /// After a commit that queued `n` mails: count, crash hook, wake the sender.
+    fn queued(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.metrics
+            .alert_metrics()
+            .count(CHANNEL, "queued", n as u64);
+        self.crash_if(CrashPoint::Queued);
+        self.refresh_gauges();
+        self.wake.notify_one();
+    }
+
+    fn queue_failed(&self, what: &str, e: &QueueError) {
+        self.metrics
+            .alert_metrics()
+            .count(CHANNEL, "queue_error", 1);
+        self.metrics.changed();
+        tracing::error!(error = %e, "cannot queue the {what} mail");
+    }
+
+    fn compose_alert(
+        &self,
+        kind: MailKind,
+        block: AlertBlock<'_>,
+        now: DateTime<Utc>,
+        id: &str,
+        root: Option<&str>,
+    ) -> Result<OutboxEntry, QueueError> {
+        compose::alert_mail(&self.settings, kind, &block, now, id, root)
+            .map(|c| entry_for(c, now))
+            .map_err(QueueError::Compose)
+    }
+
+    /// Applies an alert update; returns how many mails were queued.
+    pub fn record_alert(&self, u: &AlertUpdate) -> Result<usize, QueueError> {
+        let now = self.clock.now();
+        let ks = key_string(&u.key);
+        let seed = compose::key_seed(&u.key);
+        let tx = self.store.db().begin_write()?;
+        let mut queued = 0;
+        {
+            let mut alerts = tx.open_table(ALERTS)?;
+            let existing: Option<AlertRecord> =
+                alerts.get(ks.as_str())?.and_then(|g| decode(g.value()));
+            match (existing, u.status) {
+                // Repeats of the current status (e.g. after a restart) change nothing.
+                (Some(_), AlertStatus::Firing) | (None, AlertStatus::Resolved) => {}
+                (None, AlertStatus::Firing) => {
+                    let record = if let Some(window) = self.settings.digest_window {
+                        let gk = group_key(&u.key);
+                        let mut digests = tx.open_table(DIGESTS)?;
+                        let mut group: DigestGroup = digests
+                            .get(gk.as_str())?
+                            .and_then(|g| decode(g.value()))
+                            .unwrap_or_else(|| DigestGroup {
+                                message_id: compose::message_id(
+                                    &self.settings,
+                                    "digest",
+                                    &format!("{gk}\u{1f}{}", outbox::ms(now)),
+                                ),
+                                opened: now,
+                                closes: now + chrono_dur(window),
+                                alerts: Vec::new(),
+                            });
+                        group.alerts.push(DigestItem {
+                            key: u.key.clone(),
+                            facts: u.facts.clone(),
+                            since: u.at,
+                            resolved_at: None,
+                        });
+                        digests.insert(gk.as_str(), encode(&group).as_slice())?;
+                        AlertRecord {
+                            key: u.key.clone(),
+                            facts: u.facts.clone(),
+                            since: u.at,
+                            thread_root: group.message_id,
+                            next_reminder: None,
+                            reminders_sent: 0,
+                        }
+                    } else {
+                        let id = compose::message_id(
+                            &self.settings,
+                            "firing",
+                            &format!("{seed}\u{1f}{}", outbox::ms(u.at)),
+                        );
+                        let entry = self.compose_alert(
+                            MailKind::Firing,
+                            block(&u.key, &u.facts, u.at),
+                            now,
+                            &id,
+                            None,
+                        )?;
+                        outbox::push(&tx, &entry)?;
+                        queued += 1;
+                        AlertRecord {
+                            key: u.key.clone(),
+                            facts: u.facts.clone(),
+                            since: u.at,
+                            thread_root: id,
+                            next_reminder: Some(now + chrono_dur(self.settings.repeat_interval)),
+                            reminders_sent: 0,
+                        }
+                    };
+                    alerts.insert(ks.as_str(), encode(&record).as_slice())?;
+                }
+                (Some(rec), AlertStatus::Resolved) => {
+                    alerts.remove(ks.as_str())?;
+                    let mut in_digest = false;
+                    if rec.next_reminder.is_none() {
+                        // Still waiting in its digest: the digest will show it resolved.
+                        let gk = group_key(&u.key);
+                        let mut digests = tx.open_table(DIGESTS)?;
+                        let group: Option<DigestGroup> =
+                            digests.get(gk.as_str())?.and_then(|g| decode(g.value()));
+                        if let Some(mut group) = group {
+                            for item in &mut group.alerts {
+                                if item.key == u.key && item.resolved_at.is_none() {
+                                    item.resolved_at = Some(u.at);
+                                    item.facts = u.facts.clone();
+                                    in_digest = true;
+                                }
+                            }
+                            if in_digest {
+                                digests.insert(gk.as_str(), encode(&group).as_slice())?;
+                            }
+                        }
+                    }
+                    if !in_digest {
+                        let id = compose::message_id(
+                            &self.settings,
+                            "resolved",
+                            &format!("{seed}\u{1f}{}", outbox::ms(rec.since)),
+                        );
+                        let entry = self.compose_alert(
+                            MailKind::Resolved,
+                            block(&u.key, &u.facts, rec.since),
+                            now,
+                            &id,
+                            Some(&rec.thread_root),
+                        )?;
+                        outbox::push(&tx, &entry)?;
+                        queued += 1;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    /// Applies an event; returns how many mails were queued (0 for a repeated id).
+    pub fn record_event(&self, e: &Event) -> Result<usize, QueueError> {
+        let now = self.clock.now();
+        let tx = self.store.db().begin_write()?;
+        {
+            let mut events = tx.open_table(EVENTS)?;
+            if events.get(e.id.as_str())?.is_some() {
+                return Ok(0);
+            }
+            events.insert(e.id.as_str(), outbox::ms(now))?;
+            let alerts = tx.open_table(ALERTS)?;
+            let rec: Option<AlertRecord> = alerts
+                .get(key_string(&e.key).as_str())?
+                .and_then(|g| decode(g.value()));
+            let id = compose::message_id(&self.settings, "event", &e.id);
+            let (since, root) = match &rec {
+                Some(r) => (r.since, Some(r.thread_root.as_str())),
+                None => (e.at, None),
+            };
+            let entry = self.compose_alert(
+                MailKind::Event(e.kind),
+                block(&e.key, &e.facts, since),
+                now,
+                &id,
+                root,
+            )?;
+            outbox::push(&tx, &entry)?;
+        }
+        tx.commit()?;
+        Ok(1)
+    }
+
+    /// Queues the `test-email` message (to check the whole outbox path).
+    pub fn queue_test(&self) -> Result<String, QueueError> {
+        let now = self.clock.now();
+        let c = compose::test_mail(&self.settings, now).map_err(QueueError::Compose)?;
+        let id = c.message_id.clone();
+        let tx = self.store.db().begin_write()?;
+        outbox::push(&tx, &entry_for(c, now))?;
+        tx.commit()?;
+        self.queued(1);
+        Ok(id)
+    }
+
+    /// Queues reminders that are due and closes digest windows that have ended; returns
+    /// how many mails were queued.
+    pub fn run_schedules(&self) -> Result<usize, QueueError> {
+        let now = self.clock.now();
+        // A read first: most ticks have nothing to do and need no write (fsync).
+        let (due_alerts, due_groups) = {
+            let tx = self.store.db().begin_read()?;
+            let alerts = tx.open_table(ALERTS)?;
+            let mut due_alerts = Vec::new();
+            for item in alerts.iter()? {
+                let (k, v) = item?;
+                if let Some(rec) = decode::<AlertRecord>(v.value()) {
+                    if rec.next_reminder.is_some_and(|t| t <= now) {
+                        due_alerts.push((k.value().to_string(), rec));
+                    }
+                }
+            }
+            let digests = tx.open_table(DIGESTS)?;
+            let mut due_groups = Vec::new();
+            for item in digests.iter()? {
+                let (k, v) = item?;
+                if let Some(g) = decode::<DigestGroup>(v.value()) {
+                    if g.closes <= now {
+                        due_groups.push((k.value().to_string(), g));
+                    }
+                }
+            }
+            (due_alerts, due_groups)
+        };
+        if due_alerts.is_empty() && due_groups.is_empty() {
+            return Ok(0);
+        }
+        let interval = chrono_dur(self.settings.repeat_interval);
+        let tx = self.store.db().begin_write()?;
+        let mut queued = 0;
+        {
+            let mut alerts = tx.open_table(ALERTS)?;
+            for (ks, _) in &due_alerts {
+                // Re-read inside the write: the watchdog may have resolved it meanwhile.
+                let current: Option<AlertRecord> =
+                    alerts.get(ks.as_str())?.and_then(|g| decode(g.value()));
+                let Some(mut rec) = current else { continue };
+                let Some(mut next) = rec.next_reminder else {
+                    continue;
+                };
+                if next > now {
+                    continue;
+                }
+                let n = rec.reminders_sent + 1;
+                let id = compose::message_id(
+                    &self.settings,
+                    "reminder",
+                    &format!(
+                        "{}\u{1f}{}\u{1f}{n}",
+                        compose::key_seed(&rec.key),
+                        outbox::ms(rec.since)
+                    ),
+                );
+                let entry = self.compose_alert(
+                    MailKind::Reminder(n),
+                    block(&rec.key, &rec.facts, rec.since),
+                    now,
+                    &id,
+                    Some(&rec.thread_root),
+                )?;
+                outbox::push(&tx, &entry)?;
+                queued += 1;
+                // Keep the schedule's phase; after a long outage send one reminder, not
+                // one per missed interval.
+                while next <= now {
+                    next += interval;
+                }
+                rec.next_reminder = Some(next);
+                rec.reminders_sent = n;
+                alerts.insert(ks.as_str(), encode(&rec).as_slice())?;
+            }
+            let mut digests = tx.open_table(DIGESTS)?;
+            for (gk, _) in &due_groups {
+                let current: Option<DigestGroup> =
+                    digests.get(gk.as_str())?.and_then(|g| decode(g.value()));
+                let Some(group) = current else { continue };
+                if group.closes > now {
+                    continue;
+                }
+                digests.remove(gk.as_str())?;
+                if group.alerts.is_empty() {
+                    continue;
+                }
+                let entry = self.compose_digest(&group, now)?;
+                outbox::push(&tx, &entry)?;
+                queued += 1;
+                for item in group.alerts.iter().filter(|i| i.resolved_at.is_none()) {
+                    let ks = key_string(&item.key);
+                    let current: Option<AlertRecord> =
+                        alerts.get(ks.as_str())?.and_then(|g| decode(g.value()));
+                    if let Some(mut rec) = current {
+                        if rec.next_reminder.is_none() {
+                            rec.next_reminder = Some(now + interval);
+                            alerts.insert(ks.as_str(), encode(&rec).as_slice())?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    fn compose_digest(
+        &self,
+        group: &DigestGroup,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxEntry, QueueError> {
+        let only = &group.alerts[..];
+        if let [single] = only {
+            if single.resolved_at.is_none() {
+                // A digest of one is an ordinary firing mail (with the group's id, which
+                // the alert already uses as its thread root).
+                return self.compose_alert(
+                    MailKind::Firing,
+                    block(&single.key, &single.facts, single.since),
+                    now,
+                    &group.message_id,
+                    None,
+                );
+            }
+        }
+        let blocks: Vec<AlertBlock<'_>> = group
+            .alerts
+            .iter()
+            .map(|i| AlertBlock {
+                key: &i.key,
+                facts: &i.facts,
+                since: i.since,
+                resolved_at: i.resolved_at,
+            })
+            .collect();
+        let mut recipients = Vec::new();
+        let mut seen = BTreeSet::new();
+        for i in &group.alerts {
+            for m in self.settings.recipients(&i.key.rule) {
+                if seen.insert(m.email.to_string()) {
+                    recipients.push(m.clone());
+                }
+            }
+        }
+        compose::digest_mail(&self.settings, &blocks, &recipients, now, &group.message_id)
+            .map(|c| entry_for(c, now))
+            .map_err(QueueError::Compose)
+    }
+
+    fn backoff_after(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+        self.tuning
+            .retry_initial
+            .saturating_mul(factor)
+            .min(self.tuning.retry_max)
+    }
+
+    /// True while the server is in backoff after a server-level failure.
+    fn in_backoff(&self, now: DateTime<Utc>) -> bool {
+        let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.retry_at.is_some_and(|t| t > now)
+    }
+
+    /// Sends what is due (everything with `ignore_backoff`, as `outbox-send` does) in one
+    /// SMTP session. A server-level failure (refused, TLS, auth, timeout) ends the round
+    /// and backs off; a mail the server rejects gets its own backoff and the round goes on.
+    pub async fn deliver(&self, ignore_backoff: bool) -> DeliveryReport {
+        let _round = self.round.lock().await;
+        let mut report = DeliveryReport::default();
+        let now = self.clock.now();
+        let store = self.store.clone();
+        let batch = self.tuning.batch;
+        let due = match tokio::task::spawn_blocking(move || {
+            outbox::due(&store, now, ignore_backoff, batch)
+        })
+        .await
+        {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the alert outbox");
+                return report;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox reader failed");
+                return report;
+            }
+        };
+        if !due.is_empty() {
+            self.deliver_entries(due, &mut report).await;
+        }
+        report.remaining = outbox::stats(&self.store).map(|s| s.messages).unwrap_or(0);
+        report
+    }
+
+    async fn deliver_entries(&self, due: Vec<(u64, OutboxEntry)>, report: &mut DeliveryReport) {
+        let metrics = self.metrics.alert_metrics();
+        let mut session = match Session::open(&self.settings).await {
+            Ok(s) => s,
+            Err(f) => {
+                metrics.count(CHANNEL, "failed_attempt", due.len() as u64);
+                self.metrics.changed();
+                report.failed += due.len();
+                self.server_failed(&f, due.len());
+                report.error = Some(f);
+                return;
+            }
+        };
+        for (seq, entry) in due {
+            match session
+                .send(&entry.env_from, &entry.env_to, &entry.raw)
+                .await
+            {
+                Ok(response) => {
+                    // The server has the mail: record that before anything else.
+                    self.crash_if(CrashPoint::Accepted);
+                    let accepted_at = self.clock.now();
+                    let store = self.store.clone();
+                    let id = entry.message_id.clone();
+                    let committed = tokio::task::spawn_blocking(move || {
+                        outbox::mark_delivered(&store, seq, &id, accepted_at)
+                    })
+                    .await;
+                    match committed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, message_id = %entry.message_id,
+                                "mail accepted but not recorded: it will be sent again")
+                        }
+                        Err(e) => tracing::error!(error = %e, "outbox writer failed"),
+                    }
+                    let reply = smtp::describe_response(&response);
+                    tracing::info!(message_id = %entry.message_id, subject = %entry.subject,
+                        reply = %reply, "alert mail accepted");
+                    metrics.count(CHANNEL, "sent", 1);
+                    report.delivered += 1;
+                    report.accepted.push((entry.message_id.clone(), reply));
+                    self.refresh_gauges();
+                }
+                Err(f) if f.is_server_problem() || !session.is_usable() => {
+                    metrics.count(CHANNEL, "failed_attempt", 1);
+                    self.metrics.changed();
+                    report.failed += 1;
+                    self.server_failed(&f, 1);
+                    report.error = Some(f);
+                    return;
+                }
+                Err(f) => {
+                    metrics.count(CHANNEL, "failed_attempt", 1);
+                    report.failed += 1;
+                    let attempts = entry.attempts + 1;
+                    let next = self.clock.now() + chrono_dur(self.backoff_after(attempts));
+                    tracing::warn!(message_id = %entry.message_id, subject = %entry.subject,
+                        attempts, error = %f, "alert mail not accepted; will retry");
+                    let store = self.store.clone();
+                    let text = f.to_string();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        outbox::mark_failed(&store, seq, &text, next)
+                    })
+                    .await;
+                    self.metrics.changed();
+                    report.error = Some(f);
+                }
+            }
+        }
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures = 0;
+        session.close().await;
+    }
+
+    fn server_failed(&self, f: &SmtpFailure, waiting: usize) {
+        let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.failures += 1;
+        let wait = self.backoff_after(b.failures);
+        b.retry_at = Some(self.clock.now() + chrono_dur(wait));
+        tracing::warn!(error = %f, kind = f.kind(), waiting, retry_in = %humantime::format_duration(wait),
+            "cannot deliver alert mail; it stays in the outbox");
+    }
+
+    fn prune_if_due(&self, now: DateTime<Utc>) {
+        let mut last = self.last_prune.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now - t < chrono::Duration::hours(1)) {
+            return;
+        }
+        *last = Some(now);
+        if let Err(e) = outbox::prune(&self.store, now - chrono_dur(self.tuning.remember)) {
+            tracing::warn!(error = %e, "cannot prune the email tables");
+        }
+    }
+
+    /// The background task: reminders, digests and delivery, until cancelled. A round in
+    /// progress at cancellation gets a few seconds to finish so an accepted mail is
+    /// recorded rather than sent again after the restart.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let this = self.clone();
+            let scheduled = tokio::task::spawn_blocking(move || {
+                let now = this.clock.now();
+                this.prune_if_due(now);
+                this.run_schedules()
+            })
+            .await;
+            match scheduled {
+                Ok(Ok(n)) => self.queued(n),
+                Ok(Err(e)) => self.queue_failed("reminder/digest", &e),
+                Err(e) => tracing::error!(error = %e, "email scheduler failed"),
+            }
+            if !self.in_backoff(self.clock.now()) {
+                let round = self.deliver(false);
+                tokio::pin!(round);
+                tokio::select! {
+                    _ = &mut round => {}
+                    _ = cancel.cancelled() => {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), round).await;
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.tuning.tick) => {}
+            }
+        }
+    }
+}
+
+/// Both calls commit to the state database before returning (one fsync): they block the
+/// calling thread for that long, which is what makes "queued" durable. Async callers
+/// that cannot afford a few milliseconds may call them from `spawn_blocking`.
+impl Notify for EmailNotifier {
+    fn alert(&self, update: AlertUpdate) {
+        match self.record_alert(&update) {
+            Ok(n) => self.queued(n),
+            Err(e) => self.queue_failed("alert", &e),
+        }
+    }
+
+    fn event(&self, event: Event) {
+        match self.record_event(&event) {
+            Ok(n) => self.queued(n),
+            Err(e) => self.queue_failed("event", &e),
+        }
+    }
+}
+
+/// Sends the `test-email` message directly (not through the outbox) and returns the
+/// server's answer.
+pub async fn send_test(
+    settings: &EmailSettings,
+    now: DateTime<Utc>,
+) -> Result<String, SmtpFailure> {
+    let mail =
+        compose::test_mail(settings, now).map_err(|detail| SmtpFailure::BadMessage { detail })?;
+    let mut session = Session::open(settings).await?;
+    let response = session.send(&mail.env_from, &mail.env_to, &mail.raw).await;
+    session.close().await;
+    response.map(|r| smtp::describe_response(&r))
+}

@@ -1,0 +1,248 @@
+//! The email channel's tables in the state store, and their records.
+//!
+//! Every change that produces a mail writes the mail into `email_outbox` in the same redb
+//! transaction as the lifecycle change that caused it (alert state, event id, digest), so
+//! after a crash either both happened or neither did. A mail leaves the outbox only in the
+//! commit that records the server's acceptance (`email_delivered`). Records are JSON so a
+//! newer vpswatch can add fields without migrating the file.
+
+use chrono::{DateTime, Utc};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::notify::{AlertKey, Facts};
+use crate::store::{StateStore, StoreError};
+
+/// Alert key (JSON) → [`AlertRecord`] for every alert that is firing.
+pub const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("email_alerts");
+/// Sequence number → [`OutboxEntry`]: mails not yet accepted by the server, oldest first.
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("email_outbox");
+/// Message-ID → acceptance time (Unix ms): what the server took, kept for a while.
+pub const DELIVERED: TableDefinition<&str, i64> = TableDefinition::new("email_delivered");
+/// Event id → first seen (Unix ms): an event id is mailed once.
+pub const EVENTS: TableDefinition<&str, i64> = TableDefinition::new("email_events");
+/// "provider/account" → [`DigestGroup`] waiting for its window to close.
+pub const DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("email_digests");
+/// Counters (the next outbox sequence number).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("email_meta");
+
+const NEXT_SEQ: &str = "next_outbox_seq";
+
+/// The state of one firing alert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub key: AlertKey,
+    pub facts: Facts,
+    pub since: DateTime<Utc>,
+    /// Message-ID of the first mail about this alert: later mails reply to it.
+    pub thread_root: String,
+    /// When the next reminder is due (clock time); `None` while waiting in a digest.
+    pub next_reminder: Option<DateTime<Utc>>,
+    pub reminders_sent: u32,
+}
+
+/// One mail waiting for the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub message_id: String,
+    pub subject: String,
+    pub env_from: String,
+    pub env_to: Vec<String>,
+    #[serde(with = "raw_b64")]
+    pub raw: Vec<u8>,
+    pub queued_at: DateTime<Utc>,
+    /// Not before this time (clock time): backoff after a failed attempt.
+    pub next_attempt: DateTime<Utc>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// Alerts of one account that started firing within the digest window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestGroup {
+    pub message_id: String,
+    pub opened: DateTime<Utc>,
+    pub closes: DateTime<Utc>,
+    pub alerts: Vec<DigestItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestItem {
+    pub key: AlertKey,
+    pub facts: Facts,
+    pub since: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+mod raw_b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn key_string(key: &AlertKey) -> String {
+    // A JSON array is unambiguous whatever characters names contain.
+    serde_json::to_string(&(&key.rule, key.provider.as_str(), &key.account, &key.vm))
+        .unwrap_or_default()
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    serde_json::from_slice(bytes).ok()
+}
+
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// Creates the tables so readers never meet a missing one.
+pub fn init(store: &StateStore) -> Result<(), StoreError> {
+    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    {
+        tx.open_table(ALERTS).map_err(|e| store.error(e))?;
+        tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
+        tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
+        tx.open_table(EVENTS).map_err(|e| store.error(e))?;
+        tx.open_table(DIGESTS).map_err(|e| store.error(e))?;
+        tx.open_table(META).map_err(|e| store.error(e))?;
+    }
+    tx.commit().map_err(|e| store.error(e))
+}
+
+/// Appends a mail to the outbox inside the caller's transaction.
+pub fn push(tx: &redb::WriteTransaction, entry: &OutboxEntry) -> Result<u64, redb::Error> {
+    let mut meta = tx.open_table(META)?;
+    let seq = meta.get(NEXT_SEQ)?.map(|g| g.value()).unwrap_or(1);
+    meta.insert(NEXT_SEQ, seq + 1)?;
+    let mut outbox = tx.open_table(OUTBOX)?;
+    outbox.insert(seq, encode(entry).as_slice())?;
+    Ok(seq)
+}
+
+/// Size of the outbox and the queue time of its oldest mail.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OutboxStats {
+    pub messages: u64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+pub fn stats(store: &StateStore) -> Result<OutboxStats, StoreError> {
+    let tx = store.db().begin_read().map_err(|e| store.error(e))?;
+    let t = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
+    let messages = t.len().map_err(|e| store.error(e))?;
+    let oldest = t
+        .first()
+        .map_err(|e| store.error(e))?
+        .and_then(|(_, v)| decode::<OutboxEntry>(v.value()))
+        .map(|e| e.queued_at);
+    Ok(OutboxStats { messages, oldest })
+}
+
+/// Mails due at `now` (all of them with `ignore_backoff`), oldest first, at most `limit`.
+pub fn due(
+    store: &StateStore,
+    now: DateTime<Utc>,
+    ignore_backoff: bool,
+    limit: usize,
+) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+    let tx = store.db().begin_read().map_err(|e| store.error(e))?;
+    let t = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
+    let mut out = Vec::new();
+    for item in t.iter().map_err(|e| store.error(e))? {
+        let (k, v) = item.map_err(|e| store.error(e))?;
+        let seq = k.value();
+        match decode::<OutboxEntry>(v.value()) {
+            Some(e) if ignore_backoff || e.next_attempt <= now => out.push((seq, e)),
+            Some(_) => {}
+            None => tracing::error!(seq, "unreadable outbox entry skipped"),
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Records the server's acceptance: the mail leaves the outbox and joins the delivered
+/// list in one commit.
+pub fn mark_delivered(
+    store: &StateStore,
+    seq: u64,
+    message_id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    {
+        let mut outbox = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
+        outbox.remove(seq).map_err(|e| store.error(e))?;
+        let mut delivered = tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
+        delivered
+            .insert(message_id, ms(at))
+            .map_err(|e| store.error(e))?;
+    }
+    tx.commit().map_err(|e| store.error(e))
+}
+
+/// Records a failed attempt and when to try this mail again.
+pub fn mark_failed(
+    store: &StateStore,
+    seq: u64,
+    error: &str,
+    next_attempt: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    {
+        let mut outbox = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
+        let current = outbox
+            .get(seq)
+            .map_err(|e| store.error(e))?
+            .and_then(|v| decode::<OutboxEntry>(v.value()));
+        if let Some(mut e) = current {
+            e.attempts += 1;
+            e.last_error = Some(error.to_string());
+            e.next_attempt = next_attempt;
+            outbox
+                .insert(seq, encode(&e).as_slice())
+                .map_err(|e| store.error(e))?;
+        }
+    }
+    tx.commit().map_err(|e| store.error(e))
+}
+
+/// Message-IDs the server accepted (tests and operators).
+pub fn delivered_ids(store: &StateStore) -> Result<Vec<String>, StoreError> {
+    let tx = store.db().begin_read().map_err(|e| store.error(e))?;
+    let t = tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
+    let mut out = Vec::new();
+    for item in t.iter().map_err(|e| store.error(e))? {
+        let (k, _) = item.map_err(|e| store.error(e))?;
+        out.push(k.value().to_string());
+    }
+    Ok(out)
+}
+
+/// Forgets delivered ids and seen event ids older than `before`, so the tables stay small.
+pub fn prune(store: &StateStore, before: DateTime<Utc>) -> Result<(), StoreError> {
+    let cutoff = ms(before);
+    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    {
+        let mut d = tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
+        d.retain(|_, t| t >= cutoff).map_err(|e| store.error(e))?;
+        let mut ev = tx.open_table(EVENTS).map_err(|e| store.error(e))?;
+        ev.retain(|_, t| t >= cutoff).map_err(|e| store.error(e))?;
+    }
+    tx.commit().map_err(|e| store.error(e))
+}

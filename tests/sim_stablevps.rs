@@ -748,3 +748,52 @@ async fn demo_scenario_and_toml_load() {
     assert_eq!(list["vps"][0]["status"], "odd");
     assert_eq!(t.get(WALLET, "svps_live_00ff").await.json()["balance"], 1.5);
 }
+
+#[tokio::test]
+async fn list_omissions_key_expiry_and_logged_auth() {
+    let t = start(scenario()).await;
+    t.sim
+        .update_vps(&t.ids[0], |v| v.list_omits = vec!["ipAddress".into()]);
+    // The list leaves the field out; the per-VPS answer still has it.
+    let list = t.get(VPS_LIST, KEY_A).await.json();
+    assert!(list["vps"][0].get("ipAddress").is_none(), "{list}");
+    assert!(list["vps"][1].get("ipAddress").is_some(), "{list}");
+    let one = t
+        .get(&format!("/api/v1/vps/{}", t.ids[0]), KEY_A)
+        .await
+        .json();
+    assert!(one["ipAddress"].is_string(), "{one}");
+
+    // Key expiry can be moved at run time: past → 401, cleared → accepted again.
+    assert!(t
+        .sim
+        .set_key_expiry(KEY_A, Some(t0() - chrono::Duration::seconds(1))));
+    let r = t.get(WALLET, KEY_A).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("API key has expired"))
+    );
+    assert!(t.sim.set_key_expiry(KEY_A, None));
+    assert_eq!(t.get(WALLET, KEY_A).await.status, 200);
+    assert!(!t.sim.set_key_expiry("svps_live_nobody", None));
+
+    // The log says which key (by its public prefix) and which header style was used.
+    t.sim.clear_requests();
+    t.call("GET", WALLET, Auth::Header(KEY_A_READ), None).await;
+    t.get(WALLET, KEY_A).await;
+    t.call("GET", WALLET, Auth::Nothing, None).await;
+    let log = t.sim.requests();
+    let seen: Vec<_> = log
+        .iter()
+        .map(|r| (r.key_prefix.clone(), r.auth_style))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some(KEY_A_READ[..14].to_string()), Some("x-api-key")),
+            (Some(KEY_A[..14].to_string()), Some("bearer")),
+            (None, None),
+        ]
+    );
+    t.sim.shutdown_and_wait().await;
+}

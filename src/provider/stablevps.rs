@@ -329,6 +329,18 @@ fn time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>,
     })
 }
 
+/// The currency as a label value: a short upper-case code, or EUR (the only currency
+/// the API documents) when absent or not code-like, so upstream text never becomes an
+/// unbounded label.
+pub fn currency_label(raw: Option<&str>) -> String {
+    match raw.map(str::trim) {
+        Some(c) if (1..=8).contains(&c.len()) && c.chars().all(|ch| ch.is_ascii_alphanumeric()) => {
+            c.to_ascii_uppercase()
+        }
+        _ => CURRENCY.to_string(),
+    }
+}
+
 /// Service ids go into URL paths: only plain ids (the API's are 24 hex characters) are
 /// used, so a strange value can never change which URL is called.
 pub fn is_plain_id(id: &str) -> bool {
@@ -656,7 +668,7 @@ impl StableVpsClient {
         let to_money = |b: ApiBalance| {
             Some(Money {
                 amount: b.balance?,
-                currency: b.currency.unwrap_or_else(|| CURRENCY.to_string()),
+                currency: currency_label(b.currency.as_deref()),
             })
         };
         match self
@@ -1019,6 +1031,13 @@ mod tests {
             .headers(&Method::GET, &url, b"")
             .expect_err("newline refused");
         assert!(!bad.contains("secret"), "{bad}");
+    }
+
+    #[test]
+    fn currency_labels_are_bounded() {
+        assert_eq!(currency_label(Some("eur")), "EUR");
+        assert_eq!(currency_label(None), "EUR");
+        assert_eq!(currency_label(Some("a very long \"currency\"")), "EUR");
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub struct VpsSpec {
     /// Overrides the scenario's `provisioning_delay`.
     #[serde(with = "humantime_serde")]
     pub provisioning_for: Option<Duration>,
+    /// Fields the list leaves out of this VPS's entry (e.g. `["ipAddress"]`).
+    pub list_omits: Vec<String>,
 }
 
 impl Default for VpsSpec {
@@ -185,14 +187,16 @@ impl Default for VpsSpec {
             rdp_port: None,
             hang: false,
             provisioning_for: None,
+            list_omits: Vec::new(),
         }
     }
 }
 
 /// Raw key of the demo's full-scope key (a simulator secret, not a real one).
-pub const DEMO_FULL_KEY: &str = "svps_live_0d3m0f011a5c3e5500112233445566778899aabb";
+pub const DEMO_FULL_KEY: &str = "svps_live_f011de30c3e5500112233445566778899aabbccdd";
 /// Raw key of the demo's read-only key.
-pub const DEMO_READ_KEY: &str = "svps_live_0d3m0read0c3e5500112233445566778899aabb";
+/// (Distinct `keyPrefix`es, as a real account's keys almost always have.)
+pub const DEMO_READ_KEY: &str = "svps_live_4eadde30c3e5500112233445566778899aabbccdd";
 
 impl StableScenario {
     /// One account (wallet 30 EUR, a full and a read key) with three VPSes: one

@@ -107,6 +107,9 @@ pub struct SimVps {
     pub current_period_end: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub deleted: bool,
+    /// Fields `GET /api/v1/vps` leaves out of this VPS's entry (the per-VPS answer
+    /// still has them): the list's completeness is an open question.
+    pub list_omits: Vec<String>,
     /// Why the RDP listener could not be opened, if it could not.
     pub rdp_error: Option<String>,
 }
@@ -279,6 +282,7 @@ impl World {
             current_period_end: end,
             created_at,
             deleted: false,
+            list_omits: spec.list_omits,
             rdp_error: None,
         };
         self.vps.push(vps);

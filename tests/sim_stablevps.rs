@@ -564,6 +564,42 @@ async fn insufficient_balance_suspends() {
 }
 
 #[tokio::test]
+async fn a_clock_jump_charges_renewals_in_due_order() {
+    // The listed-first VPS renews last: a jump over both must charge the earlier one
+    // first, as a wallet charged in real time would have.
+    let mut s = scenario();
+    s.accounts[0].balance = 20.0;
+    s.vps[0].current_period_end = RelTime::Offset(3 * DAY); // prime, 19.49
+    s.vps[1].vps_status = "active".into();
+    s.vps[1].current_period_end = RelTime::Offset(DAY); // basic, 12.49
+    let t = start(s).await;
+    t.clock.advance(chrono::Duration::days(4));
+    let list = t.get(VPS_LIST, KEY_A).await.json();
+    assert_eq!(list["vps"][1]["status"], "active", "{list}");
+    assert_eq!(
+        list["vps"][1]["currentPeriodEnd"],
+        "2026-06-12T09:00:00.000Z"
+    );
+    assert_eq!(list["vps"][0]["status"], "suspended", "{list}");
+    assert_eq!(t.get(WALLET, KEY_A).await.json()["balance"], 7.51);
+    // A scripted failure state that stays "active" is charged once per pass, not spun on.
+    t.sim
+        .set_renewal_failure(vpswatch::sim::stablevps::RenewalFailure {
+            status: "active".into(),
+            vps_status: "active".into(),
+        });
+    t.sim.update_vps(&t.ids[0], |v| v.status = "active".into());
+    t.clock.advance(chrono::Duration::days(1));
+    let list = t.get(VPS_LIST, KEY_A).await.json();
+    assert_eq!(
+        list["vps"][0]["currentPeriodEnd"],
+        "2026-05-14T09:00:00.000Z"
+    );
+    assert_eq!(t.get(WALLET, KEY_A).await.json()["balance"], 7.51);
+    t.sim.shutdown_and_wait().await;
+}
+
+#[tokio::test]
 async fn unknown_status_values_pass_through() {
     let mut s = scenario();
     s.vps[0].status = "frozen-by-compliance".into();

@@ -277,12 +277,15 @@ impl Stack {
     }
 
     pub async fn shutdown(self) {
+        // Our idle keep-alive connection would hold the daemon's graceful shutdown for
+        // its full grace period.
+        drop(self.http);
         self.daemon.shutdown().await;
         if let Some(s) = self.lnvps {
             s.shutdown();
         }
         if let Some(s) = self.stablevps {
-            s.shutdown_and_wait().await;
+            s.shutdown();
         }
     }
 }

@@ -49,19 +49,30 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
-    /// Serve a fake LNVPS API on loopback (for tests and experiments).
+    /// Serve a fake provider API on loopback (for tests and experiments).
     Simulate {
+        /// Which API to serve.
+        #[arg(long, value_enum, default_value_t = SimProvider::Lnvps)]
+        provider: SimProvider,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Scenario file (TOML/JSON) or built-in name (demo, bench:N).
+        /// Scenario file (TOML/JSON) or built-in name (LNVPS: demo, bench:N;
+        /// StableVPS: demo, empty).
         #[arg(long, default_value = "demo")]
         scenario: String,
-        /// Hex public key that owns the scenario's "default" VMs.
+        /// Hex public key that owns the scenario's "default" VMs (LNVPS only).
         #[arg(long)]
         owner: Option<String>,
     },
     /// Print the metric reference table (Markdown) the README embeds.
     MetricsDoc,
+}
+
+/// The simulators `vpswatch simulate` can serve.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SimProvider {
+    Lnvps,
+    Stablevps,
 }
 
 fn main() -> ExitCode {
@@ -136,10 +147,20 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         },
         Command::Simulate {
+            provider,
             listen,
             scenario,
             owner,
-        } => match vpswatch::sim::lnvps::run_cli(listen, &scenario, owner).await {
+        } => match match provider {
+            SimProvider::Lnvps => vpswatch::sim::lnvps::run_cli(listen, &scenario, owner).await,
+            SimProvider::Stablevps => {
+                if owner.is_some() {
+                    eprintln!("vpswatch simulate: --owner only applies to --provider lnvps");
+                    return ExitCode::from(2);
+                }
+                vpswatch::sim::stablevps::run_cli(listen, &scenario).await
+            }
+        } {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vpswatch simulate: {e:#}");

@@ -156,10 +156,13 @@ pub const SVPS_READ: &str = "svps_live_4ead0000000000000000000000000000000002";
 /// A second full key (env `SVPS_FULL2`), for a separate write key.
 pub const SVPS_FULL2: &str = "svps_live_f0120000000000000000000000000000000003";
 
+/// Builds an LNVPS scenario for the owner's hex public key.
+pub type LnvpsScenarioFn = Box<dyn FnOnce(&str) -> Scenario>;
+
 /// What a [`Stack`] runs.
 pub struct StackSpec {
     /// An LNVPS simulator with this scenario (given the owner's hex key), if any.
-    pub lnvps: Option<Box<dyn FnOnce(&str) -> Scenario>>,
+    pub lnvps: Option<LnvpsScenarioFn>,
     /// A StableVPS simulator with this scenario, if any.
     pub stablevps: Option<StableScenario>,
     /// `[[accounts]]` tables; `{lnvps_url}` and `{stablevps_url}` are replaced. Keys

@@ -17,6 +17,8 @@ use url::Url;
 
 use crate::notify::email::settings::{self as email_settings, EmailSettings};
 use crate::provider::lnvps::BtcUnit;
+use crate::provider::runway::BillingPeriod;
+use crate::provider::stablevps::{self, ApiKeyHeader, Plan, PlanCycle, PlanTable};
 use crate::provider::ProviderKind;
 use crate::secret::{self, Secret};
 use crate::watchdog::maintenance::MaintenanceConfig;
@@ -119,7 +121,60 @@ impl Default for RawWeb {
 #[serde(default)]
 struct RawProviders {
     lnvps: ProviderLimits,
-    stablevps: ProviderLimits,
+    stablevps: RawStablevps,
+}
+
+/// `[providers.stablevps]`: the shared limits plus the plan table overrides. Spelled out
+/// rather than flattened so unknown keys are still reported with their path.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawStablevps {
+    requests_per_minute: u32,
+    concurrency: usize,
+    max_attempts: u32,
+    plans: BTreeMap<String, RawPlan>,
+}
+
+impl Default for RawStablevps {
+    fn default() -> Self {
+        let d = ProviderLimits::default();
+        Self {
+            requests_per_minute: d.requests_per_minute,
+            concurrency: d.concurrency,
+            max_attempts: d.max_attempts,
+            plans: BTreeMap::new(),
+        }
+    }
+}
+
+impl RawStablevps {
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits {
+            requests_per_minute: self.requests_per_minute,
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// `[providers.stablevps.plans.<planId>]`: every field overrides the built-in value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawPlan {
+    name: Option<String>,
+    cpus: Option<f64>,
+    memory_bytes: Option<f64>,
+    disk_bytes: Option<f64>,
+    image: Option<String>,
+    cycles: BTreeMap<String, RawCycle>,
+}
+
+/// `[providers.stablevps.plans.<planId>.cycles.<billingCycle>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawCycle {
+    price: Option<f64>,
+    period: Option<String>,
 }
 
 /// Limits shared by all accounts of one provider.
@@ -195,8 +250,12 @@ struct RawAccount {
     poll_interval: Option<Duration>,
     nsec_file: Option<PathBuf>,
     nsec_env: Option<String>,
-    #[serde(default)]
-    btc_amount_unit: BtcUnit,
+    api_key_file: Option<PathBuf>,
+    api_key_env: Option<String>,
+    write_api_key_file: Option<PathBuf>,
+    write_api_key_env: Option<String>,
+    auth_header: Option<ApiKeyHeader>,
+    btc_amount_unit: Option<BtcUnit>,
     #[serde(default)]
     vm_names: HashMap<String, String>,
     probe_port: Option<u16>,
@@ -210,12 +269,30 @@ struct RawAccount {
 #[derive(Clone)]
 pub enum Credentials {
     Nostr(Secret<nostr::Keys>),
+    /// StableVPS: `read` polls; `write`, when set, is the only key used for actions
+    /// (least privilege: a read-scope key for polling, a full-scope key for writes).
+    /// Without `write` the read key does both and its scope decides.
+    ApiKey {
+        read: Secret<String>,
+        write: Option<Secret<String>>,
+        header: ApiKeyHeader,
+    },
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Credentials::Nostr(_) => f.write_str("Nostr([redacted])"),
+            Credentials::ApiKey { write, header, .. } => write!(
+                f,
+                "ApiKey {{ read: [redacted], write: {}, header: {} }}",
+                if write.is_some() {
+                    "[redacted]"
+                } else {
+                    "none"
+                },
+                header.as_str()
+            ),
         }
     }
 }
@@ -251,6 +328,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     /// The `[email]` section; `None` when mail is not configured (alerts go to the log).
     pub email: Option<EmailSettings>,
+    /// StableVPS plans by `planId`: the built-in table with the config's overrides.
+    pub stablevps_plans: PlanTable,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<Problem>,
 }
@@ -326,7 +405,7 @@ pub fn parse(
     let email =
         raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
 
-    let Some(g) = globals else {
+    let Some(mut g) = globals else {
         return Err(err(problems));
     };
     for (key, d) in [
@@ -357,9 +436,10 @@ pub fn parse(
             None
         }
     };
+    let stablevps_limits = g.providers.stablevps.limits();
     for (key, limits) in [
         ("providers.lnvps", &g.providers.lnvps),
-        ("providers.stablevps", &g.providers.stablevps),
+        ("providers.stablevps", &stablevps_limits),
     ] {
         if limits.requests_per_minute == 0 {
             problems.push(Problem {
@@ -380,6 +460,11 @@ pub fn parse(
             });
         }
     }
+
+    let stablevps_plans = merge_plans(
+        std::mem::take(&mut g.providers.stablevps.plans),
+        &mut problems,
+    );
 
     let mut seen = HashMap::new();
     let mut valid_accounts = Vec::new();
@@ -415,12 +500,13 @@ pub fn parse(
             listen_address,
             providers: BTreeMap::from([
                 (ProviderKind::Lnvps, g.providers.lnvps),
-                (ProviderKind::Stablevps, g.providers.stablevps),
+                (ProviderKind::Stablevps, stablevps_limits),
             ]),
             accounts: valid_accounts,
             probes: g.probes,
             watchdog,
             email,
+            stablevps_plans,
             warnings,
         }),
         _ => Err(err(problems)),
@@ -615,6 +701,22 @@ fn validate_account(
     }
     let credentials = match raw.provider {
         ProviderKind::Lnvps => {
+            for (key, set) in [
+                ("api_key_file", raw.api_key_file.is_some()),
+                ("api_key_env", raw.api_key_env.is_some()),
+                ("write_api_key_file", raw.write_api_key_file.is_some()),
+                ("write_api_key_env", raw.write_api_key_env.is_some()),
+                ("auth_header", raw.auth_header.is_some()),
+            ] {
+                if set {
+                    problem(
+                        key,
+                        "only applies to stablevps accounts (lnvps accounts sign every \
+                         request with the key in nsec_file or nsec_env)"
+                            .into(),
+                    );
+                }
+            }
             let loaded = secret::load_one(
                 raw.nsec_file.as_deref(),
                 raw.nsec_env.as_deref(),
@@ -645,11 +747,80 @@ fn validate_account(
             }
         }
         ProviderKind::Stablevps => {
-            problem(
-                "provider",
-                "stablevps accounts are not supported by this version yet".into(),
+            for (key, set) in [
+                ("nsec_file", raw.nsec_file.is_some()),
+                ("nsec_env", raw.nsec_env.is_some()),
+            ] {
+                if set {
+                    problem(
+                        key,
+                        "not used by stablevps accounts: they authenticate with an API key \
+                         (api_key_file or api_key_env)"
+                            .into(),
+                    );
+                }
+            }
+            if raw.btc_amount_unit.is_some() {
+                problem(
+                    "btc_amount_unit",
+                    "only applies to lnvps accounts (StableVPS amounts are EUR)".into(),
+                );
+            }
+            let mut load =
+                |file: Option<&Path>, var: Option<&str>, keys: (&'static str, &'static str)| {
+                    match secret::load_one(file, var, keys.0, keys.1, env) {
+                        Ok((text, source, warn)) => {
+                            if let Some(w) = warn {
+                                warnings.push(Problem {
+                                    path: format!("{prefix}.{}", keys.0),
+                                    message: w,
+                                });
+                            }
+                            match secret::parse_api_key(&text) {
+                                Ok((key, note)) => {
+                                    if let Some(n) = note {
+                                        warnings.push(Problem {
+                                            path: format!("{prefix}.{}", source.key()),
+                                            message: format!("{}: {n}", source.describe()),
+                                        });
+                                    }
+                                    Ok(Secret::new(key))
+                                }
+                                Err(why) => {
+                                    Err((source.key(), format!("{}: {why}", source.describe())))
+                                }
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+            let read = load(
+                raw.api_key_file.as_deref(),
+                raw.api_key_env.as_deref(),
+                ("api_key_file", "api_key_env"),
             );
-            None
+            let write = (raw.write_api_key_file.is_some() || raw.write_api_key_env.is_some())
+                .then(|| {
+                    load(
+                        raw.write_api_key_file.as_deref(),
+                        raw.write_api_key_env.as_deref(),
+                        ("write_api_key_file", "write_api_key_env"),
+                    )
+                })
+                .transpose();
+            match (read, write) {
+                (Ok(read), Ok(write)) => Some(Credentials::ApiKey {
+                    read,
+                    write,
+                    header: raw.auth_header.unwrap_or_default(),
+                }),
+                (read, write) => {
+                    for (key, why) in [read.err(), write.err()].into_iter().flatten() {
+                        problem(key, why);
+                    }
+                    None
+                }
+            }
         }
     };
     if problems.len() > before {
@@ -661,7 +832,7 @@ fn validate_account(
         base_url: base_url?,
         poll_interval,
         credentials: credentials?,
-        btc_amount_unit: raw.btc_amount_unit,
+        btc_amount_unit: raw.btc_amount_unit.unwrap_or_default(),
         vm_names: raw.vm_names,
         probe_port: raw.probe_port,
     })
@@ -674,4 +845,89 @@ fn is_loopback_host(u: &Url) -> bool {
         Some(url::Host::Domain(d)) => d == "localhost",
         None => false,
     }
+}
+
+/// The built-in StableVPS plan table with `[providers.stablevps.plans]` applied: a known
+/// plan's fields are overridden one by one, an unknown plan id is added. A billing cycle
+/// other than monthly/yearly needs an explicit `period`; a new cycle needs a `price`.
+fn merge_plans(raw: BTreeMap<String, RawPlan>, problems: &mut Vec<Problem>) -> PlanTable {
+    let mut plans = stablevps::builtin_plans();
+    for (id, rp) in raw {
+        let path = format!("providers.stablevps.plans.{id}");
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                path: format!("{path}.{key}"),
+                message,
+            })
+        };
+        let plan = plans.entry(id.clone()).or_insert_with(|| Plan {
+            name: id.clone(),
+            ..Plan::default()
+        });
+        if let Some(n) = rp.name {
+            plan.name = n;
+        }
+        if let Some(i) = rp.image {
+            plan.image = i;
+        }
+        for (key, value, slot) in [
+            ("cpus", rp.cpus, &mut plan.cpus),
+            ("memory_bytes", rp.memory_bytes, &mut plan.memory_bytes),
+            ("disk_bytes", rp.disk_bytes, &mut plan.disk_bytes),
+        ] {
+            match value {
+                Some(v) if v.is_finite() && v >= 0.0 => *slot = Some(v),
+                Some(_) => problem(key, "must be a number of at least 0".into()),
+                None => {}
+            }
+        }
+        for (cycle, rc) in rp.cycles {
+            let key = |field: &str| format!("cycles.{cycle}.{field}");
+            let existing = plan.cycles.get(&cycle).cloned();
+            let period = match rc.period.as_deref() {
+                Some(text) => match BillingPeriod::parse(text) {
+                    Ok(p) => Some(p),
+                    Err(why) => {
+                        problem(&key("period"), why);
+                        None
+                    }
+                },
+                None => match existing.as_ref().map(|c| c.period) {
+                    Some(p) => Some(p),
+                    None => match stablevps::default_period(&cycle) {
+                        Some(p) => Some(p),
+                        None => {
+                            problem(
+                                &key("period"),
+                                format!(
+                                    "missing: only monthly and yearly have a default period; \
+                                     set e.g. period = \"3 months\" or \"90d\" for {cycle:?}"
+                                ),
+                            );
+                            None
+                        }
+                    },
+                },
+            };
+            let price = match rc.price.or(existing.as_ref().map(|c| c.price)) {
+                Some(p) if p.is_finite() && p >= 0.0 => Some(p),
+                Some(_) => {
+                    problem(&key("price"), "must be a number of at least 0 (EUR)".into());
+                    None
+                }
+                None => {
+                    problem(
+                        &key("price"),
+                        "missing: a billing cycle the built-in table does not know needs a price (EUR)"
+                            .into(),
+                    );
+                    None
+                }
+            };
+            if let (Some(price), Some(period)) = (price, period) {
+                plan.cycles.insert(cycle, PlanCycle { price, period });
+            }
+        }
+    }
+    plans
 }

@@ -1,6 +1,12 @@
-//! `vpswatch demo`: the simulator with a lively scenario plus the daemon against it, so a
-//! new user sees real metrics at once without any account or configuration, and with
-//! `--smtp HOST:PORT` the alert mails too.
+//! `vpswatch demo`: both simulators with lively scenarios plus the daemon against them,
+//! so a new user sees real metrics, watchdog actions and (with `--smtp HOST:PORT`) alert
+//! mails at once, without any account or configuration.
+//!
+//! LNVPS: running VMs with changing usage, one stopped, one expiring, one being created,
+//! and one that hangs now and then for the watchdog to heal.
+//! StableVPS: a read key for polling and a full key for actions, one VPS provisioning,
+//! active ones, and a wallet that pays the renewal due after one minute but not the one
+//! after three (the runway counts down to it, then that VPS is suspended).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +18,14 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{SharedClock, SystemClock};
 use crate::daemon::Daemon;
 use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+use crate::sim::stablevps::{
+    StableScenario, StableVpsSim, StableVpsSimHandle, DEMO_FULL_KEY, DEMO_READ_KEY,
+};
 
 /// The demo's parts, for tests that want to drive it.
 pub struct Demo {
     pub sim: LnvpsSimHandle,
+    pub stablevps: StableVpsSimHandle,
     pub daemon: Daemon,
     /// The journal and outbox live here for the demo's lifetime only.
     pub state_dir: tempfile::TempDir,
@@ -26,6 +36,7 @@ impl Demo {
     pub async fn shutdown(self) {
         self.daemon.shutdown().await;
         self.sim.shutdown();
+        self.stablevps.shutdown_and_wait().await;
         drop(self.state_dir);
     }
 }
@@ -79,18 +90,33 @@ pub const DEMO_HANG_EVERY: Duration = Duration::from_secs(300);
 /// Port the demo's simulated VMs listen on (their "SSH").
 pub const DEMO_VM_PORT: u16 = 2222;
 
+/// Port the demo's simulated StableVPS machines listen on: RDP, the StableVPS default
+/// probe port, on their own 127.2.x.y addresses.
+pub const DEMO_RDP_PORT: u16 = 3389;
+
+/// Environment variables the demo passes its simulator keys in (as a real deployment
+/// would; the demo sets them for itself, not in the process environment).
+const NSEC_VAR: &str = "VPSWATCH_DEMO_NSEC";
+const STABLEVPS_READ_VAR: &str = "VPSWATCH_DEMO_STABLEVPS_READ_KEY";
+const STABLEVPS_WRITE_VAR: &str = "VPSWATCH_DEMO_STABLEVPS_KEY";
+
 /// The configuration the demo runs with (also a readable example).
-pub fn demo_config_toml(sim_url: &str, listen: SocketAddr, state_dir: &str) -> String {
+pub fn demo_config_toml(
+    sim_url: &str,
+    stablevps_url: &str,
+    listen: SocketAddr,
+    state_dir: &str,
+) -> String {
     format!(
         r#"poll_interval = "5s"
 request_timeout = "5s"
 state_dir = "{state_dir}"
 
-# The simulated VMs listen on their 127.1.0.x address at this port.
+# The simulated VMs listen on their own loopback addresses at these ports.
 [probes]
 interval = "5s"
 timeout = "1s"
-ports = {{ lnvps = {DEMO_VM_PORT} }}
+ports = {{ lnvps = {DEMO_VM_PORT}, stablevps = {DEMO_RDP_PORT} }}
 
 [web]
 listen_address = "{listen}"
@@ -99,7 +125,15 @@ listen_address = "{listen}"
 name = "demo"
 provider = "lnvps"
 base_url = "{sim_url}"
-nsec_env = "VPSWATCH_DEMO_NSEC"
+nsec_env = "{NSEC_VAR}"
+
+# Least privilege: a read-scope key polls, a full-scope key is used only for actions.
+[[accounts]]
+name = "demo-stablevps"
+provider = "stablevps"
+base_url = "{stablevps_url}"
+api_key_env = "{STABLEVPS_READ_VAR}"
+write_api_key_env = "{STABLEVPS_WRITE_VAR}"
 
 # A VM whose SSH port stops answering while the provider says "running" is hung:
 # reboot it, then power-cycle it, then give up and tell a human.
@@ -154,13 +188,15 @@ pub async fn start_with_smtp(
     let owner = keys.public_key().to_hex();
     let mut scenario = Scenario::load("demo", Some(&owner)).context("loading the demo scenario")?;
     scenario.settings.vm_listen_port = Some(DEMO_VM_PORT);
-    let sim = LnvpsSim::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        scenario,
-        clock.clone(),
-    )
-    .await
-    .context("starting the LNVPS simulator")?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let sim = LnvpsSim::start(loopback, scenario, clock.clone())
+        .await
+        .context("starting the LNVPS simulator")?;
+    let mut stable = StableScenario::demo();
+    stable.rdp_port = DEMO_RDP_PORT;
+    let stablevps = StableVpsSim::start(loopback, stable, clock.clone())
+        .await
+        .context("starting the StableVPS simulator")?;
     let secret = keys.secret_key().to_secret_hex();
     // A fresh journal and outbox per run: the demo's history is not worth keeping.
     let state_dir = tempfile::Builder::new()
@@ -169,20 +205,25 @@ pub async fn start_with_smtp(
         .context("creating the demo's state directory")?;
     let mut text = demo_config_toml(
         &sim.base_url(),
+        &stablevps.base_url(),
         listen,
         &state_dir.path().display().to_string(),
     );
     if let Some((host, port)) = &smtp {
         text.push_str(&demo_email_toml(host, *port));
     }
-    let config = crate::config::parse(&text, "<demo>", &|name| {
-        (name == "VPSWATCH_DEMO_NSEC").then(|| secret.clone())
+    let config = crate::config::parse(&text, "<demo>", &|name| match name {
+        NSEC_VAR => Some(secret.clone()),
+        STABLEVPS_READ_VAR => Some(DEMO_READ_KEY.to_string()),
+        STABLEVPS_WRITE_VAR => Some(DEMO_FULL_KEY.to_string()),
+        _ => None,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let daemon = Daemon::start(config, clock).await?;
     spawn_hangs(sim.clone(), daemon.cancel_token());
     Ok(Demo {
         sim,
+        stablevps,
         daemon,
         state_dir,
     })
@@ -214,14 +255,15 @@ pub async fn run(listen: SocketAddr, smtp: Option<&str>) -> anyhow::Result<()> {
     // A closed stdout (piped into `head`, a test that stopped reading) must not kill the
     // demo, so write without println!'s panic.
     let banner = format!(
-        "vpswatch demo is running.\n  simulated LNVPS API: {}\n  metrics:             \
-         http://{addr}/metrics\n  readiness:           http://{addr}/-/ready\n  \
-         watchdog journal:    http://{addr}/api/v1/actions\n\
+        "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
+         metrics:                 http://{addr}/metrics\n  readiness:               \
+         http://{addr}/-/ready\n  watchdog journal:        http://{addr}/api/v1/actions\n\
          {}Press Ctrl-C to stop.\n",
         demo.sim.base_url(),
+        demo.stablevps.base_url(),
         match smtp {
-            Some(s) => format!("  alert mail:          smtp://{s}\n"),
-            None => "  alerts:              logged (add --smtp HOST:PORT to mail them)\n".into(),
+            Some(s) => format!("  alert mail:              smtp://{s}\n"),
+            None => "  alerts:                  logged (add --smtp HOST:PORT to mail them)\n".into(),
         }
     );
     {

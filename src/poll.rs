@@ -74,6 +74,8 @@ impl Poller {
         next.polls += 1;
         next.last_attempt = Some(self.clock.now());
         next.last_poll_duration = Some(started.elapsed());
+        // Read after the poll: it may have just learned that the key is read-only.
+        next.actions_enabled = Some(self.provider.actions_enabled());
         let account = self.provider.account().to_string();
         let provider = self.provider.kind();
         match result {

@@ -121,9 +121,47 @@ pub fn parse_nostr_key(text: &str) -> Result<nostr::Keys, String> {
         .map_err(|_| "is not a valid Nostr secret key (bad checksum or out of range)".into())
 }
 
+/// Checks a StableVPS API key. Returns the key and an optional note for a key that does
+/// not look like StableVPS's `svps_live_…` (used anyway: the format is not a contract).
+/// Errors describe the problem, never the text.
+pub fn parse_api_key(text: &str) -> Result<(String, Option<String>), String> {
+    let t = text.trim();
+    if t.starts_with("nsec1") || t.starts_with("npub1") {
+        return Err("holds a Nostr key; stablevps accounts need an API key (svps_live_…)".into());
+    }
+    if !t.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(
+            "contains spaces, control or non-ASCII characters; an API key is one \
+                    word like svps_live_ followed by hex characters"
+                .into(),
+        );
+    }
+    let note = (!t.starts_with("svps_")).then(|| {
+        "does not start with svps_ (StableVPS keys look like svps_live_…); using it anyway"
+            .to_string()
+    });
+    Ok((t.to_string(), note))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_key_forms() {
+        let ok = parse_api_key(" svps_live_00ff \n").expect("valid");
+        assert_eq!(ok, ("svps_live_00ff".to_string(), None));
+        let (_, note) = parse_api_key("sk_other").expect("accepted with a note");
+        assert!(note.is_some());
+        for bad in [
+            "svps live secret",
+            "nsec1secretsecret",
+            "svps_live_\u{e9}secret",
+        ] {
+            let why = parse_api_key(bad).expect_err("refused");
+            assert!(!why.contains("secret"), "text echoed: {why}");
+        }
+    }
 
     #[test]
     fn secret_debug_is_redacted() {

@@ -28,6 +28,9 @@ pub struct AccountSnapshot {
     pub last_poll_duration: Option<Duration>,
     /// The newest data from a successful poll (kept while later polls fail).
     pub data: Option<Arc<AccountData>>,
+    /// [`Provider::actions_enabled`](crate::provider::Provider::actions_enabled) as of
+    /// the latest attempt; `None` before the first one.
+    pub actions_enabled: Option<bool>,
 }
 
 impl AccountSnapshot {
@@ -42,6 +45,7 @@ impl AccountSnapshot {
             consecutive_failures: 0,
             last_poll_duration: None,
             data: None,
+            actions_enabled: None,
         }
     }
 

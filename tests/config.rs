@@ -215,3 +215,201 @@ fn check_config_command_exits_2_and_lists_problems() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---- StableVPS accounts ------------------------------------------------------------
+
+const READ_KEY: &str = "svps_live_4ead00000000000000000000000000000001";
+const FULL_KEY: &str = "svps_live_f01100000000000000000000000000000002";
+
+fn stable_env(name: &str) -> Option<String> {
+    match name {
+        "SVPS_READ" => Some(READ_KEY.to_string()),
+        "SVPS_FULL" => Some(FULL_KEY.to_string()),
+        "LNVPS_KEY" => Some(HEX_KEY.to_string()),
+        _ => None,
+    }
+}
+
+const STABLE: &str = r#"
+[web]
+listen_address = "127.0.0.1:0"
+[[accounts]]
+name = "svps"
+provider = "stablevps"
+base_url = "http://127.0.0.1:1"
+api_key_env = "SVPS_READ"
+"#;
+
+#[test]
+fn stablevps_account_with_read_and_write_keys() {
+    use vpswatch::config::Credentials;
+    use vpswatch::provider::stablevps::ApiKeyHeader;
+    let c = config::parse(STABLE, "test.toml", &stable_env).expect("valid");
+    match &c.accounts[0].credentials {
+        Credentials::ApiKey {
+            read,
+            write,
+            header,
+        } => {
+            assert_eq!(read.expose(), READ_KEY);
+            assert!(write.is_none());
+            assert_eq!(*header, ApiKeyHeader::Bearer, "bearer is the default");
+        }
+        other => panic!("wrong credentials: {other:?}"),
+    }
+    let text =
+        STABLE.to_string() + "write_api_key_env = \"SVPS_FULL\"\nauth_header = \"x-api-key\"\n";
+    let c = config::parse(&text, "test.toml", &stable_env).expect("valid");
+    match &c.accounts[0].credentials {
+        Credentials::ApiKey { write, header, .. } => {
+            assert_eq!(write.as_ref().map(|k| k.expose().as_str()), Some(FULL_KEY));
+            assert_eq!(*header, ApiKeyHeader::XApiKey);
+        }
+        other => panic!("wrong credentials: {other:?}"),
+    }
+    // Neither key shows up when the configuration is printed.
+    let printed = format!("{c:?}");
+    assert!(
+        !printed.contains(READ_KEY) && !printed.contains(FULL_KEY),
+        "{printed}"
+    );
+    // The default base URL is the provider's.
+    let text = STABLE.replace("base_url = \"http://127.0.0.1:1\"\n", "");
+    let c = config::parse(&text, "test.toml", &stable_env).expect("valid");
+    assert_eq!(c.accounts[0].base_url.as_str(), "https://stablevps.com/");
+}
+
+#[test]
+fn stablevps_key_problems_name_their_key() {
+    // Nostr keys on a StableVPS account, and no API key.
+    let text = STABLE.replace("api_key_env = \"SVPS_READ\"", "nsec_env = \"LNVPS_KEY\"");
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "accounts[0].nsec_env", "not used by stablevps accounts");
+    assert_problem(&e, "accounts[0].api_key_file", "missing");
+    // API key settings on an LNVPS account.
+    let text = GOOD.to_string() + "api_key_env = \"SVPS_READ\"\nauth_header = \"bearer\"\n";
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "accounts[0].api_key_env", "only applies to stablevps");
+    assert_problem(&e, "accounts[0].auth_header", "only applies to stablevps");
+    // Both sources, an unset write variable, a bad header style, a BTC unit.
+    let text = STABLE.to_string()
+        + "api_key_file = \"/x\"\nwrite_api_key_env = \"UNSET\"\nbtc_amount_unit = \"sat\"\n";
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "accounts[0].api_key_file", "not both");
+    assert_problem(&e, "accounts[0].write_api_key_env", "UNSET is not set");
+    assert_problem(&e, "accounts[0].btc_amount_unit", "only applies to lnvps");
+    let text = STABLE.to_string() + "auth_header = \"basic\"\n";
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "accounts[0].auth_header", "unknown variant");
+}
+
+#[test]
+fn stablevps_key_files_are_checked_and_never_echoed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.key");
+    let secret = "svps_live_secret with a space";
+    std::fs::write(&bad, secret).expect("write");
+    let text = STABLE.replace(
+        "api_key_env = \"SVPS_READ\"",
+        &format!("api_key_file = {:?}", bad.display().to_string()),
+    );
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "accounts[0].api_key_file", "contains spaces");
+    assert!(!e.to_string().contains("secret with"), "key echoed: {e}");
+    let nostr = dir.path().join("nostr.key");
+    std::fs::write(&nostr, "nsec1abcdefghij").expect("write");
+    let text = STABLE.replace(
+        "api_key_env = \"SVPS_READ\"",
+        &format!(
+            "write_api_key_file = {:?}\napi_key_env = \"SVPS_READ\"",
+            nostr.display().to_string()
+        ),
+    );
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "accounts[0].write_api_key_file", "holds a Nostr key");
+    // A key from a file, with a trailing newline, loads.
+    let good = dir.path().join("good.key");
+    std::fs::write(&good, format!("{FULL_KEY}\n")).expect("write");
+    let text = STABLE.replace(
+        "api_key_env = \"SVPS_READ\"",
+        &format!("api_key_file = {:?}", good.display().to_string()),
+    );
+    config::parse(&text, "test.toml", &stable_env).expect("key file loads");
+}
+
+#[test]
+fn stablevps_plan_table_overrides() {
+    use vpswatch::provider::runway::BillingPeriod;
+    let text = STABLE.to_string()
+        + r#"
+[providers.stablevps]
+requests_per_minute = 120
+[providers.stablevps.plans.prime]
+cpus = 3
+cycles = { monthly = { price = 21.0 } }
+[providers.stablevps.plans.mega]
+memory_bytes = 17179869184
+cycles = { quarterly = { price = 90.0, period = "3 months" }, weekly = { price = 5, period = "7d" } }
+"#;
+    // The [providers…] tables come after [[accounts]] in this text; TOML puts them at
+    // the top level all the same.
+    let c = config::parse(&text, "test.toml", &stable_env).expect("valid");
+    let prime = &c.stablevps_plans["prime"];
+    assert_eq!(prime.cpus, Some(3.0));
+    assert_eq!(prime.cycles["monthly"].price, 21.0);
+    assert_eq!(prime.cycles["monthly"].period, BillingPeriod::Months(1));
+    assert_eq!(
+        prime.cycles["yearly"].price, 194.90,
+        "untouched built-in value"
+    );
+    assert_eq!(prime.memory_bytes, Some(4.0 * 1024.0 * 1024.0 * 1024.0));
+    let mega = &c.stablevps_plans["mega"];
+    assert_eq!(mega.cycles["quarterly"].period, BillingPeriod::Months(3));
+    assert_eq!(
+        mega.cycles["weekly"].period,
+        BillingPeriod::Seconds(7 * 86_400)
+    );
+    assert_eq!(
+        c.limits(vpswatch::provider::ProviderKind::Stablevps)
+            .requests_per_minute,
+        120
+    );
+
+    let text = STABLE.to_string()
+        + r#"
+[providers.stablevps.plans.mega]
+colour = "red"
+cpus = -1
+cycles = { quarterly = { price = 90.0 }, monthly = { period = "30 minutes" }, yearly = { price = "cheap" } }
+"#;
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "providers.stablevps.plans.mega.colour", "unknown key");
+    assert_problem(
+        &e,
+        "providers.stablevps.plans.mega.cycles.yearly.price",
+        "invalid type",
+    );
+    let text = STABLE.to_string()
+        + r#"
+[providers.stablevps.plans.mega]
+cpus = -1
+cycles = { quarterly = { price = 90.0 }, monthly = { period = "30 minutes" } }
+"#;
+    let e = errors(&text, &stable_env);
+    assert_problem(&e, "providers.stablevps.plans.mega.cpus", "at least 0");
+    assert_problem(
+        &e,
+        "providers.stablevps.plans.mega.cycles.quarterly.period",
+        "only monthly and yearly have a default",
+    );
+    assert_problem(
+        &e,
+        "providers.stablevps.plans.mega.cycles.monthly.period",
+        "shorter than one hour",
+    );
+    assert_problem(
+        &e,
+        "providers.stablevps.plans.mega.cycles.monthly.price",
+        "needs a price",
+    );
+}

@@ -1,5 +1,5 @@
 //! The `vpswatch demo` binary end to end: it starts without configuration, serves
-//! /metrics with the scenario's VMs, the output passes `promtool check metrics`, the
+//! /metrics with both simulators' VMs, the output passes `promtool check metrics`, the
 //! watchdog heals the VM that hangs, and SIGTERM stops it cleanly.
 
 use std::io::{BufRead, BufReader, Write};
@@ -46,6 +46,7 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         if text.contains("vps_cpu_usage_ratio{")
             && text.contains("vps_up{")
             && text.contains("vps_probe_success{")
+            && text.contains("vps_wallet_runway_seconds{")
         {
             break text;
         }
@@ -64,6 +65,13 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         "vpswatch_build_info{",
         // The demo's running VMs listen on their own addresses: probes succeed.
         "vps_probe_success{provider=\"lnvps\",account=\"demo\",vm=\"2\",port=\"2222\"} 1",
+        // The StableVPS account: read key polling, full key for actions, a wallet.
+        "vpswatch_provider_up{provider=\"stablevps\",account=\"demo-stablevps\"} 1",
+        "vps_actions_enabled{provider=\"stablevps\",account=\"demo-stablevps\"} 1",
+        "vps_wallet_balance{provider=\"stablevps\",account=\"demo-stablevps\",currency=\"EUR\"}",
+        "vps_api_key_expiry_timestamp_seconds{provider=\"stablevps\",account=\"demo-stablevps\"}",
+        "vps_renewal_price{provider=\"stablevps\",account=\"demo-stablevps\",",
+        "vps_info{provider=\"stablevps\",account=\"demo-stablevps\",",
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
     }

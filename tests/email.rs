@@ -1103,10 +1103,13 @@ async fn demo_mails_its_alerts() {
     loop {
         let mails = read_mails(&maildir);
         let firing = mails.iter().any(|m| {
-            m.subject().starts_with("[FIRING] vm-stopped · lnvps/demo · ")
+            m.subject()
+                .starts_with("[FIRING] vm-stopped · lnvps/demo · ")
                 && m.rcpt_tos == vec!["operator@localhost".to_string()]
         });
-        let action = mails.iter().any(|m| m.subject().contains("ssh-unreachable"));
+        let action = mails
+            .iter()
+            .any(|m| m.subject().contains("ssh-unreachable"));
         if firing && action {
             break;
         }

@@ -69,6 +69,20 @@ fn readme_examples_parse() {
         err.problems.len() == 1 && err.problems[0].path == "accounts[0].nsec_file",
         "{err}"
     );
+
+    // The StableVPS example: only its two key files are missing here.
+    let stable = blocks
+        .iter()
+        .find(|b| b.contains("provider = \"stablevps\""))
+        .expect("a StableVPS config example");
+    let err = vpswatch::config::parse(stable, "README", &|_| None).expect_err("no key files here");
+    let mut paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["accounts[0].api_key_file", "accounts[0].write_api_key_file"],
+        "{err}"
+    );
 }
 
 /// The README's watchdog-steps scenario and maintenance windows are accepted as written.

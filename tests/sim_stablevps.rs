@@ -571,6 +571,42 @@ async fn insufficient_balance_suspends() {
 }
 
 #[tokio::test]
+async fn a_clock_jump_charges_renewals_in_due_order() {
+    // The listed-first VPS renews last: a jump over both must charge the earlier one
+    // first, as a wallet charged in real time would have.
+    let mut s = scenario();
+    s.accounts[0].balance = 20.0;
+    s.vps[0].current_period_end = RelTime::Offset(3 * DAY); // prime, 19.49
+    s.vps[1].vps_status = "active".into();
+    s.vps[1].current_period_end = RelTime::Offset(DAY); // basic, 12.49
+    let t = start(s).await;
+    t.clock.advance(chrono::Duration::days(4));
+    let list = t.get(VPS_LIST, KEY_A).await.json();
+    assert_eq!(list["vps"][1]["status"], "active", "{list}");
+    assert_eq!(
+        list["vps"][1]["currentPeriodEnd"],
+        "2026-06-12T09:00:00.000Z"
+    );
+    assert_eq!(list["vps"][0]["status"], "suspended", "{list}");
+    assert_eq!(t.get(WALLET, KEY_A).await.json()["balance"], 7.51);
+    // A scripted failure state that stays "active" is charged once per pass, not spun on.
+    t.sim
+        .set_renewal_failure(vpswatch::sim::stablevps::RenewalFailure {
+            status: "active".into(),
+            vps_status: "active".into(),
+        });
+    t.sim.update_vps(&t.ids[0], |v| v.status = "active".into());
+    t.clock.advance(chrono::Duration::days(1));
+    let list = t.get(VPS_LIST, KEY_A).await.json();
+    assert_eq!(
+        list["vps"][0]["currentPeriodEnd"],
+        "2026-05-14T09:00:00.000Z"
+    );
+    assert_eq!(t.get(WALLET, KEY_A).await.json()["balance"], 7.51);
+    t.sim.shutdown_and_wait().await;
+}
+
+#[tokio::test]
 async fn unknown_status_values_pass_through() {
     let mut s = scenario();
     s.vps[0].status = "frozen-by-compliance".into();
@@ -1181,4 +1217,53 @@ async fn control_api_drives_the_watchdog_steps() {
     let (status, _) = send(reqwest::Method::DELETE, format!("/_sim/vps/{id}"), None).await;
     assert_eq!(status, 200);
     assert_eq!(t.get(&format!("/api/v1/vps/{id}"), KEY_A).await.status, 404);
+}
+
+#[tokio::test]
+async fn list_omissions_key_expiry_and_logged_auth() {
+    let t = start(scenario()).await;
+    t.sim
+        .update_vps(&t.ids[0], |v| v.list_omits = vec!["ipAddress".into()]);
+    // The list leaves the field out; the per-VPS answer still has it.
+    let list = t.get(VPS_LIST, KEY_A).await.json();
+    assert!(list["vps"][0].get("ipAddress").is_none(), "{list}");
+    assert!(list["vps"][1].get("ipAddress").is_some(), "{list}");
+    let one = t
+        .get(&format!("/api/v1/vps/{}", t.ids[0]), KEY_A)
+        .await
+        .json();
+    assert!(one["ipAddress"].is_string(), "{one}");
+
+    // Key expiry can be moved at run time: past → 401, cleared → accepted again.
+    assert!(t
+        .sim
+        .set_key_expiry(KEY_A, Some(t0() - chrono::Duration::seconds(1))));
+    let r = t.get(WALLET, KEY_A).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("API key has expired"))
+    );
+    assert!(t.sim.set_key_expiry(KEY_A, None));
+    assert_eq!(t.get(WALLET, KEY_A).await.status, 200);
+    assert!(!t.sim.set_key_expiry("svps_live_nobody", None));
+
+    // The log says which key (by its public prefix) and which header style was used.
+    t.sim.clear_requests();
+    t.call("GET", WALLET, Auth::Header(KEY_A_READ), None).await;
+    t.get(WALLET, KEY_A).await;
+    t.call("GET", WALLET, Auth::Nothing, None).await;
+    let log = t.sim.requests();
+    let seen: Vec<_> = log
+        .iter()
+        .map(|r| (r.key_prefix.clone(), r.auth_style))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some(KEY_A_READ[..14].to_string()), Some("x-api-key")),
+            (Some(KEY_A[..14].to_string()), Some("bearer")),
+            (None, None),
+        ]
+    );
+    t.sim.shutdown_and_wait().await;
 }

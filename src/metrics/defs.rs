@@ -218,6 +218,35 @@ metric!(
     "Enabled saved payment methods (LNVPS auto-renewal needs at least one; last poll)."
 );
 
+metric!(
+    VPS_WALLET_BALANCE,
+    "vps_wallet_balance",
+    Gauge,
+    &["provider", "account", "currency"],
+    "Prepaid wallet balance of the account in major units (EUR; last poll)."
+);
+metric!(
+    VPS_WALLET_RUNWAY,
+    "vps_wallet_runway_seconds",
+    Gauge,
+    ACCOUNT,
+    "Seconds from the last poll until the first upcoming renewal the wallet cannot pay (0 = short now; capped at 5 years; absent when nothing renews)."
+);
+metric!(
+    VPS_API_KEY_EXPIRY,
+    "vps_api_key_expiry_timestamp_seconds",
+    Gauge,
+    ACCOUNT,
+    "When the soonest-expiring API key vpswatch uses for the account expires (Unix seconds; absent when none expires; last poll)."
+);
+metric!(
+    VPS_ACTIONS_ENABLED,
+    "vps_actions_enabled",
+    Gauge,
+    ACCOUNT,
+    "1 if vpswatch may send actions (start, stop, reboot) for the account; 0 when its key is read-only or a write was refused with 403."
+);
+
 // vpswatch itself.
 metric!(
     BUILD_INFO,
@@ -371,6 +400,10 @@ pub const ALL: &[&MetricDef] = &[
     &VPS_PROBE_DURATION,
     &VPS_ACCOUNT_EMAIL_VERIFIED,
     &VPS_ACCOUNT_PAYMENT_METHODS,
+    &VPS_WALLET_BALANCE,
+    &VPS_WALLET_RUNWAY,
+    &VPS_API_KEY_EXPIRY,
+    &VPS_ACTIONS_ENABLED,
     &BUILD_INFO,
     &PROVIDER_UP,
     &PROVIDER_LAST_SUCCESS,

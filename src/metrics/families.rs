@@ -182,6 +182,9 @@ pub fn add_account(set: &mut FamilySet, snap: &AccountSnapshot) {
     if let Some(d) = snap.last_poll_duration {
         set.gauge(&defs::POLL_DURATION, &acc, d.as_secs_f64());
     }
+    if let Some(enabled) = snap.actions_enabled {
+        set.gauge(&defs::VPS_ACTIONS_ENABLED, &acc, bool_value(enabled));
+    }
 
     let Some(data) = &snap.data else { return };
     if let Some(v) = data.facts.email_verified {
@@ -189,6 +192,19 @@ pub fn add_account(set: &mut FamilySet, snap: &AccountSnapshot) {
     }
     if let Some(n) = data.facts.enabled_payment_methods {
         set.gauge(&defs::VPS_ACCOUNT_PAYMENT_METHODS, &acc, f64::from(n));
+    }
+    if let Some(w) = &data.wallet {
+        set.gauge(
+            &defs::VPS_WALLET_BALANCE,
+            &[provider, account, &w.currency],
+            w.amount,
+        );
+    }
+    if let Some(s) = data.facts.wallet_runway_seconds {
+        set.gauge(&defs::VPS_WALLET_RUNWAY, &acc, s);
+    }
+    if let Some(t) = data.facts.api_key_expiry {
+        set.gauge(&defs::VPS_API_KEY_EXPIRY, &acc, unix_seconds(t));
     }
 
     for vm in &data.vms {
@@ -275,6 +291,55 @@ pub fn add_account(set: &mut FamilySet, snap: &AccountSnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::{AccountData, AccountFacts, Money, ProviderKind};
+    use std::sync::Arc;
+
+    #[test]
+    fn account_level_wallet_runway_key_expiry_and_actions() {
+        let mut snap = AccountSnapshot::empty(ProviderKind::Stablevps, "acc");
+        let text = |snap: &AccountSnapshot| {
+            let mut set = FamilySet::default();
+            add_account(&mut set, snap);
+            String::from_utf8(set.render()).expect("utf8")
+        };
+        // Nothing known yet: none of them is made up.
+        let empty = text(&snap);
+        for name in [
+            "vps_actions_enabled",
+            "vps_wallet_balance",
+            "vps_wallet_runway_seconds",
+            "vps_api_key_expiry_timestamp_seconds",
+        ] {
+            assert!(!empty.contains(name), "{name} in:\n{empty}");
+        }
+        let expiry = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        snap.polls = 1;
+        snap.actions_enabled = Some(false);
+        snap.data = Some(Arc::new(AccountData {
+            fetched_at: expiry,
+            vms: Vec::new(),
+            wallet: Some(Money {
+                amount: 17.51,
+                currency: "EUR".into(),
+            }),
+            facts: AccountFacts {
+                api_key_expiry: Some(expiry),
+                wallet_runway_seconds: Some(1_728_000.0),
+                ..AccountFacts::default()
+            },
+            warnings: Vec::new(),
+        }));
+        let t = text(&snap);
+        let acc = "provider=\"stablevps\",account=\"acc\"";
+        for line in [
+            format!("vps_actions_enabled{{{acc}}} 0\n"),
+            format!("vps_wallet_balance{{{acc},currency=\"EUR\"}} 17.51\n"),
+            format!("vps_wallet_runway_seconds{{{acc}}} 1728000\n"),
+            format!("vps_api_key_expiry_timestamp_seconds{{{acc}}} 1800000000\n"),
+        ] {
+            assert!(t.contains(&line), "missing {line:?} in:\n{t}");
+        }
+    }
 
     #[test]
     fn label_values_and_special_floats_are_escaped() {

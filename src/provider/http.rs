@@ -143,6 +143,19 @@ impl ApiClient {
         &self.base
     }
 
+    /// The same client (connection pool, budget, observer, limits) with other
+    /// credentials, e.g. a separate write key.
+    pub fn with_authorizer(&self, auth: Arc<dyn Authorizer>) -> ApiClient {
+        ApiClient {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            budget: self.budget.clone(),
+            auth,
+            observer: self.observer.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
     fn url_for(&self, path_and_query: &str) -> Result<Url, String> {
         self.base
             .join(path_and_query)
@@ -406,6 +419,20 @@ impl WithoutUrl for reqwest::Error {
         };
         kind.to_string()
     }
+}
+
+/// Parses a JSON body, insisting on a JSON content type (an HTML page from a proxy with
+/// status 200 is an error, not data). Shared by every provider client.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<T, String> {
+    if let Some(ct) = content_type {
+        if !ct.to_ascii_lowercase().contains("json") {
+            return Err(format!("expected JSON, got content type {ct:?}"));
+        }
+    }
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
 }
 
 /// `retry-after` as delta-seconds (all LNVPS sends) or an HTTP date.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::http::{ApiClient, ApiRequest, Authorizer, Retry};
+use super::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
 use super::{
     AccountData, AccountFacts, Money, Provider, ProviderError, ProviderKind, Renewal, Usage, Vm,
     VmAction, VmState,
@@ -608,17 +608,6 @@ impl LnvpsClient {
         }
         Ok(all)
     }
-}
-
-/// Parses a `{"data":…}` JSON body, insisting on a JSON content type (an HTML page from
-/// a proxy with status 200 is an error, not data).
-fn decode_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) -> Result<T, String> {
-    if let Some(ct) = content_type {
-        if !ct.to_ascii_lowercase().contains("json") {
-            return Err(format!("expected JSON, got content type {ct:?}"));
-        }
-    }
-    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
 }
 
 #[async_trait]

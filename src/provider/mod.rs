@@ -7,6 +7,8 @@
 pub mod budget;
 pub mod http;
 pub mod lnvps;
+pub mod runway;
+pub mod stablevps;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -173,6 +175,9 @@ pub struct AccountFacts {
     pub api_key_expiry: Option<DateTime<Utc>>,
     /// Saved payment methods that are enabled (LNVPS auto-renewal needs one).
     pub enabled_payment_methods: Option<u32>,
+    /// How long the wallet balance covers the upcoming renewals, in seconds, as of the
+    /// poll (see [`runway`]); `None` when there is no wallet or nothing renews.
+    pub wallet_runway_seconds: Option<f64>,
 }
 
 /// Everything one successful poll of an account returned.
@@ -227,6 +232,9 @@ pub enum ProviderError {
     InvalidResponse { endpoint: String, detail: String },
     #[error("{endpoint}: could not sign the request: {detail}")]
     Auth { endpoint: String, detail: String },
+    /// Refused locally, nothing was sent (e.g. actions disabled for a read-only key).
+    #[error("{endpoint}: not sent: {reason}")]
+    NotSent { endpoint: String, reason: String },
 }
 
 impl ProviderError {
@@ -239,6 +247,7 @@ impl ProviderError {
             ProviderError::Connect { .. } => "connect_error".into(),
             ProviderError::InvalidResponse { .. } => "invalid_response".into(),
             ProviderError::Auth { .. } => "auth_error".into(),
+            ProviderError::NotSent { .. } => "not_sent".into(),
         }
     }
 }
@@ -312,6 +321,40 @@ pub fn build(
             };
             Ok(Arc::new(lnvps::LnvpsClient::new(opts, api, ctx.clock)))
         }
-        (ProviderKind::Stablevps, _) => Err("stablevps is not supported yet".into()),
+        (
+            ProviderKind::Stablevps,
+            crate::config::Credentials::ApiKey {
+                read,
+                write,
+                header,
+            },
+        ) => {
+            let api = |key: &crate::secret::Secret<String>| {
+                let auth = Arc::new(stablevps::ApiKeyAuth::new(key.clone(), *header));
+                let client = http::ApiClient::new(
+                    account.base_url.clone(),
+                    budget.clone(),
+                    auth.clone(),
+                    ctx.observer.clone(),
+                    settings.clone(),
+                )?;
+                Ok::<_, String>((client, auth))
+            };
+            let read = api(read)?;
+            let write = write.as_ref().map(api).transpose()?;
+            let opts = stablevps::StableVpsOptions {
+                account: account.name.clone(),
+                vm_names: account.vm_names.clone(),
+                plans: Arc::new(ctx.config.stablevps_plans.clone()),
+                concurrency: limits.concurrency,
+                runway_horizon_seconds: runway::DEFAULT_HORIZON_SECONDS,
+            };
+            Ok(Arc::new(stablevps::StableVpsClient::new(
+                opts, read, write, ctx.clock,
+            )))
+        }
+        (kind, creds) => Err(format!(
+            "{kind} accounts cannot use {creds:?} credentials (configuration bug)"
+        )),
     }
 }

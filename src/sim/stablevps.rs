@@ -96,6 +96,10 @@ pub struct LoggedRequest {
     pub status: u16,
     /// Simulator time.
     pub at: DateTime<Utc>,
+    /// The presented key's first characters, as the API's `keyPrefix` shows them.
+    pub key_prefix: Option<String>,
+    /// Header that carried the key: `bearer` or `x-api-key`.
+    pub auth_style: Option<&'static str>,
 }
 
 /// Starts StableVPS simulators.
@@ -254,6 +258,17 @@ impl StableVpsSimHandle {
         })
     }
 
+    /// Sets when an API key (given raw) expires; `None` = never. False if no such key.
+    pub fn set_key_expiry(&self, raw_key: &str, expires_at: Option<DateTime<Utc>>) -> bool {
+        self.with_world(|w, _| match w.keys.iter_mut().find(|k| k.raw == raw_key) {
+            Some(k) => {
+                k.expires_at = expires_at;
+                true
+            }
+            None => false,
+        })
+    }
+
     /// Changes what an unpaid renewal does from now on.
     pub fn set_renewal_failure(&self, failure: RenewalFailure) {
         self.with_world(|w, _| w.renewal_failure = failure);
@@ -392,6 +407,8 @@ impl StableVpsSimHandle {
             vps_id: meta.vps_id.clone(),
             status,
             at: meta.at,
+            key_prefix: meta.key_prefix.clone(),
+            auth_style: meta.auth_style,
         });
     }
 
@@ -406,6 +423,9 @@ impl StableVpsSimHandle {
             template: routed.template(),
             vps_id: routed.id().map(str::to_string),
             at: self.now(),
+            key_prefix: api::presented_key(req.headers())
+                .map(|k| k.chars().take(api::KEY_PREFIX_LEN).collect()),
+            auth_style: api::presented_style(req.headers()),
         };
         // The API is down: answered before routing and auth; the machines run on.
         if self.with_world(|w, now| w.blackout.check(now)) {
@@ -492,6 +512,8 @@ struct RequestMeta {
     template: Option<&'static str>,
     vps_id: Option<String>,
     at: DateTime<Utc>,
+    key_prefix: Option<String>,
+    auth_style: Option<&'static str>,
 }
 
 /// The answer a fault gives instead of the normal one.

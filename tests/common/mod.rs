@@ -1,4 +1,6 @@
-//! Shared test harness: a simulator and a daemon on loopback, and polling helpers.
+//! Shared test harness: simulators and a daemon on loopback, and polling helpers.
+//! [`Harness`] is one LNVPS account; [`Stack`] is any mix of an LNVPS and a StableVPS
+//! simulator with accounts on either.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -10,6 +12,7 @@ use vpswatch::clock::{SharedClock, SystemClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::notify::{AlertStatus, AlertUpdate, Event, LogNotifier, Notify};
 use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+use vpswatch::sim::stablevps::{StableScenario, StableVpsSim, StableVpsSimHandle};
 
 pub const LOOPBACK_ANY: &str = "127.0.0.1:0";
 
@@ -105,14 +108,7 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body")
+        scrape(&self.http, self.daemon.addr).await
     }
 
     /// Scrapes until `pred` holds for the exposition, or panics after `timeout`.
@@ -122,25 +118,191 @@ impl Harness {
         timeout: Duration,
         pred: impl Fn(&Exposition) -> bool,
     ) -> Exposition {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let exp = Exposition::parse(&self.metrics().await);
-            if pred(&exp) {
-                return exp;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for: {what}\n--- last /metrics ---\n{}",
-                    exp.text
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_metrics_at(&self.http, self.daemon.addr, what, timeout, pred).await
     }
 
     pub async fn shutdown(self) {
         self.daemon.shutdown().await;
         self.sim.shutdown();
+    }
+}
+
+/// One scrape of a daemon's /metrics.
+pub async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> String {
+    http.get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// Scrapes until `pred` holds for the exposition, or panics after `timeout`.
+pub async fn wait_metrics_at(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Exposition) -> bool,
+) -> Exposition {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let exp = Exposition::parse(&scrape(http, addr).await);
+        if pred(&exp) {
+            return exp;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for: {what}\n--- last /metrics ---\n{}",
+                exp.text
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// StableVPS keys the tests put in their scenarios (simulator keys, not real ones),
+/// with distinct `keyPrefix`es: env `SVPS_FULL` (scope full) and `SVPS_READ` (read).
+pub const SVPS_FULL: &str = "svps_live_f0110000000000000000000000000000000001";
+pub const SVPS_READ: &str = "svps_live_4ead0000000000000000000000000000000002";
+/// A second full key (env `SVPS_FULL2`), for a separate write key.
+pub const SVPS_FULL2: &str = "svps_live_f0120000000000000000000000000000000003";
+
+/// Builds an LNVPS scenario for the owner's hex public key.
+pub type LnvpsScenarioFn = Box<dyn FnOnce(&str) -> Scenario>;
+
+/// What a [`Stack`] runs.
+pub struct StackSpec {
+    /// An LNVPS simulator with this scenario (given the owner's hex key), if any.
+    pub lnvps: Option<LnvpsScenarioFn>,
+    /// A StableVPS simulator with this scenario, if any.
+    pub stablevps: Option<StableScenario>,
+    /// `[[accounts]]` tables; `{lnvps_url}` and `{stablevps_url}` are replaced. Keys
+    /// are available as env `TEST_NSEC`, `SVPS_FULL`, `SVPS_READ`, `SVPS_FULL2`.
+    pub accounts: String,
+    /// Top-level config lines (before `[web]`).
+    pub globals: String,
+    pub clock: SharedClock,
+}
+
+/// Config text of a stack: fast polls, short timeouts, ephemeral loopback port.
+pub fn stack_config(accounts: &str, globals: &str) -> String {
+    format!(
+        r#"poll_interval = "200ms"
+request_timeout = "1s"
+{globals}
+[web]
+listen_address = "{LOOPBACK_ANY}"
+
+{accounts}
+"#
+    )
+}
+
+/// One StableVPS account `svps` on the stack's StableVPS simulator, plus `extra` lines.
+pub fn stable_account(extra: &str) -> String {
+    format!(
+        r#"[[accounts]]
+name = "svps"
+provider = "stablevps"
+base_url = "{{stablevps_url}}"
+{extra}
+"#
+    )
+}
+
+/// Simulators plus a daemon polling accounts on them.
+pub struct Stack {
+    pub lnvps: Option<LnvpsSimHandle>,
+    pub stablevps: Option<StableVpsSimHandle>,
+    pub daemon: Daemon,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start(spec: StackSpec) -> Stack {
+        vpswatch::daemon::install_crypto_provider();
+        let listen = LOOPBACK_ANY.parse::<SocketAddr>().expect("addr");
+        let keys = nostr::Keys::generate();
+        let lnvps = match spec.lnvps {
+            Some(scenario) => Some(
+                LnvpsSim::start(listen, scenario(&owner_hex(&keys)), spec.clock.clone())
+                    .await
+                    .expect("LNVPS simulator starts"),
+            ),
+            None => None,
+        };
+        let stablevps = match spec.stablevps {
+            Some(scenario) => Some(
+                StableVpsSim::start(listen, scenario, spec.clock.clone())
+                    .await
+                    .expect("StableVPS simulator starts"),
+            ),
+            None => None,
+        };
+        let accounts = spec
+            .accounts
+            .replace(
+                "{lnvps_url}",
+                &lnvps.as_ref().map(|s| s.base_url()).unwrap_or_default(),
+            )
+            .replace(
+                "{stablevps_url}",
+                &stablevps.as_ref().map(|s| s.base_url()).unwrap_or_default(),
+            );
+        let text = stack_config(&accounts, &spec.globals);
+        let nsec = keys.secret_key().to_secret_hex();
+        let config = vpswatch::config::parse(&text, "test", &|n| match n {
+            "TEST_NSEC" => Some(nsec.clone()),
+            "SVPS_FULL" => Some(SVPS_FULL.to_string()),
+            "SVPS_READ" => Some(SVPS_READ.to_string()),
+            "SVPS_FULL2" => Some(SVPS_FULL2.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| panic!("config invalid: {e}\n{text}"));
+        let daemon = Daemon::start(config, spec.clock)
+            .await
+            .expect("daemon starts");
+        Stack {
+            lnvps,
+            stablevps,
+            daemon,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The StableVPS simulator (panics if the stack has none).
+    pub fn svps(&self) -> &StableVpsSimHandle {
+        self.stablevps
+            .as_ref()
+            .expect("the stack runs a StableVPS simulator")
+    }
+
+    pub async fn metrics(&self) -> String {
+        scrape(&self.http, self.daemon.addr).await
+    }
+
+    pub async fn wait_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Exposition) -> bool,
+    ) -> Exposition {
+        wait_metrics_at(&self.http, self.daemon.addr, what, timeout, pred).await
+    }
+
+    pub async fn shutdown(self) {
+        // Our idle keep-alive connection would hold the daemon's graceful shutdown for
+        // its full grace period.
+        drop(self.http);
+        self.daemon.shutdown().await;
+        if let Some(s) = self.lnvps {
+            s.shutdown();
+        }
+        if let Some(s) = self.stablevps {
+            s.shutdown();
+        }
     }
 }
 

@@ -132,6 +132,25 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<String> {
     bearer.or_else(header).map(str::to_string)
 }
 
+/// Which header carried the key: `bearer` (`Authorization: Bearer`, preferred when
+/// both are sent, as [`presented_key`] does) or `x-api-key`.
+pub fn presented_style(headers: &http::HeaderMap) -> Option<&'static str> {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer ") || v.starts_with("bearer "));
+    if bearer {
+        Some("bearer")
+    } else if headers.contains_key("x-api-key") {
+        Some("x-api-key")
+    } else {
+        None
+    }
+}
+
+/// Length of the `keyPrefix` the API shows for a key (`svps_live_a3f7`).
+pub const KEY_PREFIX_LEN: usize = 14;
+
 /// Who is calling: the key's account and scope.
 pub struct Caller {
     pub account_id: String,
@@ -245,7 +264,15 @@ fn list_vps(w: &World, account: &str) -> Reply {
         .vps
         .iter()
         .filter(|v| v.account_id == account && !v.deleted)
-        .map(vps_summary)
+        .map(|v| {
+            let mut j = vps_summary(v);
+            if let Some(o) = j.as_object_mut() {
+                for field in &v.list_omits {
+                    o.remove(field);
+                }
+            }
+            j
+        })
         .collect();
     let total = list.len();
     Reply::json(StatusCode::OK, &json!({ "vps": list, "total": total }))
@@ -288,7 +315,7 @@ fn list_keys(w: &World, account: &str) -> Reply {
             json!({
                 "_id": k.id,
                 "name": k.name,
-                "keyPrefix": k.raw.chars().take(14).collect::<String>(),
+                "keyPrefix": k.raw.chars().take(KEY_PREFIX_LEN).collect::<String>(),
                 "scope": k.scope.as_str(),
                 "lastUsedAt": k.last_used_at.map(ts),
                 "expiresAt": k.expires_at.map(ts),

@@ -276,6 +276,8 @@ pub struct VpsSpec {
     /// Overrides the scenario's `provisioning_delay`.
     #[serde(with = "humantime_serde")]
     pub provisioning_for: Option<Duration>,
+    /// Fields the list leaves out of this VPS's entry (e.g. `["ipAddress"]`).
+    pub list_omits: Vec<String>,
 }
 
 impl Default for VpsSpec {
@@ -295,24 +297,27 @@ impl Default for VpsSpec {
             rdp_port: None,
             hang: false,
             provisioning_for: None,
+            list_omits: Vec::new(),
         }
     }
 }
 
 /// Raw key of the demo's full-scope key (a simulator secret, not a real one).
-pub const DEMO_FULL_KEY: &str = "svps_live_0d3m0f011a5c3e5500112233445566778899aabb";
+pub const DEMO_FULL_KEY: &str = "svps_live_f011de30c3e5500112233445566778899aabbccdd";
 /// Raw key of the demo's read-only key.
-pub const DEMO_READ_KEY: &str = "svps_live_0d3m0read0c3e5500112233445566778899aabb";
+/// (Distinct `keyPrefix`es, as a real account's keys almost always have.)
+pub const DEMO_READ_KEY: &str = "svps_live_4eadde30c3e5500112233445566778899aabbccdd";
 
 impl StableScenario {
-    /// One account (wallet 30 EUR, a full and a read key) with three VPSes: one
-    /// renewing in 20 days, one in 2 days (the wallet covers only part of the
-    /// upcoming renewals), and one still provisioning.
+    /// One account (wallet 20 EUR, a full key and a read key expiring in 10 days) with
+    /// three VPSes, lively on a real clock: a `basic` renewing in one minute (paid: 7.51
+    /// EUR left), a `prime` renewing in three minutes that the wallet can no longer pay
+    /// (suspended then), and a `pro` still provisioning for another minute.
     pub fn demo() -> StableScenario {
         let day = 86_400;
         StableScenario {
             accounts: vec![AccountSpec {
-                balance: 30.0,
+                balance: 20.0,
                 keys: vec![
                     KeySpec {
                         key: DEMO_FULL_KEY.into(),
@@ -330,13 +335,13 @@ impl StableScenario {
             }],
             vps: vec![
                 VpsSpec {
-                    current_period_end: RelTime::Offset(20 * day),
+                    current_period_end: RelTime::Offset(180),
                     ..VpsSpec::default()
                 },
                 VpsSpec {
                     plan_id: "basic".into(),
                     location: "london".into(),
-                    current_period_end: RelTime::Offset(2 * day),
+                    current_period_end: RelTime::Offset(60),
                     ..VpsSpec::default()
                 },
                 VpsSpec {
@@ -345,6 +350,7 @@ impl StableScenario {
                     vps_status: "provisioning".into(),
                     location: "frankfurt".into(),
                     current_period_end: RelTime::Offset(365 * day),
+                    provisioning_for: Some(Duration::from_secs(60)),
                     ..VpsSpec::default()
                 },
             ],

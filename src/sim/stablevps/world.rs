@@ -120,6 +120,9 @@ pub struct SimVps {
     pub current_period_end: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub deleted: bool,
+    /// Fields `GET /api/v1/vps` leaves out of this VPS's entry (the per-VPS answer
+    /// still has them): the list's completeness is an open question.
+    pub list_omits: Vec<String>,
     /// Why the RDP listener could not be opened, if it could not.
     pub rdp_error: Option<String>,
 }
@@ -384,6 +387,7 @@ impl World {
             current_period_end: end,
             created_at,
             deleted: false,
+            list_omits: spec.list_omits,
             rdp_error: None,
         };
         self.vps.push(vps);
@@ -420,9 +424,7 @@ impl World {
             }
             finish_provisioning(v, now);
         }
-        for i in 0..self.vps.len() {
-            self.renew(i, now);
-        }
+        self.renew_due(now);
         self.reconcile_listeners();
     }
 
@@ -491,40 +493,73 @@ impl World {
         }
     }
 
-    /// Charges every period that ended by `now`; an unpaid one applies the scenario's
-    /// failure state and stops renewing (only `active` services renew).
-    fn renew(&mut self, i: usize, now: DateTime<Utc>) {
+    /// Charges every period that ended by `now`, across all services in due order (a
+    /// clock jump over several renewals must charge them as a real wallet would have,
+    /// earliest first); an unpaid one applies the scenario's failure state and stops
+    /// renewing (only `active` services renew).
+    fn renew_due(&mut self, now: DateTime<Utc>) {
+        // Services whose renewal failed in this pass: a scripted failure state may keep
+        // them "active", and they must not be charged again and again.
+        let mut failed = std::collections::HashSet::new();
         // Bounded: a clock jump of centuries must not spin.
-        for _ in 0..1200 {
-            let Some(v) = self.vps.get(i) else { return };
-            if v.deleted || v.status != "active" || v.current_period_end > now {
-                return;
-            }
-            let (Some(price), Some(next)) = (
-                plan_price(&v.plan_id, &v.billing_cycle),
-                next_period(v.current_period_end, &v.billing_cycle),
-            ) else {
-                return;
-            };
-            let account_id = v.account_id.clone();
-            let failure = self.renewal_failure.clone();
-            let paid = match self.account_mut(&account_id) {
-                Some(a) if a.balance + 1e-9 >= price => {
-                    a.balance = round_eur(a.balance - price);
-                    true
+        for _ in 0..100_000 {
+            let due = self
+                .vps
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| {
+                    !failed.contains(i)
+                        && !v.deleted
+                        && v.status == "active"
+                        && v.current_period_end <= now
+                        && plan_price(&v.plan_id, &v.billing_cycle).is_some()
+                        && next_period(v.current_period_end, &v.billing_cycle).is_some()
+                })
+                .min_by_key(|(i, v)| (v.current_period_end, *i))
+                .map(|(i, _)| i);
+            match due {
+                Some(i) => {
+                    if !self.renew_once(i) {
+                        failed.insert(i);
+                    }
                 }
-                _ => false,
-            };
-            let Some(v) = self.vps.get_mut(i) else { return };
-            if paid {
-                v.current_period_start = v.current_period_end;
-                v.current_period_end = next;
-            } else {
-                v.status = failure.status;
-                v.vps_status = failure.vps_status;
-                return;
+                None => return,
             }
         }
+    }
+
+    /// Charges one period of service `i` (true), or applies the scenario's failure
+    /// state when the wallet cannot pay (false).
+    fn renew_once(&mut self, i: usize) -> bool {
+        let Some(v) = self.vps.get(i) else {
+            return false;
+        };
+        let (Some(price), Some(next)) = (
+            plan_price(&v.plan_id, &v.billing_cycle),
+            next_period(v.current_period_end, &v.billing_cycle),
+        ) else {
+            return false;
+        };
+        let account_id = v.account_id.clone();
+        let failure = self.renewal_failure.clone();
+        let paid = match self.account_mut(&account_id) {
+            Some(a) if a.balance + 1e-9 >= price => {
+                a.balance = round_eur(a.balance - price);
+                true
+            }
+            _ => false,
+        };
+        let Some(v) = self.vps.get_mut(i) else {
+            return false;
+        };
+        if paid {
+            v.current_period_start = v.current_period_end;
+            v.current_period_end = next;
+        } else {
+            v.status = failure.status;
+            v.vps_status = failure.vps_status;
+        }
+        paid
     }
 
     /// Opens listeners for machines that should answer RDP and closes the rest.

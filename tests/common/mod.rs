@@ -3,6 +3,8 @@
 //! simulator with accounts on either.
 #![allow(dead_code)]
 
+pub mod alertmanager;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -695,3 +695,57 @@ async fn a_matching_alertmanager_silence_holds_actions_back_until_it_ends() {
     assert_eq!(wd.calls(1, "/restart"), 1);
     wd.h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rule_can_probe_its_own_port() {
+    // The account's default probe port (1) never answers; the rule watches the port the
+    // VM's service really listens on, and only that one decides.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let globals = format!(
+        "state_dir = {:?}\n[probes]\ninterval = \"100ms\"\ntimeout = \"300ms\"\n[probes.ports]\nlnvps = 1\n{}",
+        dir.path().display().to_string(),
+        probe_rule(&format!("port = {port}"))
+    );
+    let h = Harness::start_with(
+        move |owner| {
+            let mut s = Scenario {
+                vms: vec![VmSpec {
+                    owner: owner.to_string(),
+                    ipv4: Some(Ipv4Addr::new(127, 5, 11, 1)),
+                    ..VmSpec::default()
+                }],
+                ..Scenario::default()
+            };
+            s.settings.vm_listen_port = Some(port);
+            s
+        },
+        &globals,
+        Arc::new(SystemClock),
+    )
+    .await;
+    let p = port.to_string();
+    h.wait_metrics("both ports probed", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1"), ("port", "1")]) == Some(0.0)
+            && e.get("vps_probe_success", &[("vm", "1"), ("port", &p)]) == Some(1.0)
+    })
+    .await;
+    let wd = Wd {
+        h,
+        globals: String::new(),
+        dir,
+    };
+    let quiet = wd.evaluated_after(Wd::now() + 0.5).await;
+    assert_eq!(
+        actions(&quiet, "1", "ok"),
+        0.0,
+        "the failing default port is not this rule's"
+    );
+    wd.h.sim.set_hung(1, true);
+    wd.h.wait_metrics("rebooted when the rule's port stops answering", T, |e| {
+        actions(e, "1", "ok") == 1.0
+    })
+    .await;
+    assert_eq!(wd.calls(1, "/restart"), 1);
+    wd.h.shutdown().await;
+}

@@ -227,7 +227,7 @@ impl Engine {
         &mut self,
         rule_idx: usize,
         snap: &Arc<AccountSnapshot>,
-        probes: &HashMap<VmKey, ProbeResult>,
+        probes: &HashMap<VmKey, Vec<ProbeResult>>,
         now: DateTime<Utc>,
         seen: &mut HashSet<TargetKey>,
     ) {
@@ -278,7 +278,15 @@ impl Engine {
             if !self.rules[rule_idx].selector.matches(target) {
                 continue;
             }
-            let probe = probes.get(&(snap.provider, snap.account.clone(), vm.id.clone()));
+            let port = self.rules[rule_idx].port;
+            let probe = probes
+                .get(&(snap.provider, snap.account.clone(), vm.id.clone()))
+                .and_then(|rs| {
+                    rs.iter().find(|r| match port {
+                        Some(p) => r.port == p,
+                        None => r.default,
+                    })
+                });
             let obs = evaluate::evaluate_vm(
                 &self.rules[rule_idx].condition,
                 snap,

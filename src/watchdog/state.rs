@@ -224,6 +224,7 @@ mod tests {
             keep_running: false,
             dry_run: false,
             selector: Selector::default(),
+            port: None,
         }
     }
 

@@ -381,7 +381,7 @@ impl Engine {
         let changes = state.observe(&rule, &obs, now);
         let expired = state.patience_expired(now);
         let after = state.clone();
-        if after != before {
+        if after.durably_differs(&before, &rule) {
             self.dirty.insert(key.clone());
         }
         self.report

@@ -749,3 +749,62 @@ async fn a_rule_can_probe_its_own_port() {
     assert_eq!(wd.calls(1, "/restart"), 1);
     wd.h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_restart_call_is_journaled_and_retried_after_the_cooldown() {
+    let notes = Arc::new(RecordingNotifier::default());
+    let rules = probe_rule("").replace("cooldown = \"1h\"", "cooldown = \"500ms\"");
+    let wd = Wd::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        12,
+        &[VmState::Running],
+        &rules,
+        Arc::new(SystemClock),
+        notes.clone(),
+    )
+    .await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    // The provider answers the first restart with its 500 error.
+    wd.h.sim
+        .fail_actions(1, vpswatch::sim::lnvps::ActionFailure::status(500).times(1));
+    wd.h.sim.set_hung(1, true);
+    let exp =
+        wd.h.wait_metrics("failed once, then rebooted and recovered", T, |e| {
+            actions(e, "1", "failed") == 1.0
+                && e.get(
+                    "vpswatch_action_outcomes_total",
+                    &[("vm", "1"), ("outcome", "recovered")],
+                ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(actions(&exp, "1", "ok"), 1.0);
+    assert_eq!(wd.calls(1, "/restart"), 2, "the failed call and the retry");
+    let text =
+        wd.h.http
+            .get(wd.h.url("/api/v1/actions"))
+            .send()
+            .await
+            .expect("api")
+            .text()
+            .await
+            .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let list = body["actions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 2, "{body}");
+    // Newest first: the retry succeeded, the first call failed with the provider's words.
+    assert_eq!(list[0]["status"], "ok");
+    assert_eq!(list[1]["status"], "failed");
+    assert!(
+        list[1]["error"].as_str().is_some_and(|e| e.contains("500")),
+        "{body}"
+    );
+    let kinds = notes.event_kinds();
+    assert!(
+        kinds.contains(&("1".to_string(), "action_failed")),
+        "{kinds:?}"
+    );
+    wd.h.shutdown().await;
+}

@@ -220,9 +220,22 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
     if let Err(e) = &cfg {
         eprintln!("{e}");
     }
+    // From the flag, else from the TOML — read raw when the TOML has other problems, so
+    // both files' problems are listed in one go.
     let web_file = web_flag
         .map(std::path::Path::to_path_buf)
-        .or_else(|| cfg.as_ref().ok().and_then(|c| c.web.config_file.clone()));
+        .or_else(|| match &cfg {
+            Ok(c) => c.web.config_file.clone(),
+            Err(_) => std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| {
+                    t.get("web")?
+                        .get("config_file")?
+                        .as_str()
+                        .map(std::path::PathBuf::from)
+                }),
+        });
     let web = web_file.as_ref().map(|w| vpswatch::web_config::load(w));
     if let Some(Err(e)) = &web {
         eprintln!("{e}");

@@ -136,11 +136,13 @@ pub async fn watch(
     if live.source.is_none() {
         return;
     }
+    // The handler first: once the metric below is visible, SIGHUP is safe to send (its
+    // default action would end the process).
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let m = metrics.web_config_metrics();
     m.succeeded(crate::clock::unix_seconds(clock.now()));
     metrics.changed();
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         #[cfg(unix)]
         let hangup = async {

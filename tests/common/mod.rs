@@ -75,6 +75,18 @@ impl Harness {
         clock: SharedClock,
         notifier: Arc<dyn Notify>,
     ) -> Harness {
+        Self::start_tweaked(scenario, extra_globals, clock, notifier, |_| {}).await
+    }
+
+    /// Like `start_notifying`, with `tweak` applied to the parsed configuration before
+    /// the daemon starts (e.g. `[web]` settings the generated text does not carry).
+    pub async fn start_tweaked(
+        scenario: impl FnOnce(&str) -> Scenario,
+        extra_globals: &str,
+        clock: SharedClock,
+        notifier: Arc<dyn Notify>,
+        tweak: impl FnOnce(&mut vpswatch::config::Config),
+    ) -> Harness {
         vpswatch::daemon::install_crypto_provider();
         let keys = nostr::Keys::generate();
         let owner = owner_hex(&keys);
@@ -88,10 +100,11 @@ impl Harness {
         .expect("simulator starts");
         let secret = keys.secret_key().to_secret_hex();
         let text = config_text(&sim.base_url(), extra_globals);
-        let config = vpswatch::config::parse(&text, "test", &|n| {
+        let mut config = vpswatch::config::parse(&text, "test", &|n| {
             (n == "TEST_NSEC").then(|| secret.clone())
         })
         .expect("config valid");
+        tweak(&mut config);
         let daemon = Daemon::start_with(config, clock, Some(notifier))
             .await
             .expect("daemon starts");

@@ -23,6 +23,7 @@ use crate::provider::ProviderKind;
 use crate::secret::{self, Secret};
 use crate::watchdog::maintenance::MaintenanceConfig;
 use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
+use crate::web_config::limits::{ServerLimits, MIN_HEADER_BYTES};
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
@@ -107,12 +108,57 @@ impl Default for RawGlobals {
 #[serde(default)]
 struct RawWeb {
     listen_address: String,
+    // --- hardening (issue 7): web config file and server limits ---
+    config_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    config_reload_interval: Duration,
+    max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+    max_request_body_bytes: u64,
+    // --- end hardening ---
 }
 
 impl Default for RawWeb {
     fn default() -> Self {
+        let limits = ServerLimits::default();
         Self {
             listen_address: format!("0.0.0.0:{DEFAULT_PORT}"),
+            config_file: None,
+            config_reload_interval: DEFAULT_WEB_CONFIG_RELOAD,
+            max_connections: limits.max_connections,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_request_body_bytes: limits.max_request_body_bytes,
+        }
+    }
+}
+
+/// How often the web config file is checked for changes unless configured.
+pub const DEFAULT_WEB_CONFIG_RELOAD: Duration = Duration::from_secs(5);
+
+/// `[web]` beyond the listen address: the web config file (TLS, auth, headers) and the
+/// server's resource limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSettings {
+    /// `--web.config.file` / `web.config_file`: exporter-toolkit YAML; `None` = plain
+    /// HTTP without auth.
+    pub config_file: Option<PathBuf>,
+    /// How often the file (and the files it names) are checked for changes.
+    pub config_reload_interval: Duration,
+    pub limits: ServerLimits,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            config_file: None,
+            config_reload_interval: DEFAULT_WEB_CONFIG_RELOAD,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -322,6 +368,8 @@ pub struct Config {
     /// The journal and the alert outbox (see `store`).
     pub state_dir: PathBuf,
     pub listen_address: SocketAddr,
+    /// Web config file and HTTP server limits (`[web]`).
+    pub web: WebSettings,
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
     pub probes: ProbeConfig,
@@ -415,6 +463,9 @@ pub fn parse(
         ("request_timeout", g.request_timeout),
         ("poll_timeout", g.poll_timeout),
         ("staleness_limit", g.staleness_limit),
+        ("web.config_reload_interval", g.web.config_reload_interval),
+        ("web.header_read_timeout", g.web.header_read_timeout),
+        ("web.idle_timeout", g.web.idle_timeout),
     ] {
         if d.is_zero() {
             problems.push(Problem {
@@ -435,6 +486,29 @@ pub fn parse(
             });
             None
         }
+    };
+    if g.web.max_connections == 0 {
+        problems.push(Problem {
+            path: "web.max_connections".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    if g.web.max_header_bytes < MIN_HEADER_BYTES {
+        problems.push(Problem {
+            path: "web.max_header_bytes".into(),
+            message: format!("must be at least {MIN_HEADER_BYTES}"),
+        });
+    }
+    let web = WebSettings {
+        config_file: g.web.config_file.clone(),
+        config_reload_interval: g.web.config_reload_interval,
+        limits: ServerLimits {
+            max_connections: g.web.max_connections,
+            header_read_timeout: g.web.header_read_timeout,
+            idle_timeout: g.web.idle_timeout,
+            max_header_bytes: g.web.max_header_bytes,
+            max_request_body_bytes: g.web.max_request_body_bytes,
+        },
     };
     let stablevps_limits = g.providers.stablevps.limits();
     for (key, limits) in [
@@ -498,6 +572,7 @@ pub fn parse(
             max_response_bytes: g.max_response_bytes,
             state_dir: g.state_dir,
             listen_address,
+            web,
             providers: BTreeMap::from([
                 (ProviderKind::Lnvps, g.providers.lnvps),
                 (ProviderKind::Stablevps, stablevps_limits),

@@ -25,6 +25,8 @@ use crate::watchdog::journal::Journal;
 use crate::watchdog::probe::{self, ProbeSettings, ProbeStore};
 use crate::watchdog::report::WatchdogReport;
 use crate::web::{self, WebState};
+use crate::web_config::live::LiveWebConfig;
+use crate::web_config::WebConfig;
 
 fn probe_settings(config: &Config) -> ProbeSettings {
     ProbeSettings {
@@ -76,6 +78,8 @@ pub struct Daemon {
     pub email: Option<Arc<EmailNotifier>>,
     /// The state database, opened when something needs it (rules or email).
     pub state: Option<StateStore>,
+    /// The web configuration in force (TLS, auth, headers), reloaded from its file.
+    pub web_config: Arc<LiveWebConfig>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -98,6 +102,11 @@ impl Daemon {
         notifier: Option<Arc<dyn Notify>>,
     ) -> anyhow::Result<Daemon> {
         install_crypto_provider();
+        // hardening (issue 7): TLS, auth and headers; a broken file stops the start.
+        let web_config = Arc::new(match &config.web.config_file {
+            Some(path) => LiveWebConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => LiveWebConfig::fixed(WebConfig::default()),
+        });
         let listener = TcpListener::bind(config.listen_address)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_address))?;
@@ -206,8 +215,28 @@ impl Daemon {
             store: store.clone(),
             journal: journal.clone(),
         });
-        tasks.spawn(web::serve(listener, web_state, cancel.child_token()));
-        tracing::info!(%addr, accounts = config.accounts.len(), "vpswatch started");
+        // hardening (issue 7): reload the web config file; serve with limits.
+        tasks.spawn(crate::web_config::live::watch(
+            web_config.clone(),
+            config.web.config_reload_interval,
+            self_metrics.clone(),
+            clock.clone(),
+            cancel.child_token(),
+        ));
+        tasks.spawn(web::serve_with(
+            listener,
+            web_state,
+            web_config.clone(),
+            config.web.limits.clone(),
+            cancel.child_token(),
+        ));
+        tracing::info!(
+            %addr,
+            scheme = web_config.load().scheme(),
+            web = %web_config.load().summary(),
+            accounts = config.accounts.len(),
+            "vpswatch started"
+        );
         Ok(Daemon {
             addr,
             store,
@@ -220,6 +249,7 @@ impl Daemon {
             notifier,
             email,
             state,
+            web_config,
             cancel,
             tasks,
         })

@@ -182,6 +182,16 @@ pub async fn start_with_smtp(
     clock: SharedClock,
     smtp: Option<&str>,
 ) -> anyhow::Result<Demo> {
+    start_full(listen, clock, smtp, None).await
+}
+
+/// Like [`start_with_smtp`], serving with a web config file (TLS, auth, headers).
+pub async fn start_full(
+    listen: SocketAddr,
+    clock: SharedClock,
+    smtp: Option<&str>,
+    web_config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Demo> {
     let smtp = smtp.map(parse_smtp).transpose()?;
     crate::daemon::install_crypto_provider();
     let keys = nostr::Keys::generate();
@@ -219,6 +229,8 @@ pub async fn start_with_smtp(
         _ => None,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = config;
+    config.web.config_file = web_config_file;
     let daemon = Daemon::start(config, clock).await?;
     spawn_hangs(sim.clone(), daemon.cancel_token());
     Ok(Demo {
@@ -249,15 +261,20 @@ fn spawn_hangs(sim: LnvpsSimHandle, cancel: CancellationToken) {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr, smtp: Option<&str>) -> anyhow::Result<()> {
-    let demo = start_with_smtp(listen, Arc::new(SystemClock), smtp).await?;
+pub async fn run(
+    listen: SocketAddr,
+    smtp: Option<&str>,
+    web_config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let demo = start_full(listen, Arc::new(SystemClock), smtp, web_config_file).await?;
     let addr = demo.daemon.addr;
+    let scheme = demo.daemon.web_config.load().scheme();
     // A closed stdout (piped into `head`, a test that stopped reading) must not kill the
     // demo, so write without println!'s panic.
     let banner = format!(
         "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
-         metrics:                 http://{addr}/metrics\n  readiness:               \
-         http://{addr}/-/ready\n  watchdog journal:        http://{addr}/api/v1/actions\n\
+         metrics:                 {scheme}://{addr}/metrics\n  readiness:               \
+         {scheme}://{addr}/-/ready\n  watchdog journal:        {scheme}://{addr}/api/v1/actions\n\
          {}Press Ctrl-C to stop.\n",
         demo.sim.base_url(),
         demo.stablevps.base_url(),

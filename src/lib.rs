@@ -20,3 +20,4 @@ pub mod snapshot;
 pub mod store;
 pub mod watchdog;
 pub mod web;
+pub mod web_config;

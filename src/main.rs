@@ -44,6 +44,10 @@ enum Command {
         /// Watchdog dry-run: rules decide and journal, no provider call is made.
         #[arg(long = "dry-run")]
         dry_run: bool,
+        /// TLS, basic auth and headers for the HTTP endpoints (exporter-toolkit YAML);
+        /// overrides `web.config_file`. Reloaded when it changes or on SIGHUP.
+        #[arg(long = "web.config.file")]
+        web_config_file: Option<PathBuf>,
     },
     /// Run against built-in simulated providers; no configuration needed.
     Demo {
@@ -54,6 +58,9 @@ enum Command {
         /// `python3 -m aiosmtpd -n`); without it alerts go to the log.
         #[arg(long)]
         smtp: Option<String>,
+        /// TLS, basic auth and headers for the demo's endpoints (exporter-toolkit YAML).
+        #[arg(long = "web.config.file")]
+        web_config_file: Option<PathBuf>,
     },
     /// Send one test message with the configured [email] settings (directly, not through
     /// the outbox) and print the server's answer; exit 1 with the precise reason if not.
@@ -77,6 +84,9 @@ enum Command {
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+        /// Also check this web config file (default: `web.config_file` from FILE).
+        #[arg(long = "web.config.file")]
+        web_config_file: Option<PathBuf>,
     },
     /// Serve a fake LNVPS or StableVPS API on loopback (for tests and experiments).
     Simulate {
@@ -122,38 +132,15 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> ExitCode {
     match command {
-        Command::CheckConfig { file } => match vpswatch::config::load(&file) {
-            Ok(cfg) => {
-                for w in &cfg.warnings {
-                    println!("warning: {}: {}: {}", file.display(), w.path, w.message);
-                }
-                println!(
-                    "{}: OK ({} account{}, {} rule{}{})",
-                    file.display(),
-                    cfg.accounts.len(),
-                    if cfg.accounts.len() == 1 { "" } else { "s" },
-                    cfg.watchdog.rules.len(),
-                    if cfg.watchdog.rules.len() == 1 {
-                        ""
-                    } else {
-                        "s"
-                    },
-                    match &cfg.email {
-                        Some(e) => format!("; email via {}", e.server()),
-                        None => String::new(),
-                    }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig {
+            file,
+            web_config_file,
+        } => check_config(&file, web_config_file.as_deref()),
         Command::Run {
             config,
             listen_address,
             dry_run,
+            web_config_file,
         } => {
             let mut cfg = match vpswatch::config::load(&config) {
                 Ok(c) => c,
@@ -169,6 +156,9 @@ async fn dispatch(command: Command) -> ExitCode {
                 cfg.listen_address = a;
             }
             cfg.watchdog.dry_run |= dry_run;
+            if web_config_file.is_some() {
+                cfg.web.config_file = web_config_file;
+            }
             match vpswatch::daemon::Daemon::start(cfg, Arc::new(SystemClock)).await {
                 Ok(d) => {
                     d.run_until_signal().await;
@@ -185,7 +175,8 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Demo {
             listen_address,
             smtp,
-        } => match vpswatch::demo::run(listen_address, smtp.as_deref()).await {
+            web_config_file,
+        } => match vpswatch::demo::run(listen_address, smtp.as_deref(), web_config_file).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vpswatch demo: {e:#}");
@@ -220,6 +211,61 @@ async fn dispatch(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `check-config`: the TOML file and the web config file it names (or `--web.config.file`),
+/// every problem of both listed; exit 2 when there is any.
+fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> ExitCode {
+    let cfg = vpswatch::config::load(file);
+    if let Err(e) = &cfg {
+        eprintln!("{e}");
+    }
+    // From the flag, else from the TOML — read raw when the TOML has other problems, so
+    // both files' problems are listed in one go.
+    let web_file = web_flag
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| match &cfg {
+            Ok(c) => c.web.config_file.clone(),
+            Err(_) => std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| {
+                    t.get("web")?
+                        .get("config_file")?
+                        .as_str()
+                        .map(std::path::PathBuf::from)
+                }),
+        });
+    let web = web_file.as_ref().map(|w| vpswatch::web_config::load(w));
+    if let Some(Err(e)) = &web {
+        eprintln!("{e}");
+    }
+    let (Ok(cfg), None | Some(Ok(_))) = (&cfg, &web) else {
+        return ExitCode::from(2);
+    };
+    for w in &cfg.warnings {
+        println!("warning: {}: {}: {}", file.display(), w.path, w.message);
+    }
+    println!(
+        "{}: OK ({} account{}, {} rule{}{})",
+        file.display(),
+        cfg.accounts.len(),
+        if cfg.accounts.len() == 1 { "" } else { "s" },
+        cfg.watchdog.rules.len(),
+        if cfg.watchdog.rules.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        match &cfg.email {
+            Some(e) => format!("; email via {}", e.server()),
+            None => String::new(),
+        }
+    );
+    if let (Some(path), Some(Ok(w))) = (&web_file, &web) {
+        println!("{}: OK ({})", path.display(), w.summary());
+    }
+    ExitCode::SUCCESS
 }
 
 /// Loads the configuration and its `[email]` section, or says why not (exit 2).

@@ -1,5 +1,10 @@
 //! The HTTP side (hyper): `/metrics` from the cached rendering, `/-/healthy`, `/-/ready`
 //! and a landing page. Handlers only read shared state; nothing here calls a provider.
+//!
+//! Every connection passes through the limits of `web_config::limits` (connection cap,
+//! head deadline, idle timeout, size limits) and the web config in force (TLS, basic
+//! auth, headers; see `web_config`), so a slow or hostile client costs bounded memory,
+//! time and connection slots.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,15 +15,19 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
 use crate::snapshot::SnapshotStore;
 use crate::watchdog::journal::Journal;
+use crate::web_config::limits::{IdleTimeout, ServerLimits, MIN_HEADER_BYTES};
+use crate::web_config::live::LiveWebConfig;
+use crate::web_config::WebConfig;
 
 /// Prometheus text exposition format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -44,7 +53,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// Whether the client accepts gzip (a `gzip` coding not refused with q=0).
-fn accepts_gzip(req: &Request<Incoming>) -> bool {
+fn accepts_gzip<B>(req: &Request<B>) -> bool {
     req.headers()
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -62,7 +71,7 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
         })
 }
 
-fn metrics(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
+fn metrics<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
     let encoded = state.cache.load();
     let gzip = accepts_gzip(req) && !encoded.gzip.is_empty();
     let body = if gzip {
@@ -121,7 +130,7 @@ const LANDING: &str = concat!(
 const DEFAULT_ACTIONS_LIMIT: usize = 100;
 
 /// `GET /api/v1/actions[?limit=N]`: the newest journal entries, newest first, as JSON.
-async fn actions(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
+async fn actions<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
     let limit = req
         .uri()
         .query()
@@ -164,8 +173,8 @@ async fn actions(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Routes one request.
-pub fn route(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
+/// Routes one request (after authentication; the body is not needed).
+pub fn route<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed\n");
         r.headers_mut()
@@ -188,11 +197,117 @@ pub fn route(state: &WebState, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Serves until `cancel` fires, then lets open requests finish (at most 5 s).
+/// Serves plain HTTP without a web config and with default limits until `cancel` fires.
 pub async fn serve(listener: TcpListener, state: Arc<WebState>, cancel: CancellationToken) {
+    let web = Arc::new(LiveWebConfig::fixed(WebConfig::default()));
+    serve_with(listener, state, web, ServerLimits::default(), cancel).await
+}
+
+/// The `401 Unauthorized` answer with its basic-auth challenge.
+fn unauthorized() -> Response<Body> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(crate::web_config::auth::CHALLENGE),
+    );
+    r
+}
+
+fn too_large(limit: u64) -> Response<Body> {
+    let mut r = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("Request body larger than {limit} bytes\n"),
+    );
+    // The rest of the body is not read; the connection cannot be reused.
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// One request: size limit, authentication, routing; then the configured headers.
+async fn handle(
+    st: &WebState,
+    cfg: &WebConfig,
+    limits: &ServerLimits,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let mut r = handle_inner(st, cfg, limits, req).await;
+    for (name, value) in &cfg.headers {
+        r.headers_mut().insert(name.clone(), value.clone());
+    }
+    r
+}
+
+async fn handle_inner(
+    st: &WebState,
+    cfg: &WebConfig,
+    limits: &ServerLimits,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let limit = limits.max_request_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(limit);
+    }
+    if let Some(auth) = &cfg.auth {
+        let exempt = cfg.healthy_without_auth && req.uri().path() == "/-/healthy";
+        if !exempt {
+            if let Err(why) = auth.check(req.headers().get(header::AUTHORIZATION)).await {
+                tracing::debug!(
+                    path = req.uri().path(),
+                    reason = why.as_str(),
+                    "unauthorized request"
+                );
+                return unauthorized();
+            }
+        }
+    }
+    let (parts, body) = req.into_parts();
+    if declared.is_none() && !hyper::body::Body::is_end_stream(&body) {
+        // A body of unknown length (chunked): read at most the limit, then drop it.
+        let limited = http_body_util::Limited::new(body, limit as usize);
+        if http_body_util::BodyExt::collect(limited).await.is_err() {
+            return too_large(limit);
+        }
+    }
+    let req = Request::from_parts(parts, ());
+    let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if is_get && req.uri().path() == "/api/v1/actions" {
+        return actions(st, &req).await;
+    }
+    route(st, &req)
+}
+
+/// Serves until `cancel` fires, then lets open requests finish (at most 5 s). TLS, auth
+/// and headers come from `web` (read per connection for TLS, per request for the rest,
+/// so a reload applies without closing the listener); `limits` bound what each client
+/// may cost.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<WebState>,
+    web: Arc<LiveWebConfig>,
+    limits: ServerLimits,
+    cancel: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let limits = Arc::new(limits);
     loop {
+        // Wait for a free slot before accepting: excess clients queue in the kernel's
+        // backlog instead of costing memory here.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, _peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -206,25 +321,15 @@ pub async fn serve(listener: TcpListener, state: Arc<WebState>, cancel: Cancella
             },
         };
         let _ = stream.set_nodelay(true);
-        let st = state.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let st = st.clone();
-            async move {
-                let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
-                if is_get && req.uri().path() == "/api/v1/actions" {
-                    return Ok::<_, Infallible>(actions(&st, &req).await);
-                }
-                Ok::<_, Infallible>(route(&st, &req))
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = Connection {
+            state: state.clone(),
+            web: web.clone(),
+            limits: limits.clone(),
+            watcher: graceful.watcher(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            conn.run(stream).await;
+            drop(permit);
         });
     }
     drop(listener);
@@ -232,6 +337,71 @@ pub async fn serve(listener: TcpListener, state: Arc<WebState>, cancel: Cancella
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(5)) => {
             tracing::warn!("open connections did not finish within 5 s; closing");
+        }
+    }
+}
+
+/// One accepted connection and what it needs.
+struct Connection {
+    state: Arc<WebState>,
+    web: Arc<LiveWebConfig>,
+    limits: Arc<ServerLimits>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    async fn run(self, stream: tokio::net::TcpStream) {
+        let cfg = self.web.load();
+        let io = IdleTimeout::new(stream, self.limits.idle_timeout);
+        match &cfg.tls {
+            None => self.serve(io, cfg.http2).await,
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                // The handshake shares the request-head deadline: a client that trickles
+                // its ClientHello is cut off like one that trickles its headers.
+                match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(io))
+                    .await
+                {
+                    Ok(Ok(tls_stream)) => self.serve(tls_stream, cfg.http2).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve<I>(self, io: I, http2: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.limits.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(64);
+        if !http2 {
+            builder = builder.http1_only();
+        }
+        let (st, web) = (self.state.clone(), self.web.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (st, web, limits) = (st.clone(), web.clone(), limits.clone());
+            async move {
+                let cfg = web.load();
+                Ok::<_, Infallible>(handle(&st, &cfg, &limits, req).await)
+            }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 }

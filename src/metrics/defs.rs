@@ -373,6 +373,22 @@ metric!(
     &[],
     "When the oldest notification in the outbox was queued (Unix seconds; 0 = outbox empty)."
 );
+// --- hardening: web config reloads (issue 7) ---
+metric!(
+    WEB_CONFIG_RELOAD_SUCCESS,
+    "vpswatch_web_config_last_reload_successful",
+    Gauge,
+    &[],
+    "1 if the last load of --web.config.file succeeded, 0 if it failed (the last good configuration stays in force); absent without a web config file."
+);
+metric!(
+    WEB_CONFIG_RELOAD_TIMESTAMP,
+    "vpswatch_web_config_last_reload_success_timestamp_seconds",
+    Gauge,
+    &[],
+    "When --web.config.file was last loaded successfully (Unix seconds)."
+);
+// --- end hardening ---
 
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[
@@ -422,6 +438,8 @@ pub const ALL: &[&MetricDef] = &[
     &ALERTS,
     &ALERT_OUTBOX_MESSAGES,
     &ALERT_OUTBOX_OLDEST,
+    &WEB_CONFIG_RELOAD_SUCCESS,
+    &WEB_CONFIG_RELOAD_TIMESTAMP,
 ];
 
 /// The README's metric reference table, generated from [`ALL`].

@@ -21,6 +21,8 @@ pub struct SelfMetrics {
     duration: HistogramVec,
     /// Registered on first use, so a daemon without email exports no outbox gauges.
     alerts: OnceLock<AlertMetrics>,
+    /// Registered on first use: only a daemon with a web config file exports them.
+    web_config: OnceLock<WebConfigMetrics>,
     changes: watch::Sender<u64>,
 }
 
@@ -84,6 +86,7 @@ impl SelfMetrics {
             requests,
             duration,
             alerts: OnceLock::new(),
+            web_config: OnceLock::new(),
             changes: watch::channel(0).0,
         })
     }
@@ -121,6 +124,31 @@ impl SelfMetrics {
         })
     }
 
+    // --- hardening: web config reload metrics (issue 7) ---
+    /// The web config reload gauges, registered on first call.
+    pub fn web_config_metrics(&self) -> &WebConfigMetrics {
+        self.web_config.get_or_init(|| {
+            let success = IntGauge::with_opts(Opts::new(
+                defs::WEB_CONFIG_RELOAD_SUCCESS.name,
+                defs::WEB_CONFIG_RELOAD_SUCCESS.help,
+            ))
+            .expect("static metric definition is valid");
+            let timestamp = Gauge::with_opts(Opts::new(
+                defs::WEB_CONFIG_RELOAD_TIMESTAMP.name,
+                defs::WEB_CONFIG_RELOAD_TIMESTAMP.help,
+            ))
+            .expect("static metric definition is valid");
+            for c in [
+                Box::new(success.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(timestamp.clone()),
+            ] {
+                self.registry.register(c).expect("registered once");
+            }
+            WebConfigMetrics { success, timestamp }
+        })
+    }
+    // --- end hardening ---
+
     /// Tells the encoder that metrics changed outside a poll (it re-renders).
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
@@ -149,6 +177,25 @@ impl SelfMetrics {
         self.requests
             .with_label_values(&[provider, account, endpoint, code])
             .get()
+    }
+}
+
+/// Outcome of the latest `--web.config.file` load (hardening, issue 7).
+pub struct WebConfigMetrics {
+    success: IntGauge,
+    timestamp: Gauge,
+}
+
+impl WebConfigMetrics {
+    /// A load succeeded at `at` (Unix seconds).
+    pub fn succeeded(&self, at: f64) {
+        self.success.set(1);
+        self.timestamp.set(at);
+    }
+
+    /// A load failed; the time of the last success stays.
+    pub fn failed(&self) {
+        self.success.set(0);
     }
 }
 

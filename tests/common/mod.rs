@@ -68,7 +68,7 @@ impl Harness {
         extra_globals: &str,
         clock: SharedClock,
     ) -> Harness {
-        Self::start_inner(scenario, extra_globals, clock, None).await
+        Self::start_inner(scenario, extra_globals, clock, None, |_| {}).await
     }
 
     /// Like `start_with`, with the watchdog's notifications going to `notifier`.
@@ -78,7 +78,19 @@ impl Harness {
         clock: SharedClock,
         notifier: Arc<dyn Notify>,
     ) -> Harness {
-        Self::start_inner(scenario, extra_globals, clock, Some(notifier)).await
+        Self::start_inner(scenario, extra_globals, clock, Some(notifier), |_| {}).await
+    }
+
+    /// Like `start_notifying`, with `tweak` applied to the parsed configuration before
+    /// the daemon starts (e.g. `[web]` settings the generated text does not carry).
+    pub async fn start_tweaked(
+        scenario: impl FnOnce(&str) -> Scenario,
+        extra_globals: &str,
+        clock: SharedClock,
+        notifier: Arc<dyn Notify>,
+        tweak: impl FnOnce(&mut vpswatch::config::Config),
+    ) -> Harness {
+        Self::start_inner(scenario, extra_globals, clock, Some(notifier), tweak).await
     }
 
     /// The configured notifier (email or the log) unless `notifier` replaces it.
@@ -87,6 +99,7 @@ impl Harness {
         extra_globals: &str,
         clock: SharedClock,
         notifier: Option<Arc<dyn Notify>>,
+        tweak: impl FnOnce(&mut vpswatch::config::Config),
     ) -> Harness {
         vpswatch::daemon::install_crypto_provider();
         let keys = nostr::Keys::generate();
@@ -101,10 +114,11 @@ impl Harness {
         .expect("simulator starts");
         let secret = keys.secret_key().to_secret_hex();
         let text = config_text(&sim.base_url(), extra_globals);
-        let config = vpswatch::config::parse(&text, "test", &|n| {
+        let mut config = vpswatch::config::parse(&text, "test", &|n| {
             (n == "TEST_NSEC").then(|| secret.clone())
         })
         .expect("config valid");
+        tweak(&mut config);
         let daemon = Daemon::start_with(config, clock, notifier)
             .await
             .expect("daemon starts");

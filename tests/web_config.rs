@@ -1,0 +1,633 @@
+//! `--web.config.file` end to end: a test CA (rcgen) signs the server's and the clients'
+//! certificates; a real daemon serves with TLS, basic auth (a real `htpasswd -nBC 10`
+//! hash) and security headers; mTLS is required and refused; the file is changed under
+//! the running daemon (by polling and by SIGHUP) and a broken file keeps the last good
+//! one; `check-config` lists every problem with its key path.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{owner_hex, wait_for, Exposition, LOOPBACK_ANY};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use vpswatch::clock::SystemClock;
+use vpswatch::daemon::Daemon;
+use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+
+const T: Duration = Duration::from_secs(20);
+
+/// `htpasswd -nbBC 10 prometheus 'correct horse battery staple'`, as printed.
+const HTPASSWD_LINE: &str =
+    "prometheus:$2y$10$FJW/mn.bjn/hkX8oCoTPn.p8n/B3MjUQPkiS2fFhwXgwZPBoSbH5G";
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A CA, a server certificate for 127.0.0.1 and two client certificates: one from the
+/// CA, one self-made (a "rogue" client).
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client: (String, String),
+    rogue: (String, String),
+}
+
+fn ca() -> (rcgen::Certificate, KeyPair) {
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "vpswatch test CA");
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().expect("key");
+    let cert = p.self_signed(&key).expect("CA cert");
+    (cert, key)
+}
+
+fn leaf(
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    issuer: &(rcgen::Certificate, KeyPair),
+) -> (String, String) {
+    let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("params");
+    p.distinguished_name.push(DnType::CommonName, names[0]);
+    p.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().expect("key");
+    let cert = p.signed_by(&key, &issuer.0, &issuer.1).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authority = ca();
+    let server = leaf(
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &authority,
+    );
+    let client = leaf(
+        &["prometheus"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &authority,
+    );
+    let rogue = leaf(&["intruder"], ExtendedKeyUsagePurpose::ClientAuth, &ca());
+    let ca_pem = authority.0.pem();
+    for (name, text) in [
+        ("server.crt", &server.0),
+        ("server.key", &server.1),
+        ("ca.crt", &ca_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    Pki {
+        dir,
+        ca_pem,
+        client,
+        rogue,
+    }
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the web config (relative file names resolve against its directory).
+    fn write_config(&self, yaml: &str) -> PathBuf {
+        let path = self.path("web.yml");
+        // Write-then-rename: the reloader never sees a half-written file.
+        let tmp = self.path("web.yml.tmp");
+        std::fs::write(&tmp, yaml).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        path
+    }
+
+    /// A client trusting the test CA, optionally presenting a certificate.
+    fn client(&self, identity: Option<&(String, String)>) -> reqwest::Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.expect("ca pem")).expect("ca");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("cert pem");
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .expect("key pem");
+                builder.with_client_auth_cert(chain, key).expect("identity")
+            }
+        };
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client")
+    }
+}
+
+use rustls::pki_types::pem::PemObject;
+
+/// A daemon polling an LNVPS simulator, serving with the web config file `web`.
+struct Served {
+    sim: LnvpsSimHandle,
+    daemon: Daemon,
+}
+
+impl Served {
+    async fn start(web: &Path, reload: Duration) -> Served {
+        vpswatch::daemon::install_crypto_provider();
+        let keys = nostr::Keys::generate();
+        let scenario = Scenario::load("demo", Some(&owner_hex(&keys))).expect("scenario");
+        let sim = LnvpsSim::start(
+            LOOPBACK_ANY.parse::<SocketAddr>().expect("addr"),
+            scenario,
+            Arc::new(SystemClock),
+        )
+        .await
+        .expect("simulator");
+        let secret = keys.secret_key().to_secret_hex();
+        let text = common::config_text(&sim.base_url(), "");
+        let mut config = vpswatch::config::parse(&text, "test", &|n| {
+            (n == "TEST_NSEC").then(|| secret.clone())
+        })
+        .expect("config");
+        config.web.config_file = Some(web.to_path_buf());
+        config.web.config_reload_interval = reload;
+        let daemon = Daemon::start(config, Arc::new(SystemClock))
+            .await
+            .expect("daemon starts");
+        Served { sim, daemon }
+    }
+
+    fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://{}{path}", self.daemon.addr)
+    }
+
+    async fn shutdown(self) {
+        self.daemon.shutdown().await;
+        self.sim.shutdown();
+    }
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// Status of a GET with optional basic credentials; `None` when the request failed
+/// (handshake refused, connection closed).
+async fn status(
+    c: &reqwest::Client,
+    url: &str,
+    creds: Option<(&str, &str)>,
+) -> Option<reqwest::Response> {
+    let mut req = c.get(url);
+    if let Some((u, p)) = creds {
+        req = req.header("authorization", basic(u, p));
+    }
+    req.send().await.ok()
+}
+
+fn tls_auth_yaml(extra: &str) -> String {
+    let (user, hash) = HTPASSWD_LINE.split_once(':').expect("htpasswd line");
+    format!(
+        r#"tls_server_config:
+  cert_file: server.crt
+  key_file: server.key
+  min_version: TLS12
+basic_auth_users:
+  {user}: {hash}
+http_server_config:
+  headers:
+    Strict-Transport-Security: max-age=31536000
+    X-Content-Type-Options: nosniff
+    X-Frame-Options: deny
+{extra}"#
+    )
+}
+
+#[tokio::test]
+async fn tls_with_basic_auth_and_headers() {
+    let pki = pki();
+    let web = pki.write_config(&tls_auth_yaml(""));
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let c = pki.client(None);
+    let metrics = s.url("https", "/metrics");
+
+    // Missing and wrong credentials: 401 with a challenge, the headers still applied.
+    for creds in [
+        None,
+        Some(("prometheus", "wrong")),
+        Some(("nobody", PASSWORD)),
+    ] {
+        let r = status(&c, &metrics, creds).await.expect("TLS answer");
+        assert_eq!(r.status(), 401, "{creds:?}");
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(challenge.starts_with("Basic realm="), "{challenge}");
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000")
+        );
+    }
+    // Every endpoint is protected; /-/healthy only when the file says so.
+    for path in ["/-/healthy", "/-/ready", "/", "/api/v1/actions", "/nope"] {
+        let r = status(&c, &s.url("https", path), None)
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 401, "{path}");
+    }
+
+    // The right password, from a real htpasswd line: served, with the headers.
+    let r = status(&c, &metrics, Some(("prometheus", PASSWORD)))
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+    for (h, v) in [
+        ("strict-transport-security", "max-age=31536000"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "deny"),
+    ] {
+        assert_eq!(
+            r.headers().get(h).and_then(|v| v.to_str().ok()),
+            Some(v),
+            "{h}"
+        );
+    }
+    let body = r.text().await.expect("body");
+    assert!(body.contains("vpswatch_build_info"));
+    assert!(Exposition::parse(&body).has("vpswatch_web_config_last_reload_successful", &[]));
+    // Repeated scrapes with the same credentials keep working (cached verification).
+    for _ in 0..5 {
+        let r = status(&c, &metrics, Some(("prometheus", PASSWORD)))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 200);
+    }
+
+    // Plain HTTP to the TLS port gets no HTTP answer at all.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    if let Ok(r) = plain.get(s.url("http", "/-/healthy")).send().await {
+        panic!("plain HTTP answered on the TLS port: {}", r.status());
+    }
+    // A client that does not trust the CA refuses the server.
+    let untrusting = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    assert!(untrusting.get(metrics.clone()).send().await.is_err());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn healthy_is_exempt_only_when_opted_in() {
+    let pki = pki();
+    let web = pki.write_config(&tls_auth_yaml("healthy_without_auth: true\n"));
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let c = pki.client(None);
+    let r = status(&c, &s.url("https", "/-/healthy"), None)
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+    for path in ["/metrics", "/-/ready", "/", "/api/v1/actions"] {
+        let r = status(&c, &s.url("https", path), None)
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_certificates_required_and_verified() {
+    let pki = pki();
+    let web = pki.write_config(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+    );
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let url = s.url("https", "/metrics");
+    // No certificate, or one the CA did not sign: no HTTP answer.
+    assert!(
+        status(&pki.client(None), &url, None).await.is_none(),
+        "served without a client certificate"
+    );
+    assert!(
+        status(&pki.client(Some(&pki.rogue)), &url, None)
+            .await
+            .is_none(),
+        "served a certificate from another CA"
+    );
+    let r = status(&pki.client(Some(&pki.client)), &url, None)
+        .await
+        .expect("the CA's client is served");
+    assert_eq!(r.status(), 200);
+    s.shutdown().await;
+
+    // VerifyClientCertIfGiven: optional, but a bad certificate is still refused.
+    let web = pki.write_config(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n",
+    );
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let url = s.url("https", "/metrics");
+    let r = status(&pki.client(None), &url, None).await.expect("served");
+    assert_eq!(r.status(), 200);
+    assert!(status(&pki.client(Some(&pki.rogue)), &url, None)
+        .await
+        .is_none());
+    let r = status(&pki.client(Some(&pki.client)), &url, None)
+        .await
+        .expect("served");
+    assert_eq!(r.status(), 200);
+    s.shutdown().await;
+}
+
+fn reload_metric(body: &str) -> Option<f64> {
+    Exposition::parse(body).get("vpswatch_web_config_last_reload_successful", &[])
+}
+
+fn auth_yaml(hash: &str) -> String {
+    format!("basic_auth_users:\n  prometheus: '{hash}'\n")
+}
+
+/// A cost-4 htpasswd-style hash (fast; the format is what htpasswd writes).
+fn quick_hash(password: &str) -> String {
+    bcrypt::hash(password, 4)
+        .expect("hash")
+        .replacen("$2b$", "$2y$", 1)
+}
+
+#[tokio::test]
+async fn live_reload_applies_changes_and_keeps_the_last_good_file() {
+    let pki = pki();
+    let web = pki.write_config(&auth_yaml(&quick_hash("old-password")));
+    let s = Served::start(&web, Duration::from_millis(100)).await;
+    let addr = s.daemon.addr;
+    let c = reqwest::Client::new();
+    let url = s.url("http", "/metrics");
+    let code = |p: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            status(&c, &url, Some(("prometheus", p)))
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(code("old-password").await, Some(200));
+    assert_eq!(code("new-password").await, Some(401));
+
+    // A new password: works without a restart, on the same listener.
+    pki.write_config(&auth_yaml(&quick_hash("new-password")));
+    wait_for("the new password works", T, || async {
+        code("new-password").await == Some(200)
+    })
+    .await;
+    assert_eq!(code("old-password").await, Some(401));
+    assert_eq!(s.daemon.addr, addr);
+
+    // A broken file (unknown key, bad hash): the last good configuration stays, the
+    // metric says so.
+    pki.write_config("basic_auth_users:\n  prometheus: not-a-hash\nhttp_server_confg: {}\n");
+    wait_for("the failed reload is visible", T, || async {
+        let body = status(&c, &url, Some(("prometheus", "new-password")))
+            .await
+            .expect("served");
+        reload_metric(&body.text().await.unwrap_or_default()) == Some(0.0)
+    })
+    .await;
+    assert_eq!(code("new-password").await, Some(200));
+    assert_eq!(code("old-password").await, Some(401));
+    // A missing file too.
+    std::fs::remove_file(&web).expect("remove");
+    assert_eq!(code("new-password").await, Some(200));
+
+    // Fixed again: reloaded, metric back to 1.
+    pki.write_config(&auth_yaml(&quick_hash("third")));
+    wait_for("the fixed file is applied", T, || async {
+        code("third").await == Some(200)
+    })
+    .await;
+    // The metric follows the swap (the exposition is re-rendered just after).
+    wait_for("the reload metric is back to 1", T, || async {
+        let body = status(&c, &url, Some(("prometheus", "third")))
+            .await
+            .expect("served")
+            .text()
+            .await
+            .unwrap_or_default();
+        reload_metric(&body) == Some(1.0)
+            && Exposition::parse(&body)
+                .get(
+                    "vpswatch_web_config_last_reload_success_timestamp_seconds",
+                    &[],
+                )
+                .is_some_and(|t| t > 0.0)
+    })
+    .await;
+    // Turning TLS on applies to new connections of the same listener.
+    pki.write_config("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n");
+    let tls = pki.client(None);
+    let https = s.url("https", "/metrics");
+    wait_for("TLS is switched on", T, || async {
+        status(&tls, &https, None)
+            .await
+            .is_some_and(|r| r.status() == 200)
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_at_once() {
+    let pki = pki();
+    let web = pki.write_config(&auth_yaml(&quick_hash("before-hup")));
+    // Polling every hour: only the signal can bring the change in.
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let c = reqwest::Client::new();
+    let url = s.url("http", "/-/healthy");
+    let ok = |p: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            status(&c, &url, Some(("prometheus", p)))
+                .await
+                .is_some_and(|r| r.status() == 200)
+        }
+    };
+    assert!(ok("before-hup").await);
+    // The reload metric appears once the daemon's SIGHUP handler is installed (before
+    // that, SIGHUP would end this test process).
+    let metrics = s.url("http", "/metrics");
+    wait_for("the web config watcher runs", T, || async {
+        let body = match status(&c, &metrics, Some(("prometheus", "before-hup"))).await {
+            Some(r) => r.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        reload_metric(&body) == Some(1.0)
+    })
+    .await;
+    pki.write_config(&auth_yaml(&quick_hash("after-hup")));
+    let pid = std::process::id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    wait_for("SIGHUP applied the new password", T, || ok("after-hup")).await;
+    assert!(!ok("before-hup").await);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_file_stops_the_start() {
+    let pki = pki();
+    let web =
+        pki.write_config("tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n");
+    let keys = nostr::Keys::generate();
+    let secret = keys.secret_key().to_secret_hex();
+    let text = common::config_text("http://127.0.0.1:9", "");
+    let mut config = vpswatch::config::parse(&text, "test", &|n| {
+        (n == "TEST_NSEC").then(|| secret.clone())
+    })
+    .expect("config");
+    config.web.config_file = Some(web.clone());
+    let err = match Daemon::start(config, Arc::new(SystemClock)).await {
+        Ok(_) => panic!("started with a broken web config"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("tls_server_config.cert_file: cannot read")
+            && err.contains("missing.crt")
+            && err.contains(&web.display().to_string()),
+        "{err}"
+    );
+}
+
+fn vpswatch(args: &[&str]) -> (i32, String, String) {
+    // The account's key comes from the environment.
+    let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(args)
+        .env("VPSWATCH_TEST_UNUSED", nsec)
+        .output()
+        .expect("run vpswatch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_validates_the_web_config() {
+    let pki = pki();
+    let toml = pki.path("vpswatch.toml");
+    std::fs::write(
+        &toml,
+        "[[accounts]]\nname = \"main\"\nprovider = \"lnvps\"\nnsec_env = \"VPSWATCH_TEST_UNUSED\"\n",
+    )
+    .expect("write");
+
+    let web = pki.write_config(&tls_auth_yaml(""));
+    let (code, out, err) = vpswatch(&[
+        "check-config",
+        &toml.display().to_string(),
+        "--web.config.file",
+        &web.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("web.yml: OK (TLS, client certificates: NoClientCert; basic auth for 1 user"),
+        "{out}"
+    );
+
+    let bad = pki.write_config(
+        r#"tls_server_config:
+  cert_fil: server.crt
+  key_file: server.key
+  client_auth_type: RequestClientCert
+  min_version: TLS10
+basic_auth_users:
+  alice: hunter2-plaintext
+http_server_config:
+  headers:
+    Server: nginx
+    X-Frame-Options: allow-from
+"#,
+    );
+    let (code, out, err) = vpswatch(&[
+        "check-config",
+        &toml.display().to_string(),
+        "--web.config.file",
+        &bad.display().to_string(),
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    let file = bad.display().to_string();
+    for want in [
+        "tls_server_config.cert_fil: unknown key",
+        "tls_server_config.client_auth_type: RequestClientCert",
+        "tls_server_config.min_version: TLS 1.0 and 1.1 are not supported",
+        "tls_server_config.cert_file: missing",
+        "basic_auth_users.alice: is not a bcrypt hash",
+        "http_server_config.headers.Server: this header cannot be configured",
+        "http_server_config.headers.X-Frame-Options: \"allow-from\" must be",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{file}: {want}"))),
+            "missing {want:?} in:\n{err}"
+        );
+    }
+    assert!(
+        !err.contains("hunter2-plaintext"),
+        "a password echoed: {err}"
+    );
+
+    // `web.config_file` in the TOML is checked too, and [web] limits are validated.
+    std::fs::write(
+        &toml,
+        format!(
+            "[web]\nconfig_file = {:?}\nmax_header_bytes = 100\nidle_timeout = \"0s\"\n\
+             [[accounts]]\nname = \"main\"\nprovider = \"lnvps\"\nnsec_env = \"VPSWATCH_TEST_UNUSED\"\n",
+            bad.display().to_string()
+        ),
+    )
+    .expect("write");
+    let (code, _, err) = vpswatch(&["check-config", &toml.display().to_string()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("web.max_header_bytes: must be at least 8192"),
+        "{err}"
+    );
+    assert!(
+        err.contains("web.idle_timeout: must be greater than zero"),
+        "{err}"
+    );
+    assert!(err.contains("basic_auth_users.alice"), "{err}");
+}

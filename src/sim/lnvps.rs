@@ -38,6 +38,7 @@ use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
 use super::power;
 pub use super::power::{ActionFailure, Blackout, BlackoutLength};
+pub use super::renewal::{AutoRenewAttempt, AutoRenewOutcome, SettleError};
 pub use super::scenario::{
     CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
     SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UserSpec, VmSpec, VmState,
@@ -220,6 +221,30 @@ impl LnvpsSimHandle {
     /// Replaces a user's saved payment methods (GET /api/v1/payment-methods).
     pub fn set_payment_methods(&self, owner_pubkey_hex: &str, methods: Vec<PaymentMethodSpec>) {
         self.with_world(|w, now| w.set_payment_methods(owner_pubkey_hex, &methods, now));
+    }
+
+    // ---- renewals (see `sim::renewal`) ------------------------------------------------
+
+    /// A Lightning payment of the invoice with this payment hash (hex) arrives: the
+    /// invoice is marked paid and its VM extended. Returns the preimage (hex).
+    pub fn settle_invoice(&self, payment_hash: &str) -> Result<String, SettleError> {
+        self.with_world(|w, now| w.settle(payment_hash, now))
+    }
+
+    /// The users' saved wallet (server-side auto-renewal, `?method=nwc`) fails (true)
+    /// or pays (false).
+    pub fn set_saved_wallet_fails(&self, fails: bool) {
+        self.with_world(|w, _| w.saved_wallet_fails = fails);
+    }
+
+    /// Every firing of the server-side auto-renewal so far, oldest first.
+    pub fn auto_renew_log(&self) -> Vec<AutoRenewAttempt> {
+        self.with_world(|w, _| w.auto_renew_log.clone())
+    }
+
+    /// A VM's payments (invoices), oldest first; empty for an unknown VM.
+    pub fn payments(&self, vm_id: u64) -> Vec<SimPayment> {
+        self.with_world(|w, _| w.vm(vm_id).map(|v| v.payments.clone()).unwrap_or_default())
     }
 
     pub fn inject_fault(&self, fault: Fault) {

@@ -32,13 +32,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::lnvps::LnvpsSimHandle;
 
-/// How the wallet treats the next requests.
+/// How the wallet treats the next `pay_invoice` requests (`get_balance` always answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WalletFailure {
     /// `pay_invoice` answers PAYMENT_FAILED without paying.
     PaymentFailed,
-    /// Every request goes unanswered (the client times out); nothing is paid.
+    /// The request goes unanswered (the client times out); nothing is paid.
     NoAnswer,
     /// `pay_invoice` pays, but the answer never comes (the client times out).
     PayWithoutAnswer,
@@ -178,7 +178,8 @@ impl NwcWalletService {
         self.state().balance_msat = msat;
     }
 
-    /// Applies `failure` to the next `count` requests (`None` = until cleared).
+    /// Applies `failure` to the next `count` `pay_invoice` requests (`None` = until
+    /// cleared).
     pub fn fail(&self, failure: WalletFailure, count: Option<u32>) {
         self.state().failure = Some((failure, count));
     }
@@ -294,9 +295,6 @@ fn answer(
     match request.params {
         RequestParams::GetBalance => {
             state.balance_requests += 1;
-            if state.take_failure() == Some(WalletFailure::NoAnswer) {
-                return None;
-            }
             Some(Response {
                 result_type: Method::GetBalance,
                 error: None,

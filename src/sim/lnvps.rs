@@ -231,6 +231,12 @@ impl LnvpsSimHandle {
         self.with_world(|w, now| w.settle(payment_hash, now))
     }
 
+    /// `GET /vm/{id}/renew?method=…&intervals=…` as the owner would call it (reuse
+    /// included); `None` when the server would answer an error.
+    pub fn renew(&self, vm_id: u64, method: Option<&str>, intervals: u32) -> Option<SimPayment> {
+        self.with_world(|w, now| w.renew(vm_id, method, intervals, now).ok())
+    }
+
     /// The users' saved wallet (server-side auto-renewal, `?method=nwc`) fails (true)
     /// or pays (false).
     pub fn set_saved_wallet_fails(&self, fails: bool) {

@@ -361,6 +361,7 @@ impl Task {
             period_seconds: ctx.vm.renewal.as_ref().map(|r| r.period_seconds),
             observed_at: ctx.snap.last_success.unwrap_or(ctx.now),
             last_paid_from: rec.last_paid_from,
+            last_paid_at: rec.last_paid_at,
             failed_attempts: expires.map_or(0, |e| rec.failures_for(e)),
             max_attempts: ctx.rule.max_attempts,
         };

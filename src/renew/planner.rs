@@ -38,6 +38,8 @@ pub struct PlanInput {
     /// `expires` as it was when vpswatch last paid a renewal for this VM: a poll still
     /// showing it is stale, not a reason to pay again.
     pub last_paid_from: Option<DateTime<Utc>>,
+    /// When vpswatch last paid a renewal for this VM: at most one per period.
+    pub last_paid_at: Option<DateTime<Utc>>,
     /// Failed attempts (invoices paid by nobody) for the current `expires`.
     pub failed_attempts: u32,
     pub max_attempts: u32,
@@ -82,6 +84,18 @@ pub fn plan(i: &PlanInput) -> Plan {
     }
     if i.last_paid_from == Some(expires) {
         return Plan::Wait("paid; waiting for a poll that shows the new expiry".into());
+    }
+    if let Some(paid) = i.last_paid_at {
+        let period = i
+            .period_seconds
+            .filter(|p| p.is_finite() && *p > 0.0)
+            .map_or(MAX_LEAD, Duration::from_secs_f64);
+        if i.now < paid + dur(period) {
+            return Plan::Wait(format!(
+                "renewed at {}; at most one renewal per period",
+                paid.to_rfc3339()
+            ));
+        }
     }
     if i.failed_attempts >= i.max_attempts {
         return Plan::GiveUp;
@@ -175,6 +189,7 @@ mod tests {
             period_seconds: Some(86_400.0),
             observed_at: t(20),
             last_paid_from: None,
+            last_paid_at: None,
             failed_attempts: 0,
             max_attempts: 3,
         }
@@ -240,6 +255,18 @@ mod tests {
         let mut i = input();
         i.last_paid_from = i.expires;
         assert!(matches!(plan(&i), Plan::Wait(_)));
+    }
+
+    #[test]
+    fn at_most_one_renewal_per_period() {
+        let mut i = input();
+        i.last_paid_at = Some(t(0));
+        assert!(
+            matches!(plan(&i), Plan::Wait(_)),
+            "paid 20 h ago, daily plan"
+        );
+        i.last_paid_at = Some(t(-5));
+        assert_eq!(plan(&i), Plan::Renew);
     }
 
     #[test]

@@ -570,3 +570,29 @@ async fn email_mode_mails_the_invoice_and_sees_it_paid() {
     assert_eq!(t.events(EventKind::InvoiceSent), 1);
     t.finish().await;
 }
+
+#[tokio::test]
+async fn demo_vm_renews_itself_through_nwc() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let shared: SharedClock = clock.clone();
+    let demo = vpswatch::demo::start("127.0.0.1:0".parse().expect("addr"), shared)
+        .await
+        .expect("demo starts");
+    let vm = vpswatch::demo::DEMO_RENEWING_VM;
+    let before = demo.sim.vm(vm).and_then(|v| v.expires).expect("paid");
+    // The window opens a minute after start.
+    clock.advance(chrono::Duration::seconds(90));
+    demo.sim.tick();
+    wait_for("the demo VM renewed", Duration::from_secs(30), || {
+        let n = demo.wallet.payments().len();
+        async move { n == 1 }
+    })
+    .await;
+    let after = demo.sim.vm(vm).and_then(|v| v.expires).expect("paid");
+    assert_eq!(after - before, chrono::Duration::days(1));
+    assert_eq!(
+        demo.wallet.balance_msat(),
+        vpswatch::demo::DEMO_WALLET_MSAT - 500_000
+    );
+    demo.shutdown().await;
+}

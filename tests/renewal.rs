@@ -596,3 +596,83 @@ async fn demo_vm_renews_itself_through_nwc() {
     );
     demo.shutdown().await;
 }
+
+/// The README's renewal example is accepted as written (with its wallet file present).
+#[test]
+fn readme_renewal_example_parses() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("condition = \"expires_within\""))
+        .expect("a renewal example");
+    let dir = tempfile::tempdir().expect("dir");
+    let uri_file = dir.path().join("nwc.uri");
+    let wallet = nostr::Keys::generate().public_key().to_hex();
+    let secret = nostr::Keys::generate().secret_key().to_secret_hex();
+    std::fs::write(
+        &uri_file,
+        format!("nostr+walletconnect://{wallet}?relay=ws%3A%2F%2F127.0.0.1%3A1&secret={secret}"),
+    )
+    .expect("write");
+    let text = format!(
+        "state_dir = \"{}\"\n[[accounts]]\nname = \"main\"\nprovider = \"lnvps\"\nbase_url = \"http://127.0.0.1:1\"\nnsec_env = \"N\"\n{}",
+        dir.path().display(),
+        block.replace("/etc/vpswatch/nwc.uri", &uri_file.display().to_string())
+    );
+    let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
+    let config = vpswatch::config::parse(&text, "README", &|n| (n == "N").then(|| nsec.clone()))
+        .unwrap_or_else(|e| panic!("README renewal example: {e}"));
+    assert_eq!(config.renew_rules.len(), 1);
+    assert!(
+        config.watchdog.rules.is_empty(),
+        "the engine never sees renew rules"
+    );
+    let rule = &config.renew_rules[0];
+    assert_eq!(rule.max_per_month_sats, 60_000);
+    assert!(
+        !format!("{rule:?}").contains(&secret),
+        "the URI stays redacted"
+    );
+}
+
+#[test]
+fn renewal_config_problems_name_their_keys() {
+    let text = r#"
+[[accounts]]
+name = "main"
+provider = "lnvps"
+base_url = "http://127.0.0.1:1"
+nsec_env = "N"
+
+[[rules]]
+name = "r"
+condition = "expires_within"
+within = "1d"
+action = "renew"
+[rules.renew]
+mode = "nwc"
+intervals = 0
+nwc_uri_env = "NWC"
+"#;
+    let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
+    let bad_uri = "nostr+walletconnect://nothex?secret=TOPSECRET".to_string();
+    let err = vpswatch::config::parse(text, "t", &|n| match n {
+        "N" => Some(nsec.clone()),
+        "NWC" => Some(bad_uri.clone()),
+        _ => None,
+    })
+    .expect_err("invalid");
+    let msg = err.to_string();
+    for key in [
+        "rules[0].renew.intervals",
+        "rules[0].renew.nwc_uri_env",
+        "rules[0].renew.max_per_renewal_sats",
+        "rules[0].renew.max_per_month_sats",
+    ] {
+        assert!(msg.contains(key), "{key} missing from: {msg}");
+    }
+    assert!(!msg.contains("TOPSECRET"), "the URI is never echoed: {msg}");
+}

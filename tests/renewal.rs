@@ -216,10 +216,14 @@ impl T {
     }
 
     fn renewals(&self, result: &str) -> u64 {
+        self.renewals_in("nwc", result)
+    }
+
+    fn renewals_in(&self, mode: &str, result: &str) -> u64 {
         self.daemon.as_ref().map_or(0, |d| {
             d.watchdog
                 .renewals()
-                .renewals("main", &self.vm.to_string(), "nwc", result)
+                .renewals("main", &self.vm.to_string(), mode, result)
         })
     }
 
@@ -675,4 +679,38 @@ nwc_uri_env = "NWC"
         assert!(msg.contains(key), "{key} missing from: {msg}");
     }
     assert!(!msg.contains("TOPSECRET"), "the URI is never echoed: {msg}");
+}
+
+#[tokio::test]
+async fn server_mode_alerts_when_the_server_did_not_renew_and_pays_nothing() {
+    let t = start(Setup {
+        expires_in: 13 * 3600,
+        auto_renew: true,
+        rule: rule("mode = \"server\"").replace("nwc_uri_env = \"TEST_NWC\"\n", ""),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set_saved_wallet_fails(true);
+    t.polls(3).await;
+    assert_eq!(
+        t.renewals_in("server", "server_missed"),
+        0,
+        "before the server's attempt"
+    );
+    t.advance(3600 + 60);
+    until("server attempt", || t.sim.auto_renew_log().len() == 1).await;
+    t.advance(180);
+    until("server_missed", || {
+        t.renewals_in("server", "server_missed") == 1
+    })
+    .await;
+    assert_eq!(t.events(EventKind::RenewalFailed), 1);
+    assert_eq!(t.wallet.pay_requests(), 0);
+    assert_eq!(t.paid_invoices(), 0);
+    assert_eq!(
+        t.sim.payments(t.vm).len(),
+        1,
+        "only the server's own invoice"
+    );
+    t.finish().await;
 }

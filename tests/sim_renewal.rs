@@ -343,3 +343,51 @@ async fn method_nwc_pays_from_the_saved_wallet() {
     assert_eq!(p["data"]["is_paid"], true);
     assert_eq!(t.expires() - before, chrono::Duration::days(1));
 }
+
+#[tokio::test]
+async fn control_api_settles_invoices_and_shows_auto_renewals() {
+    let t = start(13 * 3600, true).await;
+    let id = t.vm;
+    let ctl = |p: &str| format!("{}/_sim/{p}", t.sim.base_url());
+    let r = t
+        .http
+        .post(ctl("saved-wallet"))
+        .body(r#"{"fails":true}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 200);
+    t.advance(3600 + 60);
+    let log: Value = t
+        .http
+        .get(ctl("auto-renewals"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap_or(Value::Null))
+        .expect("body");
+    assert_eq!(log[0]["outcome"], "failed");
+    // The server's unpaid invoice, paid from outside.
+    let hash = t.sim.payments(id)[0].id.clone();
+    let before = t.expires();
+    let body = format!(r#"{{"payment_hash":"{hash}"}}"#);
+    let r = t
+        .http
+        .post(ctl("settle"))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(t.expires() - before, chrono::Duration::days(1));
+    let again = t
+        .http
+        .post(ctl("settle"))
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(again.status().as_u16(), 409, "an invoice is paid once");
+}

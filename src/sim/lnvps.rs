@@ -72,6 +72,9 @@ pub struct LoggedRequest {
     pub client_ip: IpAddr,
 }
 
+/// Balance of the wallet `vpswatch simulate` starts (100 000 sats).
+const SIM_WALLET_MSAT: u64 = 100_000_000;
+
 /// Starts simulators.
 pub struct LnvpsSim;
 
@@ -600,8 +603,18 @@ pub async fn run_cli(
         );
     }
     outln!("  control API: {}/_sim/", sim.base_url());
+    // A NIP-47 wallet that pays this simulator's invoices, for `[rules.renew]` tests.
+    let relay = SocketAddr::new(listen.ip(), 0);
+    let wallet =
+        super::nwc_wallet::NwcWalletService::start(sim.clone(), relay, SIM_WALLET_MSAT).await?;
+    outln!(
+        "  NWC wallet ({} sats; throwaway, put it in a renew rule's nwc_uri_file): {}",
+        SIM_WALLET_MSAT / 1000,
+        wallet.uri()
+    );
     outln!("Press Ctrl-C to stop.");
     crate::signal::wait_for_signal().await;
+    wallet.shutdown().await;
     sim.shutdown_and_wait().await;
     Ok(())
 }

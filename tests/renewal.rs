@@ -291,6 +291,7 @@ async fn vm_inside_the_window_is_paid_exactly_once() {
         !text.contains("walletconnect"),
         "the NWC URI never reaches /metrics"
     );
+    promtool_check(&text);
     t.finish().await;
 }
 
@@ -713,4 +714,29 @@ async fn server_mode_alerts_when_the_server_did_not_renew_and_pays_nothing() {
         "only the server's own invoice"
     );
     t.finish().await;
+}
+
+/// `promtool check metrics` accepts the exposition.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = p.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

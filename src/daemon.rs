@@ -47,6 +47,12 @@ fn probe_settings(config: &Config) -> ProbeSettings {
         ]
         .into_iter()
         .collect(),
+        rule_ports: config
+            .watchdog
+            .rules
+            .iter()
+            .filter_map(|r| r.port.map(|p| (r.selector.clone(), p)))
+            .collect(),
     }
 }
 

@@ -4,9 +4,10 @@
 //!
 //! LNVPS: running VMs with changing usage, one stopped, one expiring, one being created,
 //! and one that hangs now and then for the watchdog to heal.
-//! Lightning renewal: VM 4 (a daily BTC plan) enters its renewal window a minute after
-//! start and renews itself through a Nostr Wallet Connect wallet (the simulator's NIP-47
-//! wallet service on an in-process relay).
+//! Lightning renewal: VM 6 (a daily BTC plan, eight days left) enters its renewal window
+//! a minute after start and renews itself through a Nostr Wallet Connect wallet (the
+//! simulator's NIP-47 wallet service on an in-process relay). It is a VM of its own so
+//! the other VMs' expiry alerts stay as the scenario sets them.
 //! StableVPS: a read key for polling and a full key for actions, one VPS provisioning,
 //! active ones, and a wallet that pays the renewal due after one minute but not the one
 //! after three (the runway counts down to it, then that VPS is suspended).
@@ -20,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::daemon::Daemon;
-use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, RelTime, Scenario, VmSpec, VmState};
 use crate::sim::nwc_wallet::NwcWalletService;
+use crate::sim::scenario::TemplateSpec;
 use crate::sim::stablevps::{
     StableScenario, StableVpsSim, StableVpsSimHandle, DEMO_FULL_KEY, DEMO_READ_KEY,
 };
@@ -108,9 +110,12 @@ const STABLEVPS_READ_VAR: &str = "VPSWATCH_DEMO_STABLEVPS_READ_KEY";
 const STABLEVPS_WRITE_VAR: &str = "VPSWATCH_DEMO_STABLEVPS_KEY";
 const NWC_VAR: &str = "VPSWATCH_DEMO_NWC_URI";
 
-/// The demo VM that renews itself through NWC (a daily BTC plan expiring in 40 h; the
-/// rule's window opens a minute after start).
-pub const DEMO_RENEWING_VM: u64 = 4;
+/// The demo VM that renews itself through NWC (a daily BTC plan expiring in eight days,
+/// added after the scenario's five; the rule's window opens a minute after start).
+pub const DEMO_RENEWING_VM: u64 = 6;
+/// When the renewing VM expires at start, and the rule's window (a minute shorter).
+const DEMO_RENEWING_EXPIRES: i64 = 8 * 86_400;
+const DEMO_RENEW_WITHIN: &str = "7d 23h 59m";
 /// The demo wallet's starting balance.
 pub const DEMO_WALLET_MSAT: u64 = 100_000_000;
 
@@ -188,7 +193,7 @@ for = "5m"
 [[rules]]
 name = "renew-lightning"
 condition = "expires_within"
-within = "39h 59m"
+within = "{DEMO_RENEW_WITHIN}"
 action = "renew"
 [rules.match]
 vms = ["{DEMO_RENEWING_VM}"]
@@ -228,6 +233,21 @@ pub async fn start_with_smtp(
     let stablevps = StableVpsSim::start(loopback, stable, clock.clone())
         .await
         .context("starting the StableVPS simulator")?;
+    // The VM that renews itself, beside the scenario's VMs.
+    let renewing = sim.add_vm(
+        &owner,
+        VmSpec {
+            owner: owner.clone(),
+            state: VmState::Running,
+            expires: Some(RelTime::Offset(DEMO_RENEWING_EXPIRES)),
+            age: Duration::from_secs(90 * 86_400),
+            template: TemplateSpec::named("Daily BTC"),
+            ..VmSpec::default()
+        },
+    );
+    if renewing != DEMO_RENEWING_VM {
+        anyhow::bail!("the demo's renewing VM got id {renewing}, not {DEMO_RENEWING_VM}");
+    }
     let wallet = NwcWalletService::start(sim.clone(), loopback, DEMO_WALLET_MSAT)
         .await
         .context("starting the demo's NWC wallet service")?;
@@ -295,7 +315,7 @@ pub async fn run(listen: SocketAddr, smtp: Option<&str>) -> anyhow::Result<()> {
         "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
          metrics:                 http://{addr}/metrics\n  readiness:               \
          http://{addr}/-/ready\n  watchdog journal:        http://{addr}/api/v1/actions\n  \
-         Lightning renewal:       VM 4 renews itself through NWC about a minute after start\n\
+         Lightning renewal:       VM 6 renews itself through NWC about a minute after start\n\
          {}Press Ctrl-C to stop.\n",
         demo.sim.base_url(),
         demo.stablevps.base_url(),

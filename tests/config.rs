@@ -413,3 +413,114 @@ cycles = { quarterly = { price = 90.0 }, monthly = { period = "30 minutes" } }
         "needs a price",
     );
 }
+
+#[test]
+fn watchdog_rules_are_validated_with_key_paths() {
+    let text = format!(
+        r#"{GOOD}
+[watchdog]
+alertmanager_url = "ftp://am.example"
+[[rules]]
+name = "typo"
+condition = "probe_failng"
+[[rules]]
+name = "cpu"
+condition = "cpu_above"
+threshold = 1.5
+[[rules]]
+name = "api"
+condition = "provider_unreachable"
+action = "reboot"
+[[rules]]
+name = "restart-stopped"
+condition = "vm_not_running"
+action = "start"
+[[rules]]
+name = "reboot-stopped"
+condition = "vm_not_running"
+action = "reboot"
+keep_running = true
+[[rules]]
+name = "cpu"
+condition = "memory_above"
+threshold = 0.9
+escalate = ["stop_start"]
+[[rules]]
+name = "ok"
+condition = "probe_failing"
+action = "reboot"
+max_actions = 0
+patience = "0s"
+colour = "red"
+[[maintenance]]
+name = "weekly"
+days = ["sun"]
+start = "02:00"
+end = "04:00"
+timezone = "Europe/Berln"
+"#
+    );
+    let e = errors(&text, &env_with_key);
+    assert_problem(&e, "watchdog.alertmanager_url", "not http or https");
+    assert_problem(
+        &e,
+        "rules[0].condition",
+        "\"probe_failng\" is not a condition",
+    );
+    assert_problem(&e, "rules[1].threshold", "1.5 is not a ratio");
+    assert_problem(&e, "rules[2].action", "whole account");
+    assert_problem(&e, "rules[3].keep_running", "cannot tell a crash");
+    assert_problem(&e, "rules[4].action", "can only be started");
+    assert_problem(&e, "rules[5].escalate", "need a first `action`");
+    assert_problem(&e, "rules[6].max_actions", "at least 1");
+    assert_problem(&e, "rules[6].patience", "greater than zero");
+    assert_problem(&e, "rules[6].colour", "unknown key");
+    assert_problem(&e, "maintenance[0].timezone", "Europe/Berln");
+
+    // Through the binary: exit 2, every problem listed.
+    let mut f = tempfile::NamedTempFile::new().expect("temp");
+    f.write_all(text.as_bytes()).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .arg("check-config")
+        .arg(f.path())
+        .env("LNVPS_KEY", HEX_KEY)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rules[3].keep_running"), "{stderr}");
+    assert!(stderr.contains("maintenance[0].timezone"), "{stderr}");
+}
+
+#[test]
+fn a_sound_rule_set_loads_and_duplicate_names_are_refused() {
+    let good = format!(
+        r#"{GOOD}
+[[rules]]
+name = "ssh"
+condition = "probe_failing"
+for = "2m"
+action = "reboot"
+escalate = ["stop_start"]
+[[rules]]
+name = "down"
+condition = "vm_not_running"
+action = "start"
+keep_running = true
+[rules.match]
+names = ["web-*"]
+[[rules]]
+name = "key"
+condition = "api_key_expiring"
+within = "14d"
+"#
+    );
+    let c = config::parse(&good, "test.toml", &env_with_key).expect("valid");
+    assert_eq!(c.watchdog.rules.len(), 3);
+    assert_eq!(c.watchdog.rules[0].ladder.len(), 2);
+    assert_eq!(c.watchdog.rules[0].failures, 3, "default N");
+    assert_eq!(c.watchdog.rules[0].recoveries, 2, "default M");
+    let dup = format!("{good}[[rules]]\nname = \"ssh\"\ncondition = \"vm_not_running\"\n");
+    let e = errors(&dup, &env_with_key);
+    assert_problem(&e, "rules[3].name", "already used by rules[0]");
+}

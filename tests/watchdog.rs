@@ -519,3 +519,292 @@ async fn a_restart_mid_cooldown_sends_no_extra_action() {
     h2.shutdown().await;
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_vm_dead_through_reboots_climbs_the_ladder_then_gives_up_without_looping() {
+    let notes = Arc::new(RecordingNotifier::default());
+    let rules = probe_rule("escalate = [\"stop_start\"]\nmax_actions = 5")
+        .replace("cooldown = \"1h\"", "cooldown = \"300ms\"")
+        .replace("patience = \"10s\"", "patience = \"1500ms\"");
+    let wd = Wd::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        7,
+        &[VmState::Running],
+        &rules,
+        Arc::new(SystemClock),
+        notes.clone(),
+    )
+    .await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    // Hung, and no reboot or power cycle brings it back.
+    wd.h.sim.set_stays_dead(1, true);
+    wd.h.sim.set_hung(1, true);
+    let exp =
+        wd.h.wait_metrics("ladder exhausted: gave up", Duration::from_secs(40), |e| {
+            actions(e, "1", "gave_up") == 1.0
+        })
+        .await;
+    assert_eq!(actions(&exp, "1", "ok"), 2.0, "reboot, then stop+start");
+    assert_eq!(wd.calls(1, "/restart"), 1);
+    assert_eq!(wd.calls(1, "/stop"), 1);
+    assert_eq!(wd.calls(1, "/start"), 1);
+    assert_eq!(
+        exp.get(
+            "vpswatch_action_outcomes_total",
+            &[
+                ("vm", "1"),
+                ("action", "reboot"),
+                ("outcome", "not_recovered")
+            ]
+        ),
+        Some(1.0)
+    );
+    // Well past cooldown and patience: still nothing more, still firing.
+    let later = wd.evaluated_after(Wd::now() + 3.0).await;
+    assert_eq!(
+        wd.calls(1, "/restart") + wd.calls(1, "/stop") + wd.calls(1, "/start"),
+        3
+    );
+    assert_eq!(actions(&later, "1", "gave_up"), 1.0, "gave up once");
+    assert_eq!(later.get("vpswatch_rule_firing", &[("vm", "1")]), Some(1.0));
+    let kinds = notes.event_kinds();
+    assert_eq!(
+        kinds.iter().filter(|(_, k)| *k == "gave_up").count(),
+        1,
+        "a human is told once: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|(_, k)| *k == "action_taken").count(),
+        2
+    );
+
+    // Once it is seen healthy again the rule resolves and the ladder starts afresh.
+    wd.h.sim.set_stays_dead(1, false);
+    wd.h.sim.set_hung(1, false);
+    wd.h.wait_metrics("recovered by hand", T, |e| {
+        e.get("vpswatch_rule_firing", &[("vm", "1")]) == Some(0.0)
+    })
+    .await;
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_cap_stops_actions_and_escalates() {
+    let notes = Arc::new(RecordingNotifier::default());
+    // A long ladder of reboots, but at most two per window.
+    let rules = probe_rule("escalate = [\"reboot\", \"reboot\", \"reboot\"]\nmax_actions = 2")
+        .replace("cooldown = \"1h\"", "cooldown = \"300ms\"")
+        .replace("patience = \"10s\"", "patience = \"1s\"");
+    let wd = Wd::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        8,
+        &[VmState::Running],
+        &rules,
+        Arc::new(SystemClock),
+        notes.clone(),
+    )
+    .await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    wd.h.sim.set_stays_dead(1, true);
+    wd.h.sim.set_hung(1, true);
+    let exp =
+        wd.h.wait_metrics("cap reached", Duration::from_secs(40), |e| {
+            actions(e, "1", "skipped_cap") >= 1.0 && actions(e, "1", "gave_up") == 1.0
+        })
+        .await;
+    assert_eq!(actions(&exp, "1", "ok"), 2.0);
+    wd.evaluated_after(Wd::now() + 2.0).await;
+    assert_eq!(wd.calls(1, "/restart"), 2, "never more than the cap");
+    assert!(notes.event_kinds().contains(&("1".to_string(), "gave_up")));
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_maintenance_window_holds_actions_back_and_counts_the_skip() {
+    // A window open all day, every day, for VMs named vm-1 only.
+    let rules = format!(
+        "{}\n[[maintenance]]\nname = \"patching\"\nstart = \"00:00\"\nend = \"24:00\"\ntimezone = \"Europe/Berlin\"\n[maintenance.match]\nnames = [\"vm-1\"]\n",
+        probe_rule("").replace("cooldown = \"1h\"", "cooldown = \"1s\"")
+    );
+    let wd = Wd::start(9, &[VmState::Running, VmState::Running], &rules).await;
+    wd.h.wait_metrics("VMs answer", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+            && e.get("vps_probe_success", &[("vm", "2")]) == Some(1.0)
+    })
+    .await;
+    wd.h.sim.set_hung(1, true);
+    wd.h.sim.set_hung(2, true);
+    let exp =
+        wd.h.wait_metrics("vm 1 skipped, vm 2 healed", T, |e| {
+            actions(e, "1", "skipped_maintenance") >= 2.0 && actions(e, "2", "ok") == 1.0
+        })
+        .await;
+    assert_eq!(actions(&exp, "1", "ok"), 0.0);
+    assert_eq!(wd.calls(1, "/restart"), 0, "inside the window: no action");
+    assert_eq!(wd.calls(2, "/restart"), 1, "outside the window: healed");
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_matching_alertmanager_silence_holds_actions_back_until_it_ends() {
+    let am = common::alertmanager::Alertmanager::start().await;
+    let rules = format!(
+        "[watchdog]\nalertmanager_url = \"{}\"\nsilence_refresh = \"100ms\"\n{}",
+        am.url,
+        probe_rule("").replace("cooldown = \"1h\"", "cooldown = \"1s\"")
+    );
+    let wd = Wd::start(10, &[VmState::Running], &rules).await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    let now = chrono::Utc::now();
+    let eq = |n: &str, v: &str| serde_json::json!({"name": n, "value": v, "isRegex": false, "isEqual": true});
+    let id = am
+        .silence(
+            serde_json::json!([
+                eq("provider", "lnvps"),
+                eq("account", "main"),
+                eq("vm", "1")
+            ]),
+            now - chrono::Duration::minutes(1),
+            now + chrono::Duration::hours(1),
+            "kernel upgrade on vm 1",
+        )
+        .await;
+    wd.h.sim.set_hung(1, true);
+    let exp =
+        wd.h.wait_metrics("the silence holds the reboot", T, |e| {
+            actions(e, "1", "skipped_silenced") >= 2.0
+        })
+        .await;
+    assert_eq!(actions(&exp, "1", "ok"), 0.0);
+    assert_eq!(wd.calls(1, "/restart"), 0);
+    // The operator ends the silence: the watchdog acts.
+    am.expire(&id).await;
+    wd.h.wait_metrics("rebooted once the silence ended", T, |e| {
+        actions(e, "1", "ok") == 1.0
+    })
+    .await;
+    assert_eq!(wd.calls(1, "/restart"), 1);
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rule_can_probe_its_own_port() {
+    // The account's default probe port (1) never answers; the rule watches the port the
+    // VM's service really listens on, and only that one decides.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let globals = format!(
+        "state_dir = {:?}\n[probes]\ninterval = \"100ms\"\ntimeout = \"300ms\"\n[probes.ports]\nlnvps = 1\n{}",
+        dir.path().display().to_string(),
+        probe_rule(&format!("port = {port}"))
+    );
+    let h = Harness::start_with(
+        move |owner| {
+            let mut s = Scenario {
+                vms: vec![VmSpec {
+                    owner: owner.to_string(),
+                    ipv4: Some(Ipv4Addr::new(127, 5, 11, 1)),
+                    ..VmSpec::default()
+                }],
+                ..Scenario::default()
+            };
+            s.settings.vm_listen_port = Some(port);
+            s
+        },
+        &globals,
+        Arc::new(SystemClock),
+    )
+    .await;
+    let p = port.to_string();
+    h.wait_metrics("both ports probed", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1"), ("port", "1")]) == Some(0.0)
+            && e.get("vps_probe_success", &[("vm", "1"), ("port", &p)]) == Some(1.0)
+    })
+    .await;
+    let wd = Wd {
+        h,
+        globals: String::new(),
+        dir,
+    };
+    let quiet = wd.evaluated_after(Wd::now() + 0.5).await;
+    assert_eq!(
+        actions(&quiet, "1", "ok"),
+        0.0,
+        "the failing default port is not this rule's"
+    );
+    wd.h.sim.set_hung(1, true);
+    wd.h.wait_metrics("rebooted when the rule's port stops answering", T, |e| {
+        actions(e, "1", "ok") == 1.0
+    })
+    .await;
+    assert_eq!(wd.calls(1, "/restart"), 1);
+    wd.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_restart_call_is_journaled_and_retried_after_the_cooldown() {
+    let notes = Arc::new(RecordingNotifier::default());
+    let rules = probe_rule("").replace("cooldown = \"1h\"", "cooldown = \"500ms\"");
+    let wd = Wd::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        12,
+        &[VmState::Running],
+        &rules,
+        Arc::new(SystemClock),
+        notes.clone(),
+    )
+    .await;
+    wd.h.wait_metrics("VM answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+    })
+    .await;
+    // The provider answers the first restart with its 500 error.
+    wd.h.sim
+        .fail_actions(1, vpswatch::sim::lnvps::ActionFailure::status(500).times(1));
+    wd.h.sim.set_hung(1, true);
+    let exp =
+        wd.h.wait_metrics("failed once, then rebooted and recovered", T, |e| {
+            actions(e, "1", "failed") == 1.0
+                && e.get(
+                    "vpswatch_action_outcomes_total",
+                    &[("vm", "1"), ("outcome", "recovered")],
+                ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(actions(&exp, "1", "ok"), 1.0);
+    assert_eq!(wd.calls(1, "/restart"), 2, "the failed call and the retry");
+    let text =
+        wd.h.http
+            .get(wd.h.url("/api/v1/actions"))
+            .send()
+            .await
+            .expect("api")
+            .text()
+            .await
+            .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let list = body["actions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 2, "{body}");
+    // Newest first: the retry succeeded, the first call failed with the provider's words.
+    assert_eq!(list[0]["status"], "ok");
+    assert_eq!(list[1]["status"], "failed");
+    assert!(
+        list[1]["error"].as_str().is_some_and(|e| e.contains("500")),
+        "{body}"
+    );
+    let kinds = notes.event_kinds();
+    assert!(
+        kinds.contains(&("1".to_string(), "action_failed")),
+        "{kinds:?}"
+    );
+    wd.h.shutdown().await;
+}

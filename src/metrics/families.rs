@@ -146,9 +146,12 @@ fn bool_value(b: bool) -> f64 {
 }
 
 /// Adds the latest probe results (only for VMs still in a snapshot).
-pub fn add_probes(set: &mut FamilySet, probes: &HashMap<VmKey, ProbeResult>) {
-    let mut rows: Vec<_> = probes.iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0));
+pub fn add_probes(set: &mut FamilySet, probes: &HashMap<VmKey, Vec<ProbeResult>>) {
+    let mut rows: Vec<_> = probes
+        .iter()
+        .flat_map(|(k, rs)| rs.iter().map(move |r| (k, r)))
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1.port).cmp(&(b.0, b.1.port)));
     for ((provider, account, vm), r) in rows {
         let port = r.port.to_string();
         let labels = [

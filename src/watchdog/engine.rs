@@ -59,7 +59,8 @@ struct Finished {
 }
 
 struct Engine {
-    rules: Vec<Rule>,
+    /// Shared so a round can hold a rule while mutating the engine, without copying it.
+    rules: Vec<Arc<Rule>>,
     dry_run: bool,
     freshness: Freshness,
     store: Arc<SnapshotStore>,
@@ -112,7 +113,7 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
         parts.report.set_target(key, s.firing, s.unknown.is_some());
     }
     let mut engine = Engine {
-        rules: parts.config.rules,
+        rules: parts.config.rules.into_iter().map(Arc::new).collect(),
         dry_run: parts.config.dry_run,
         freshness: Freshness {
             staleness_limit: parts.staleness_limit,
@@ -227,7 +228,7 @@ impl Engine {
         &mut self,
         rule_idx: usize,
         snap: &Arc<AccountSnapshot>,
-        probes: &HashMap<VmKey, ProbeResult>,
+        probes: &HashMap<VmKey, Vec<ProbeResult>>,
         now: DateTime<Utc>,
         seen: &mut HashSet<TargetKey>,
     ) {
@@ -263,12 +264,10 @@ impl Engine {
             self.process(rule_idx, key, obs, snap, None, now).await;
             return;
         }
-        let vms: Vec<Vm> = snap
-            .data
-            .as_ref()
-            .map(|d| d.vms.clone())
-            .unwrap_or_default();
-        for vm in &vms {
+        // A cheap handle on the snapshot's data: the VMs are borrowed, not copied.
+        let data = snap.data.clone();
+        let vms: &[Vm] = data.as_deref().map(|d| d.vms.as_slice()).unwrap_or(&[]);
+        for vm in vms {
             let target = Target {
                 provider: snap.provider,
                 account: &snap.account,
@@ -278,7 +277,15 @@ impl Engine {
             if !self.rules[rule_idx].selector.matches(target) {
                 continue;
             }
-            let probe = probes.get(&(snap.provider, snap.account.clone(), vm.id.clone()));
+            let port = self.rules[rule_idx].port;
+            let probe = probes
+                .get(&(snap.provider, snap.account.clone(), vm.id.clone()))
+                .and_then(|rs| {
+                    rs.iter().find(|r| match port {
+                        Some(p) => r.port == p,
+                        None => r.default,
+                    })
+                });
             let obs = evaluate::evaluate_vm(
                 &self.rules[rule_idx].condition,
                 snap,
@@ -348,6 +355,7 @@ impl Engine {
             }
             tracing::info!(rule = %key.rule, account = %key.account, vm = %key.vm, why, "watchdog target dropped");
             self.report.remove_target(key);
+            self.last_skip.remove(key);
             self.dirty.remove(key);
             self.removed.push(key.clone());
         }
@@ -373,7 +381,7 @@ impl Engine {
         let changes = state.observe(&rule, &obs, now);
         let expired = state.patience_expired(now);
         let after = state.clone();
-        if after != before {
+        if after.durably_differs(&before, &rule) {
             self.dirty.insert(key.clone());
         }
         self.report

@@ -28,6 +28,8 @@ const CONCURRENCY: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
     pub port: u16,
+    /// The account's (or provider's) probe port, as opposed to one a rule added.
+    pub default: bool,
     pub success: bool,
     /// Time to connect, or to give up.
     pub duration: Duration,
@@ -39,7 +41,8 @@ pub type VmKey = (ProviderKind, String, String);
 
 /// The latest round of probe results, replaced as a whole after each round.
 pub struct ProbeStore {
-    results: ArcSwap<HashMap<VmKey, ProbeResult>>,
+    /// One result per probed port of each VM.
+    results: ArcSwap<HashMap<VmKey, Vec<ProbeResult>>>,
     generation: watch::Sender<u64>,
 }
 
@@ -53,11 +56,11 @@ impl Default for ProbeStore {
 }
 
 impl ProbeStore {
-    pub fn latest(&self) -> Arc<HashMap<VmKey, ProbeResult>> {
+    pub fn latest(&self) -> Arc<HashMap<VmKey, Vec<ProbeResult>>> {
         self.results.load_full()
     }
 
-    pub fn publish(&self, results: HashMap<VmKey, ProbeResult>) {
+    pub fn publish(&self, results: HashMap<VmKey, Vec<ProbeResult>>) {
         self.results.store(Arc::new(results));
         self.generation.send_modify(|g| *g += 1);
     }
@@ -76,6 +79,8 @@ pub struct ProbeSettings {
     /// Port per (provider, account); accounts not listed use `default_ports`.
     pub account_ports: HashMap<(ProviderKind, String), u16>,
     pub default_ports: HashMap<ProviderKind, u16>,
+    /// Further ports rules ask for, on the VMs their selectors match.
+    pub rule_ports: Vec<(crate::watchdog::selector::Selector, u16)>,
 }
 
 impl ProbeSettings {
@@ -102,20 +107,32 @@ pub async fn probe_tcp(ip: Ipv4Addr, port: u16, timeout: Duration) -> (bool, Dur
     (ok, started.elapsed())
 }
 
-/// The targets of one round: every running VM with an IPv4 in the current snapshots.
-fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> Vec<(VmKey, Ipv4Addr, u16)> {
+/// The targets of one round: every running VM with an IPv4 in the current snapshots, on
+/// its default port and on every port a matching rule asks for.
+fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> Vec<(VmKey, Ipv4Addr, u16, bool)> {
     let mut out = Vec::new();
     for snap in store.all() {
         let Some(data) = &snap.data else { continue };
         let port = settings.port_for(snap.provider, &snap.account);
         for vm in data.vms.iter().filter(|v| v.state.is_running()) {
-            if let Some(ip) = vm.ipv4 {
-                out.push((
-                    (snap.provider, snap.account.clone(), vm.id.clone()),
-                    ip,
-                    port,
-                ));
-            }
+            let Some(ip) = vm.ipv4 else { continue };
+            let key = (snap.provider, snap.account.clone(), vm.id.clone());
+            out.push((key.clone(), ip, port, true));
+            let target = crate::watchdog::selector::Target {
+                provider: snap.provider,
+                account: &snap.account,
+                vm: Some(&vm.id),
+                vm_name: Some(&vm.name),
+            };
+            let mut extra: Vec<u16> = settings
+                .rule_ports
+                .iter()
+                .filter(|(sel, p)| *p != port && sel.matches(target))
+                .map(|(_, p)| *p)
+                .collect();
+            extra.sort_unstable();
+            extra.dedup();
+            out.extend(extra.into_iter().map(|p| (key.clone(), ip, p, false)));
         }
     }
     out
@@ -126,17 +143,18 @@ pub async fn run_round(
     store: &SnapshotStore,
     settings: &ProbeSettings,
     clock: &SharedClock,
-) -> HashMap<VmKey, ProbeResult> {
+) -> HashMap<VmKey, Vec<ProbeResult>> {
     let timeout = settings.timeout;
-    stream::iter(targets(store, settings))
-        .map(|(key, ip, port)| async move {
+    let results: Vec<(VmKey, ProbeResult)> = stream::iter(targets(store, settings))
+        .map(|(key, ip, port, default)| async move {
             let (success, duration) = probe_tcp(ip, port, timeout).await;
-            (key, port, success, duration)
+            (key, port, default, success, duration)
         })
         .buffer_unordered(CONCURRENCY)
-        .map(|(key, port, success, duration)| {
+        .map(|(key, port, default, success, duration)| {
             let result = ProbeResult {
                 port,
+                default,
                 success,
                 duration,
                 at: clock.now(),
@@ -144,7 +162,15 @@ pub async fn run_round(
             (key, result)
         })
         .collect()
-        .await
+        .await;
+    let mut by_vm: HashMap<VmKey, Vec<ProbeResult>> = HashMap::new();
+    for (key, r) in results {
+        by_vm.entry(key).or_default().push(r);
+    }
+    for v in by_vm.values_mut() {
+        v.sort_by_key(|r| r.port);
+    }
+    by_vm
 }
 
 /// Probes on `settings.interval` until cancelled. The first round waits for data.

@@ -97,6 +97,8 @@ pub struct Rule {
     pub keep_running: bool,
     pub dry_run: bool,
     pub selector: Selector,
+    /// probe_failing only: probe this port instead of the account's default.
+    pub port: Option<u16>,
 }
 
 /// `[watchdog]` plus the rules.
@@ -163,6 +165,7 @@ pub(crate) struct RawRule {
     dry_run: bool,
     #[serde(default, rename = "match")]
     selector: SelectorConfig,
+    port: Option<u16>,
 }
 
 const CONDITIONS: &str = "vm_not_running, probe_failing, provider_unreachable, cpu_above, \
@@ -283,6 +286,12 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
     if raw.threshold.is_some() && !matches!(raw.condition.as_str(), "cpu_above" | "memory_above") {
         problem("threshold", format!("{} takes no threshold", raw.condition));
     }
+    if raw.port.is_some() && raw.condition != "probe_failing" {
+        problem("port", format!("{} takes no probe port", raw.condition));
+    }
+    if raw.port == Some(0) {
+        problem("port", "must be a TCP port (1-65535)".into());
+    }
     if raw.within.is_some() && raw.condition != "api_key_expiring" {
         problem("within", format!("{} takes no `within`", raw.condition));
     }
@@ -398,5 +407,6 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
         keep_running: raw.keep_running,
         dry_run: raw.dry_run,
         selector,
+        port: raw.port,
     })
 }

@@ -140,6 +140,28 @@ impl TargetState {
                 .is_some_and(|since| sample_at - since >= secs(rule.hold_for))
     }
 
+    /// Whether the two states differ in anything a restart must remember. A healthy
+    /// target's growing success count and newest sample time are left out, so a fleet
+    /// that is fine writes nothing to disk round after round.
+    pub fn durably_differs(&self, other: &TargetState, rule: &Rule) -> bool {
+        let key = |s: &TargetState| {
+            (
+                s.bad_count,
+                s.bad_since,
+                s.good_count.min(rule.recoveries),
+                s.unknown.is_some(),
+                s.firing,
+                s.firing_since,
+                s.rung,
+                s.gave_up,
+            )
+        };
+        key(self) != key(other)
+            || self.awaiting != other.awaiting
+            || self.action_times != other.action_times
+            || self.vm_name != other.vm_name
+    }
+
     /// Ends a wait whose patience ran out; returns the action that did not help.
     pub fn patience_expired(&mut self, now: DateTime<Utc>) -> Option<Awaiting> {
         if self.awaiting.as_ref().is_some_and(|a| now >= a.deadline) {
@@ -224,6 +246,7 @@ mod tests {
             keep_running: false,
             dry_run: false,
             selector: Selector::default(),
+            port: None,
         }
     }
 
@@ -312,6 +335,27 @@ mod tests {
         }
         assert!(s.patience_expired(t(700)).is_some());
         assert_eq!(s.want(&r, t(700)), Want::GiveUp);
+    }
+
+    #[test]
+    fn a_healthy_target_has_nothing_new_to_persist() {
+        let r = rule();
+        let mut s = TargetState::default();
+        for at in [0, 30, 60] {
+            s.observe(&r, &obs(Verdict::Good, at), t(at));
+        }
+        let before = s.clone();
+        s.observe(&r, &obs(Verdict::Good, 90), t(90));
+        assert!(
+            !s.durably_differs(&before, &r),
+            "only the sample time moved"
+        );
+        let before = s.clone();
+        s.observe(&r, &obs(Verdict::Bad, 120), t(120));
+        assert!(
+            s.durably_differs(&before, &r),
+            "a failure must survive a restart"
+        );
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! simulator with accounts on either.
 #![allow(dead_code)]
 
+pub mod alertmanager;
+pub mod smtp;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vpswatch::clock::{SharedClock, SystemClock};
 use vpswatch::daemon::Daemon;
-use vpswatch::notify::{AlertStatus, AlertUpdate, Event, LogNotifier, Notify};
+use vpswatch::notify::{AlertStatus, AlertUpdate, Event, Notify};
 use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
 use vpswatch::sim::stablevps::{StableScenario, StableVpsSim, StableVpsSimHandle};
 
@@ -65,7 +68,7 @@ impl Harness {
         extra_globals: &str,
         clock: SharedClock,
     ) -> Harness {
-        Self::start_notifying(scenario, extra_globals, clock, Arc::new(LogNotifier)).await
+        Self::start_inner(scenario, extra_globals, clock, None).await
     }
 
     /// Like `start_with`, with the watchdog's notifications going to `notifier`.
@@ -74,6 +77,16 @@ impl Harness {
         extra_globals: &str,
         clock: SharedClock,
         notifier: Arc<dyn Notify>,
+    ) -> Harness {
+        Self::start_inner(scenario, extra_globals, clock, Some(notifier)).await
+    }
+
+    /// The configured notifier (email or the log) unless `notifier` replaces it.
+    async fn start_inner(
+        scenario: impl FnOnce(&str) -> Scenario,
+        extra_globals: &str,
+        clock: SharedClock,
+        notifier: Option<Arc<dyn Notify>>,
     ) -> Harness {
         vpswatch::daemon::install_crypto_provider();
         let keys = nostr::Keys::generate();
@@ -92,7 +105,7 @@ impl Harness {
             (n == "TEST_NSEC").then(|| secret.clone())
         })
         .expect("config valid");
-        let daemon = Daemon::start_with(config, clock, Some(notifier))
+        let daemon = Daemon::start_with(config, clock, notifier)
             .await
             .expect("daemon starts");
         Harness {

@@ -1,0 +1,143 @@
+//! The watchdog on StableVPS, through the same provider trait: a hung Windows VPS (RDP
+//! port closed while the API says active) is rebooted with `POST /vps/:id/actions` by the
+//! account holding a full-scope key; an account polling with a read-only key reports the
+//! action as disabled and never sends a write.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Exposition, Stack, StackSpec};
+use vpswatch::clock::SystemClock;
+use vpswatch::sim::stablevps::{AccountSpec, KeyScope, KeySpec, StableScenario, VpsSpec};
+
+const T: Duration = Duration::from_secs(20);
+
+fn actions(e: &Exposition, account: &str, result: &str) -> f64 {
+    e.get(
+        "vpswatch_actions_total",
+        &[("account", account), ("result", result)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn hung_vps_is_rebooted_with_the_write_key_and_never_by_a_read_only_account() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let key = |k: &str, scope| KeySpec {
+        key: k.into(),
+        name: None,
+        scope,
+        expires_at: None,
+    };
+    let scenario = StableScenario {
+        accounts: vec![AccountSpec {
+            keys: vec![
+                key(common::SVPS_FULL, KeyScope::Full),
+                key(common::SVPS_READ, KeyScope::Read),
+            ],
+            ..AccountSpec::default()
+        }],
+        vps: vec![VpsSpec {
+            ip_address: Some("127.3.10.1".parse().expect("ip")),
+            rdp_port: Some(port),
+            listen_rdp: true,
+            ..VpsSpec::default()
+        }],
+        ..StableScenario::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let globals = format!(
+        r#"state_dir = {:?}
+[probes]
+interval = "100ms"
+timeout = "300ms"
+ports = {{ stablevps = {port} }}
+[[rules]]
+name = "rdp-dead"
+condition = "probe_failing"
+for = "300ms"
+failures = 2
+action = "reboot"
+cooldown = "1h"
+patience = "10s"
+"#,
+        dir.path().display().to_string()
+    );
+    // Two views of the same StableVPS account: one may act, one may only read.
+    let accounts = r#"[[accounts]]
+name = "full"
+provider = "stablevps"
+base_url = "{stablevps_url}"
+api_key_env = "SVPS_READ"
+write_api_key_env = "SVPS_FULL"
+
+[[accounts]]
+name = "readonly"
+provider = "stablevps"
+base_url = "{stablevps_url}"
+api_key_env = "SVPS_READ"
+"#;
+    let s = Stack::start(StackSpec {
+        lnvps: None,
+        stablevps: Some(scenario),
+        accounts: accounts.into(),
+        globals,
+        clock: Arc::new(SystemClock),
+    })
+    .await;
+    let id = s.svps().vpses()[0].id.clone();
+    s.wait_metrics("RDP answers for both accounts", T, |e| {
+        ["full", "readonly"].iter().all(|a| {
+            e.get("vps_probe_success", &[("account", a), ("vm", id.as_str())]) == Some(1.0)
+        })
+    })
+    .await;
+
+    s.svps().set_hang(&id, true);
+    let exp = s
+        .wait_metrics("rebooted by the full account, recovered", T, |e| {
+            e.get(
+                "vpswatch_action_outcomes_total",
+                &[("account", "full"), ("outcome", "recovered")],
+            ) == Some(1.0)
+                && actions(e, "readonly", "skipped_disabled") >= 1.0
+        })
+        .await;
+    assert_eq!(actions(&exp, "full", "ok"), 1.0);
+    assert_eq!(actions(&exp, "readonly", "ok"), 0.0);
+    assert_eq!(
+        exp.get("vps_actions_enabled", &[("account", "readonly")]),
+        Some(0.0)
+    );
+    let reboots: Vec<_> = s
+        .svps()
+        .actions()
+        .into_iter()
+        .filter(|a| a.vps_id.as_deref() == Some(id.as_str()))
+        .collect();
+    assert_eq!(reboots.len(), 1, "{reboots:?}");
+    assert_eq!(reboots[0].action, "reboot");
+    assert_eq!(reboots[0].status, 200);
+    // Every write went out with the full key, none with the read key.
+    let writes: Vec<_> = s
+        .svps()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert!(
+        writes
+            .iter()
+            .all(|r| r.key_prefix.as_deref().is_some_and(|p| {
+                common::SVPS_FULL.starts_with(p) && !common::SVPS_READ.starts_with(p)
+            })),
+        "{writes:?}"
+    );
+    s.shutdown().await;
+}

@@ -143,6 +143,17 @@ async fn dispatch(command: Command) -> ExitCode {
                         None => String::new(),
                     }
                 );
+                // Lightning renewal rules (issue 5), reported apart from the watchdog's.
+                for r in &cfg.renew_rules {
+                    println!(
+                        "  renewal rule {}: mode {}, within {}, {} interval(s){}",
+                        r.name,
+                        r.mode.as_str(),
+                        humantime::format_duration(r.within),
+                        r.intervals,
+                        if r.dry_run { ", dry run" } else { "" }
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

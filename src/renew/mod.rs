@@ -484,7 +484,15 @@ impl Task {
         if invoice.is_paid {
             return Ok(());
         }
-        let checked = check_invoice(&invoice, quote_msat);
+        // A fiat-priced plan is converted at the server's rate of the moment: the
+        // invoice may differ from the quote by a little; a BTC plan must match exactly.
+        let fiat = ctx
+            .vm
+            .renewal
+            .as_ref()
+            .is_some_and(|r| !r.price.currency.eq_ignore_ascii_case("BTC"));
+        let tolerance = if fiat { quote_msat / 100 } else { 0 };
+        let checked = check_invoice(&invoice, quote_msat, tolerance);
         let (bolt11, amount_msat, invoice_expires) = match checked {
             Ok(v) => v,
             Err(why) => {
@@ -754,10 +762,12 @@ fn dur(d: Duration) -> chrono::Duration {
 }
 
 /// Decodes the invoice: a valid BOLT11 whose payment hash is the payment id and whose
-/// amount is the quote. Returns (bolt11, amount in msat, invoice expiry).
+/// amount is the quote (within `tolerance_msat`; the budget is checked again with the
+/// invoice's own amount before paying). Returns (bolt11, amount in msat, invoice expiry).
 fn check_invoice(
     p: &api::Payment,
     quote_msat: u64,
+    tolerance_msat: u64,
 ) -> Result<(String, u64, DateTime<Utc>), String> {
     let text = p
         .bolt11()
@@ -774,7 +784,7 @@ fn check_invoice(
             p.id
         ));
     }
-    if msat != quote_msat {
+    if msat.abs_diff(quote_msat) > tolerance_msat {
         return Err(format!(
             "the invoice asks {msat} msat but the quote said {quote_msat} msat"
         ));
@@ -785,4 +795,53 @@ fn check_invoice(
         .or(p.expires)
         .ok_or_else(|| "the invoice's expiry is out of range".to_string())?;
     Ok((text.trim().to_string(), msat, expires_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn payment(amount_msat: u64, id_override: Option<&str>) -> (api::Payment, String) {
+        let t = Utc
+            .with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
+            .single()
+            .expect("t");
+        let (hash, _, bolt11) = crate::sim::renewal::LightningNode::generate()
+            .mint(amount_msat, t, "test")
+            .expect("mint");
+        let p = api::Payment {
+            id: id_override.map_or(hash.clone(), str::to_string),
+            amount: amount_msat,
+            currency: Some("BTC".into()),
+            expires: None,
+            is_paid: false,
+            paid_at: None,
+            time: Some(86_400),
+            payment_type: None,
+            data: serde_json::json!({ "lightning": bolt11 }),
+        };
+        (p, hash)
+    }
+
+    #[test]
+    fn invoice_must_match_id_and_quote() {
+        let (p, _) = payment(500_000, None);
+        let (_, msat, exp) = check_invoice(&p, 500_000, 0).expect("matches");
+        assert_eq!(msat, 500_000);
+        assert_eq!(exp.timestamp() % 600, 0, "created + 600 s");
+        assert!(check_invoice(&p, 499_999, 0).is_err(), "amount differs");
+        assert!(
+            check_invoice(&p, 499_000, 5_000).is_ok(),
+            "within tolerance"
+        );
+        let (other, _) = payment(500_000, Some(&"ab".repeat(32)));
+        assert!(
+            check_invoice(&other, 500_000, 0).is_err(),
+            "hash differs from id"
+        );
+        let mut garbage = p.clone();
+        garbage.data = serde_json::json!({ "lightning": "lnbc1notaninvoice" });
+        assert!(check_invoice(&garbage, 500_000, 0).is_err());
+    }
 }

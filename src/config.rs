@@ -374,6 +374,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     pub probes: ProbeConfig,
     pub watchdog: WatchdogConfig,
+    /// `[[rules]]` with `action = "renew"` (Lightning renewal, run by `crate::renew`).
+    pub renew_rules: Vec<crate::renew::config::RenewRule>,
     /// The `[email]` section; `None` when mail is not configured (alerts go to the log).
     pub email: Option<EmailSettings>,
     /// StableVPS plans by `planId`: the built-in table with the config's overrides.
@@ -448,7 +450,15 @@ pub fn parse(
         }),
     }
 
-    let watchdog = read_watchdog(raw_watchdog, raw_rules, raw_maintenance, &mut problems);
+    // Lightning renewal rules (issue 5) are read beside the watchdog's, out of its list.
+    let mut renew_rules = Vec::new();
+    let watchdog = read_watchdog(
+        raw_watchdog,
+        raw_rules,
+        raw_maintenance,
+        &mut problems,
+        (env, &mut warnings, &mut renew_rules),
+    );
     // Read before the early return below so every section's problems are listed.
     let email =
         raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
@@ -580,6 +590,7 @@ pub fn parse(
             accounts: valid_accounts,
             probes: g.probes,
             watchdog,
+            renew_rules,
             email,
             stablevps_plans,
             warnings,
@@ -588,13 +599,22 @@ pub fn parse(
     }
 }
 
+/// Where renewal rules found among `[[rules]]` go: env lookup, warnings, the rules.
+type RenewSink<'a> = (
+    &'a dyn Fn(&str) -> Option<String>,
+    &'a mut Vec<Problem>,
+    &'a mut Vec<crate::renew::config::RenewRule>,
+);
+
 /// Reads `[watchdog]` and `[[rules]]`; rule names must be unique.
 fn read_watchdog(
     raw_watchdog: Option<toml::Value>,
     raw_rules: Option<toml::Value>,
     raw_maintenance: Option<toml::Value>,
     problems: &mut Vec<Problem>,
+    renew: RenewSink<'_>,
 ) -> WatchdogConfig {
+    let (env, renew_warnings, renew_rules) = renew;
     let mut windows = Vec::new();
     match raw_maintenance {
         None => {}
@@ -622,6 +642,27 @@ fn read_watchdog(
             let mut seen = HashMap::new();
             for (i, item) in items.into_iter().enumerate() {
                 let prefix = format!("rules[{i}]");
+                // ---- Lightning renewal (issue 5): action = "renew" rules go to src/renew ----
+                if crate::renew::is_renew_rule(&item) {
+                    let rule = crate::renew::config::read_rule(
+                        item,
+                        &prefix,
+                        env,
+                        problems,
+                        renew_warnings,
+                    );
+                    if let Some(rule) = rule {
+                        if let Some(prev) = seen.insert(rule.name.clone(), prefix.clone()) {
+                            problems.push(Problem {
+                                path: format!("{prefix}.name"),
+                                message: format!("{:?} is already used by {prev}", rule.name),
+                            });
+                        }
+                        renew_rules.push(rule);
+                    }
+                    continue;
+                }
+                // ---- end Lightning renewal ----
                 let Some(raw) = read_section::<RawRule>(item, &prefix, problems) else {
                     continue;
                 };

@@ -131,7 +131,10 @@ impl Daemon {
 
         // The state store is only opened (and created) when something persists: the
         // watchdog's journal or the email outbox.
-        let state = if config.watchdog.rules.is_empty() && config.email.is_none() {
+        let state = if config.watchdog.rules.is_empty()
+            && config.email.is_none()
+            && config.renew_rules.is_empty()
+        {
             None
         } else {
             Some(StateStore::open(&config.state_dir)?)
@@ -202,6 +205,38 @@ impl Daemon {
                 cancel.child_token(),
             ));
         }
+        // ---- Lightning renewal (issue 5): its own task, beside the engine ----
+        if let (false, Some(state)) = (config.renew_rules.is_empty(), &state) {
+            let mut accounts = Vec::new();
+            for a in &config.accounts {
+                let observer = self_metrics.observer(a.provider.as_str(), &a.name);
+                let billing =
+                    crate::renew::api::billing_for(a, &config, &budgets, observer, clock.clone())
+                        .map_err(|e| anyhow::anyhow!("account {}: {e}", a.name))?;
+                if let Some(billing) = billing {
+                    accounts.push(Arc::new(crate::renew::RenewAccount {
+                        name: a.name.clone(),
+                        btc_unit: a.btc_amount_unit,
+                        billing,
+                    }));
+                }
+            }
+            tasks.spawn(crate::renew::run(
+                crate::renew::RenewParts {
+                    rules: config.renew_rules.clone(),
+                    global_dry_run: config.watchdog.dry_run,
+                    staleness_limit: config.staleness_limit,
+                    store: store.clone(),
+                    accounts,
+                    journal: crate::renew::journal::RenewalJournal::new(state.clone()),
+                    notifier: notifier.clone(),
+                    clock: clock.clone(),
+                    report: watchdog.clone(),
+                },
+                cancel.child_token(),
+            ));
+        }
+        // ---- end Lightning renewal ----
         tasks.spawn(encoder::run(
             store.clone(),
             probes.clone(),

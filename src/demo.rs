@@ -4,6 +4,10 @@
 //!
 //! LNVPS: running VMs with changing usage, one stopped, one expiring, one being created,
 //! and one that hangs now and then for the watchdog to heal.
+//! Lightning renewal: VM 6 (a daily BTC plan, eight days left) enters its renewal window
+//! a minute after start and renews itself through a Nostr Wallet Connect wallet (the
+//! simulator's NIP-47 wallet service on an in-process relay). It is a VM of its own so
+//! the other VMs' expiry alerts stay as the scenario sets them.
 //! StableVPS: a read key for polling and a full key for actions, one VPS provisioning,
 //! active ones, and a wallet that pays the renewal due after one minute but not the one
 //! after three (the runway counts down to it, then that VPS is suspended).
@@ -17,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::daemon::Daemon;
-use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+use crate::sim::lnvps::{LnvpsSim, LnvpsSimHandle, RelTime, Scenario, VmSpec, VmState};
+use crate::sim::nwc_wallet::NwcWalletService;
+use crate::sim::scenario::TemplateSpec;
 use crate::sim::stablevps::{
     StableScenario, StableVpsSim, StableVpsSimHandle, DEMO_FULL_KEY, DEMO_READ_KEY,
 };
@@ -27,6 +33,8 @@ pub struct Demo {
     pub sim: LnvpsSimHandle,
     pub stablevps: StableVpsSimHandle,
     pub daemon: Daemon,
+    /// The NWC wallet the renewal pays with (on its own loopback relay).
+    pub wallet: NwcWalletService,
     /// The journal and outbox live here for the demo's lifetime only.
     pub state_dir: tempfile::TempDir,
 }
@@ -35,6 +43,7 @@ impl Demo {
     /// Stops everything and removes the state directory.
     pub async fn shutdown(self) {
         self.daemon.shutdown().await;
+        self.wallet.shutdown().await;
         self.sim.shutdown();
         self.stablevps.shutdown_and_wait().await;
         drop(self.state_dir);
@@ -99,6 +108,16 @@ pub const DEMO_RDP_PORT: u16 = 3389;
 const NSEC_VAR: &str = "VPSWATCH_DEMO_NSEC";
 const STABLEVPS_READ_VAR: &str = "VPSWATCH_DEMO_STABLEVPS_READ_KEY";
 const STABLEVPS_WRITE_VAR: &str = "VPSWATCH_DEMO_STABLEVPS_KEY";
+const NWC_VAR: &str = "VPSWATCH_DEMO_NWC_URI";
+
+/// The demo VM that renews itself through NWC (a daily BTC plan expiring in eight days,
+/// added after the scenario's five; the rule's window opens a minute after start).
+pub const DEMO_RENEWING_VM: u64 = 6;
+/// When the renewing VM expires at start, and the rule's window (a minute shorter).
+const DEMO_RENEWING_EXPIRES: i64 = 8 * 86_400;
+const DEMO_RENEW_WITHIN: &str = "7d 23h 59m";
+/// The demo wallet's starting balance.
+pub const DEMO_WALLET_MSAT: u64 = 100_000_000;
 
 /// The configuration the demo runs with (also a readable example).
 pub fn demo_config_toml(
@@ -167,6 +186,23 @@ name = "cpu-high"
 condition = "cpu_above"
 threshold = 0.9
 for = "5m"
+
+# Lightning renewal: pay VM {DEMO_RENEWING_VM}'s renewal from a Nostr Wallet Connect wallet
+# when it expires within the window (the demo's VM enters it a minute after start). The
+# account has no saved payment method, so LNVPS's own auto-renewal cannot pay first.
+[[rules]]
+name = "renew-lightning"
+condition = "expires_within"
+within = "{DEMO_RENEW_WITHIN}"
+action = "renew"
+[rules.match]
+vms = ["{DEMO_RENEWING_VM}"]
+[rules.renew]
+mode = "nwc"
+intervals = 1
+nwc_uri_env = "{NWC_VAR}"
+max_per_renewal_sats = 2000
+max_per_month_sats = 20000
 "#
     )
 }
@@ -207,6 +243,25 @@ pub async fn start_full(
     let stablevps = StableVpsSim::start(loopback, stable, clock.clone())
         .await
         .context("starting the StableVPS simulator")?;
+    // The VM that renews itself, beside the scenario's VMs.
+    let renewing = sim.add_vm(
+        &owner,
+        VmSpec {
+            owner: owner.clone(),
+            state: VmState::Running,
+            expires: Some(RelTime::Offset(DEMO_RENEWING_EXPIRES)),
+            age: Duration::from_secs(90 * 86_400),
+            template: TemplateSpec::named("Daily BTC"),
+            ..VmSpec::default()
+        },
+    );
+    if renewing != DEMO_RENEWING_VM {
+        anyhow::bail!("the demo's renewing VM got id {renewing}, not {DEMO_RENEWING_VM}");
+    }
+    let wallet = NwcWalletService::start(sim.clone(), loopback, DEMO_WALLET_MSAT)
+        .await
+        .context("starting the demo's NWC wallet service")?;
+    let nwc_uri = crate::secret::Secret::new(wallet.uri());
     let secret = keys.secret_key().to_secret_hex();
     // A fresh journal and outbox per run: the demo's history is not worth keeping.
     let state_dir = tempfile::Builder::new()
@@ -226,6 +281,7 @@ pub async fn start_full(
         NSEC_VAR => Some(secret.clone()),
         STABLEVPS_READ_VAR => Some(DEMO_READ_KEY.to_string()),
         STABLEVPS_WRITE_VAR => Some(DEMO_FULL_KEY.to_string()),
+        NWC_VAR => Some(nwc_uri.expose().clone()),
         _ => None,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -237,6 +293,7 @@ pub async fn start_full(
         sim,
         stablevps,
         daemon,
+        wallet,
         state_dir,
     })
 }
@@ -274,7 +331,8 @@ pub async fn run(
     let banner = format!(
         "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
          metrics:                 {scheme}://{addr}/metrics\n  readiness:               \
-         {scheme}://{addr}/-/ready\n  watchdog journal:        {scheme}://{addr}/api/v1/actions\n\
+         {scheme}://{addr}/-/ready\n  watchdog journal:        {scheme}://{addr}/api/v1/actions\n  \
+         Lightning renewal:       VM 6 renews itself through NWC about a minute after start\n\
          {}Press Ctrl-C to stop.\n",
         demo.sim.base_url(),
         demo.stablevps.base_url(),

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod notify;
 pub mod poll;
 pub mod provider;
+pub mod renew;
 pub mod secret;
 pub mod signal;
 pub mod sim;

@@ -262,6 +262,17 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
             None => String::new(),
         }
     );
+    // Lightning renewal rules, reported apart from the watchdog's.
+    for r in &cfg.renew_rules {
+        println!(
+            "  renewal rule {}: mode {}, within {}, {} interval(s){}",
+            r.name,
+            r.mode.as_str(),
+            humantime::format_duration(r.within),
+            r.intervals,
+            if r.dry_run { ", dry run" } else { "" }
+        );
+    }
     if let (Some(path), Some(Ok(w))) = (&web_file, &web) {
         println!("{}: OK ({})", path.display(), w.summary());
     }

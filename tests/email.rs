@@ -937,3 +937,45 @@ fn readme_email_example_parses() {
         "{problems:?}"
     );
 }
+
+// ---- Lightning renewal (issue 5): the invoice mail of renewal mode "email" ----
+#[tokio::test]
+async fn invoice_sent_mail_carries_the_bolt11_amount_and_expiry() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let maildir = tmp.path().join("mail");
+    std::fs::create_dir_all(&maildir).expect("maildir");
+    let server = SmtpServer::start(&maildir, 0, &ServerOpts::default());
+    let s = parse_settings(&email_toml(server.port, ""), &|_| None);
+    let clock = Arc::new(ManualClock::new(t0()));
+    let run = Running::open(s, &tmp.path().join("state"), clock);
+    let (_, _, bolt11) = vpswatch::sim::renewal::LightningNode::generate()
+        .mint(500_000, t0(), "VM renewal 4")
+        .expect("invoice");
+    let mut f = facts(
+        "vm-4",
+        "pay this Lightning invoice to renew vm-4 (500 sats)",
+    );
+    f.details = vec![
+        ("amount".into(), "500 sats".into()),
+        ("invoice expires".into(), "2026-11-23T06:54:53Z".into()),
+        ("invoice".into(), bolt11.clone()),
+    ];
+    run.notifier.event(Event {
+        id: "renew-main-4-0-invoice".into(),
+        kind: EventKind::InvoiceSent,
+        key: key("renew", "main", "4"),
+        facts: f,
+        at: t0(),
+    });
+    let all = wait_mails(&maildir, 1).await;
+    assert_eq!(
+        all[0].subject(),
+        "[INVOICE TO PAY] renew · lnvps/main · vm-4"
+    );
+    // Undo quoted-printable soft line breaks: the invoice must arrive whole.
+    let body = all[0].data.replace("=\r\n", "");
+    assert!(body.contains(&bolt11), "bolt11 in the mail");
+    assert!(body.contains("500 sats"));
+    assert!(body.contains("2026-11-23T06:54:53Z"));
+    run.close().await;
+}

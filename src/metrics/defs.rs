@@ -223,7 +223,7 @@ metric!(
     "vps_wallet_balance",
     Gauge,
     &["provider", "account", "currency"],
-    "Prepaid wallet balance of the account in major units (EUR; last poll)."
+    "Prepaid wallet balance of the account in major units (EUR; last poll); for provider=\"nwc\" the Lightning renewal wallet's balance in satoshis (currency=\"sat\"; account is the renewal rule's name)."
 );
 metric!(
     VPS_WALLET_RUNWAY,
@@ -435,12 +435,31 @@ pub const ALL: &[&MetricDef] = &[
     &WATCHDOG_DRY_RUN,
     &WATCHDOG_LAST_EVALUATION,
     &WATCHDOG_ERRORS,
+    &RENEWALS,
+    &RENEWAL_PAID_SATS,
     &ALERTS,
     &ALERT_OUTBOX_MESSAGES,
     &ALERT_OUTBOX_OLDEST,
     &WEB_CONFIG_RELOAD_SUCCESS,
     &WEB_CONFIG_RELOAD_TIMESTAMP,
 ];
+
+// ---- Lightning renewal (issue 5; src/renew) ----
+metric!(
+    RENEWALS,
+    "vpswatch_renewals_total",
+    Counter,
+    &["provider", "account", "vm", "mode", "result"],
+    "Renewal decisions and outcomes by result: paid, failed, wallet_refused, wallet_no_answer, blocked_budget, blocked_prepay, blocked_invoice, invoice_sent, dry_run, gave_up, server_missed."
+);
+metric!(
+    RENEWAL_PAID_SATS,
+    "vpswatch_renewal_paid_sats_total",
+    Counter,
+    &["provider", "account", "vm"],
+    "Satoshis paid for renewals that the provider confirmed (is_paid)."
+);
+// ---- end Lightning renewal ----
 
 /// The README's metric reference table, generated from [`ALL`].
 pub fn markdown_table() -> String {

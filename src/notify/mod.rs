@@ -75,6 +75,11 @@ pub enum EventKind {
     GaveUp,
     RenewalPaid,
     RenewalFailed,
+    /// A renewal was not paid because the budget, the prepay limit or a mismatching
+    /// invoice forbade it (issue 5).
+    RenewalBlocked,
+    /// A renewal invoice was minted for a human to pay (renewal mode `email`).
+    InvoiceSent,
 }
 
 impl EventKind {
@@ -86,6 +91,8 @@ impl EventKind {
             EventKind::GaveUp => "gave_up",
             EventKind::RenewalPaid => "renewal_paid",
             EventKind::RenewalFailed => "renewal_failed",
+            EventKind::RenewalBlocked => "renewal_blocked",
+            EventKind::InvoiceSent => "invoice_sent",
         }
     }
 }

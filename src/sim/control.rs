@@ -18,6 +18,9 @@
 //!   (until cleared)
 //! - `POST /_sim/reboot-duration` `{"duration":"2s"}` boot time of starts/restarts
 //! - `POST /_sim/skew` `{"secs":n}`; `POST /_sim/rate-limit` rate limit settings
+//! - renewals: `GET /_sim/auto-renewals` the server-side auto-renewal's attempts;
+//!   `POST /_sim/saved-wallet` `{"fails":bool}`; `POST /_sim/settle`
+//!   `{"payment_hash":"…"}` pays an invoice as an outside wallet would
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -62,6 +65,9 @@ pub async fn handle(sim: &LnvpsSimHandle, req: Request<Incoming>) -> Response<Bo
         (&Method::POST, ["reboot-duration"]) => reboot_duration(sim, &body),
         (&Method::POST, ["skew"]) => skew(sim, &body),
         (&Method::POST, ["rate-limit"]) => rate_limit(sim, &body),
+        (&Method::GET, ["auto-renewals"]) => ok_json(&sim.auto_renew_log()),
+        (&Method::POST, ["saved-wallet"]) => saved_wallet(sim, &body),
+        (&Method::POST, ["settle"]) => settle(sim, &body),
         _ => error(
             StatusCode::NOT_FOUND,
             "no such control endpoint; see GET /_sim/",
@@ -102,9 +108,42 @@ fn index() -> Reply {
             "GET|POST|DELETE /_sim/blackout {\"duration\":\"30s\"} (or {} until cleared)",
             "POST /_sim/reboot-duration {\"duration\":\"1s\"}",
             "POST /_sim/skew {\"secs\":n}",
-            "POST /_sim/rate-limit {\"per_minute\":n,\"window\":\"60s\"}"
+            "POST /_sim/rate-limit {\"per_minute\":n,\"window\":\"60s\"}",
+            "GET /_sim/auto-renewals",
+            "POST /_sim/saved-wallet {\"fails\":true}",
+            "POST /_sim/settle {\"payment_hash\":\"hex\"}"
         ]
     }))
+}
+
+#[derive(Deserialize)]
+struct SavedWalletRequest {
+    fails: bool,
+}
+
+fn saved_wallet(sim: &LnvpsSimHandle, body: &[u8]) -> Reply {
+    match parse::<SavedWalletRequest>(body) {
+        Ok(r) => {
+            sim.set_saved_wallet_fails(r.fails);
+            ok_json(&json!({ "ok": true }))
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct SettleRequest {
+    payment_hash: String,
+}
+
+fn settle(sim: &LnvpsSimHandle, body: &[u8]) -> Reply {
+    match parse::<SettleRequest>(body) {
+        Ok(r) => match sim.settle_invoice(&r.payment_hash) {
+            Ok(preimage) => ok_json(&json!({ "preimage": preimage })),
+            Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+        },
+        Err(r) => r,
+    }
 }
 
 fn faults(sim: &LnvpsSimHandle, method: &Method, body: &[u8]) -> Reply {

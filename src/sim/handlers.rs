@@ -135,6 +135,9 @@ pub fn authenticated(world: &mut World, call: &Call<'_>) -> Reply {
         Endpoint::Stop => power(world, call, PowerAction::Stop),
         Endpoint::Restart => power(world, call, PowerAction::Restart),
         Endpoint::RenewQuote => vm_renew_quote(world, call),
+        Endpoint::Renew => vm_renew(world, call),
+        Endpoint::SubscriptionRenew => subscription_renew(world, call),
+        Endpoint::GetPayment => get_payment(world, call),
         Endpoint::History => history(world, call),
         Endpoint::Account => Ok(account()),
         Endpoint::PaymentMethods => Ok(payment_methods(world, call)),
@@ -415,6 +418,16 @@ pub fn quote(world: &World, vm: &SimVm, q: &RenewQuery, now: DateTime<Utc>) -> O
     let base = vm.expires.map_or(now, |e| e.max(now));
     let time = interval_seconds(base, plan).saturating_mul(u64::from(intervals));
     let total = plan.amount.saturating_mul(u64::from(intervals));
+    if let Some(p) = super::renewal::reusable(vm, time, now) {
+        // The pending invoice the renew call would hand back.
+        return Ok(ok(ApiRenewalQuote {
+            amount: p.amount,
+            tax: 0,
+            processing_fee: 0,
+            currency: p.currency.clone(),
+            time: p.time,
+        }));
+    }
     let btc = pays_in_btc(q.method.as_deref());
     let (amount, currency) =
         convert(world, total, &plan.currency, btc).ok_or_else(internal_error)?;
@@ -439,6 +452,46 @@ fn subscription_renew_quote(world: &World, call: &Call<'_>) -> Outcome {
     let q = RenewQuery::parse(call)?;
     let vm = user_subscription(world, call.user, id, StatusCode::FORBIDDEN)?;
     quote(world, vm, &q, call.now)
+}
+
+fn renew_intervals(q: &RenewQuery) -> Result<u32, Reply> {
+    let intervals = q.intervals.unwrap_or(1);
+    if !(1..=MAX_RENEWAL_INTERVALS).contains(&intervals) {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            &format!("intervals must be between 1 and {MAX_RENEWAL_INTERVALS}"),
+        ));
+    }
+    Ok(intervals)
+}
+
+fn vm_renew(world: &mut World, call: &Call<'_>) -> Outcome {
+    let id = path_id(call)?;
+    let q = RenewQuery::parse(call)?;
+    user_vm(world, call.user, id)?;
+    let intervals = renew_intervals(&q)?;
+    let p = world.renew(id, q.method.as_deref(), intervals, call.now)?;
+    let vm = world.vm(id).ok_or_else(internal_error)?;
+    Ok(ok(render::vm_payment(vm, &p)))
+}
+
+fn subscription_renew(world: &mut World, call: &Call<'_>) -> Outcome {
+    let id = path_id(call)?;
+    let q = RenewQuery::parse(call)?;
+    user_subscription(world, call.user, id, StatusCode::FORBIDDEN)?;
+    let intervals = renew_intervals(&q)?;
+    let p = world.renew(id, q.method.as_deref(), intervals, call.now)?;
+    let vm = world.vm(id).ok_or_else(internal_error)?;
+    Ok(ok(render::payment(vm, &p)))
+}
+
+fn get_payment(world: &World, call: &Call<'_>) -> Outcome {
+    let id = super::renewal::check_payment_id(call.id.unwrap_or(""))?;
+    let (vm, p) = world.payment(&id).ok_or_else(not_found)?;
+    if vm.owner != call.user {
+        return Err(api_error(StatusCode::FORBIDDEN, "Access denied"));
+    }
+    Ok(ok(render::vm_payment(vm, p)))
 }
 
 // ---- account ------------------------------------------------------------------------

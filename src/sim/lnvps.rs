@@ -38,6 +38,7 @@ use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
 use super::power;
 pub use super::power::{ActionFailure, Blackout, BlackoutLength};
+pub use super::renewal::{AutoRenewAttempt, AutoRenewOutcome, SettleError};
 pub use super::scenario::{
     CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
     SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UserSpec, VmSpec, VmState,
@@ -70,6 +71,9 @@ pub struct LoggedRequest {
     pub at: DateTime<Utc>,
     pub client_ip: IpAddr,
 }
+
+/// Balance of the wallet `vpswatch simulate` starts (100 000 sats).
+const SIM_WALLET_MSAT: u64 = 100_000_000;
 
 /// Starts simulators.
 pub struct LnvpsSim;
@@ -220,6 +224,36 @@ impl LnvpsSimHandle {
     /// Replaces a user's saved payment methods (GET /api/v1/payment-methods).
     pub fn set_payment_methods(&self, owner_pubkey_hex: &str, methods: Vec<PaymentMethodSpec>) {
         self.with_world(|w, now| w.set_payment_methods(owner_pubkey_hex, &methods, now));
+    }
+
+    // ---- renewals (see `sim::renewal`) ------------------------------------------------
+
+    /// A Lightning payment of the invoice with this payment hash (hex) arrives: the
+    /// invoice is marked paid and its VM extended. Returns the preimage (hex).
+    pub fn settle_invoice(&self, payment_hash: &str) -> Result<String, SettleError> {
+        self.with_world(|w, now| w.settle(payment_hash, now))
+    }
+
+    /// `GET /vm/{id}/renew?method=…&intervals=…` as the owner would call it (reuse
+    /// included); `None` when the server would answer an error.
+    pub fn renew(&self, vm_id: u64, method: Option<&str>, intervals: u32) -> Option<SimPayment> {
+        self.with_world(|w, now| w.renew(vm_id, method, intervals, now).ok())
+    }
+
+    /// The users' saved wallet (server-side auto-renewal, `?method=nwc`) fails (true)
+    /// or pays (false).
+    pub fn set_saved_wallet_fails(&self, fails: bool) {
+        self.with_world(|w, _| w.saved_wallet_fails = fails);
+    }
+
+    /// Every firing of the server-side auto-renewal so far, oldest first.
+    pub fn auto_renew_log(&self) -> Vec<AutoRenewAttempt> {
+        self.with_world(|w, _| w.auto_renew_log.clone())
+    }
+
+    /// A VM's payments (invoices), oldest first; empty for an unknown VM.
+    pub fn payments(&self, vm_id: u64) -> Vec<SimPayment> {
+        self.with_world(|w, _| w.vm(vm_id).map(|v| v.payments.clone()).unwrap_or_default())
     }
 
     pub fn inject_fault(&self, fault: Fault) {
@@ -569,8 +603,18 @@ pub async fn run_cli(
         );
     }
     outln!("  control API: {}/_sim/", sim.base_url());
+    // A NIP-47 wallet that pays this simulator's invoices, for `[rules.renew]` tests.
+    let relay = SocketAddr::new(listen.ip(), 0);
+    let wallet =
+        super::nwc_wallet::NwcWalletService::start(sim.clone(), relay, SIM_WALLET_MSAT).await?;
+    outln!(
+        "  NWC wallet ({} sats; throwaway, put it in a renew rule's nwc_uri_file): {}",
+        SIM_WALLET_MSAT / 1000,
+        wallet.uri()
+    );
     outln!("Press Ctrl-C to stop.");
     crate::signal::wait_for_signal().await;
+    wallet.shutdown().await;
     sim.shutdown_and_wait().await;
     Ok(())
 }

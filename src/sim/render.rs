@@ -6,7 +6,7 @@ use super::scenario::IntervalType;
 use super::wire::{
     ApiCostPlan, ApiImage, ApiIpAssignment, ApiLineItem, ApiPrice, ApiRegion, ApiResource,
     ApiSshKey, ApiStatus, ApiSubscription, ApiSubscriptionPayment, ApiTemplate, ApiTimeSeriesPoint,
-    ApiVmHistory, ApiVmStatus,
+    ApiVmHistory, ApiVmPayment, ApiVmStatus,
 };
 use super::world::{grace_days, Catalogue, Image, SimPayment, SimVm, Template, World};
 
@@ -217,6 +217,25 @@ pub fn payment(vm: &SimVm, p: &SimPayment) -> ApiSubscriptionPayment {
         tax: zero.clone(),
         processing_fee: zero,
         data: p.data.clone(),
+    }
+}
+
+pub fn vm_payment(vm: &SimVm, p: &SimPayment) -> ApiVmPayment {
+    ApiVmPayment {
+        id: p.id.clone(),
+        vm_id: vm.id,
+        created: p.created,
+        expires: p.expires,
+        amount: p.amount,
+        tax: 0,
+        processing_fee: 0,
+        currency: p.currency.clone(),
+        is_paid: p.is_paid,
+        paid_at: p.paid_at,
+        data: p.data.clone(),
+        time: p.time,
+        is_upgrade: false,
+        is_refund: false,
     }
 }
 

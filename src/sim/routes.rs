@@ -16,6 +16,9 @@ pub enum Endpoint {
     Stop,
     Restart,
     RenewQuote,
+    Renew,
+    SubscriptionRenew,
+    GetPayment,
     History,
     Account,
     PaymentMethods,
@@ -108,6 +111,18 @@ const ROUTES: &[Route] = &[
     Route {
         template: "/api/v1/vm/{id}/renew/quote",
         methods: &[(Method::GET, Endpoint::RenewQuote)],
+    },
+    Route {
+        template: "/api/v1/vm/{id}/renew",
+        methods: &[(Method::GET, Endpoint::Renew)],
+    },
+    Route {
+        template: "/api/v1/payment/{id}",
+        methods: &[(Method::GET, Endpoint::GetPayment)],
+    },
+    Route {
+        template: "/api/v1/subscriptions/{id}/renew",
+        methods: &[(Method::GET, Endpoint::SubscriptionRenew)],
     },
     Route {
         template: "/api/v1/vm/{id}/history",

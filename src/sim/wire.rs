@@ -236,6 +236,26 @@ pub struct ApiSubscriptionPayment {
     pub data: serde_json::Value,
 }
 
+/// A VM payment (`/vm/{id}/renew`, `/payment/{id}`).
+#[derive(Serialize, Clone)]
+pub struct ApiVmPayment {
+    pub id: String,
+    pub vm_id: u64,
+    pub created: DateTime<Utc>,
+    pub expires: DateTime<Utc>,
+    pub amount: u64,
+    pub tax: u64,
+    pub processing_fee: u64,
+    pub currency: String,
+    pub is_paid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<DateTime<Utc>>,
+    pub data: serde_json::Value,
+    pub time: u64,
+    pub is_upgrade: bool,
+    pub is_refund: bool,
+}
+
 #[derive(Serialize)]
 pub struct ApiRenewalQuote {
     pub amount: u64,

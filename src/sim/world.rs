@@ -113,6 +113,9 @@ pub struct SimPayment {
     pub paid_at: Option<DateTime<Utc>>,
     pub time: u64,
     pub data: serde_json::Value,
+    /// The invoice's preimage (hex), revealed to whoever pays it.
+    #[serde(skip)]
+    pub preimage: String,
 }
 
 /// One simulated VM. Its subscription shares its id.
@@ -164,6 +167,8 @@ pub struct SimVm {
     pub actions: Vec<SimAction>,
     pub history: Vec<HistoryEntry>,
     pub payments: Vec<SimPayment>,
+    /// The `expires` value the server-side auto-renewal already fired for.
+    pub auto_renew_attempted: Option<DateTime<Utc>>,
 }
 
 impl SimVm {
@@ -635,6 +640,12 @@ pub struct World {
     next_payment_method_id: u64,
     timeline: Vec<TimelineEvent>,
     timeline_next: usize,
+    /// Signs the renewal invoices (see `sim::renewal`).
+    pub lightning: super::renewal::LightningNode,
+    /// The users' saved wallet fails every payment (`?method=nwc`, auto-renewal).
+    pub saved_wallet_fails: bool,
+    /// Every firing of the server-side auto-renewal, oldest first.
+    pub auto_renew_log: Vec<super::renewal::AutoRenewAttempt>,
 }
 
 impl World {
@@ -656,6 +667,9 @@ impl World {
             next_payment_method_id: 1,
             timeline,
             timeline_next: 0,
+            lightning: super::renewal::LightningNode::generate(),
+            saved_wallet_fails: false,
+            auto_renew_log: Vec::new(),
         };
         for user in scenario.users {
             world.set_payment_methods(&user.pubkey, &user.payment_methods, start);
@@ -754,6 +768,7 @@ impl World {
             actions: Vec::new(),
             history: Vec::new(),
             payments: Vec::new(),
+            auto_renew_attempted: None,
         };
         if vm.state == VmState::Running {
             let boot = before(now, spec.uptime);
@@ -923,6 +938,7 @@ impl World {
         let ids: Vec<u64> = self.vms.keys().copied().collect();
         for id in ids {
             self.lifecycle(id, now);
+            self.auto_renew(id, now);
         }
     }
 

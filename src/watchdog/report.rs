@@ -35,6 +35,8 @@ struct Data {
 pub struct WatchdogReport {
     data: Mutex<Data>,
     generation: watch::Sender<u64>,
+    // ---- Lightning renewal (issue 5): rendered with the watchdog's families ----
+    renewals: crate::renew::report::RenewReport,
 }
 
 impl Default for WatchdogReport {
@@ -42,6 +44,7 @@ impl Default for WatchdogReport {
         Self {
             data: Mutex::new(Data::default()),
             generation: watch::channel(0).0,
+            renewals: Default::default(),
         }
     }
 }
@@ -131,8 +134,21 @@ impl WatchdogReport {
         })
     }
 
+    // ---- Lightning renewal (issue 5) ----
+    /// The renewal task's counters; call [`WatchdogReport::touch`] after changing them.
+    pub fn renewals(&self) -> &crate::renew::report::RenewReport {
+        &self.renewals
+    }
+
+    /// Asks the encoder to re-render.
+    pub fn touch(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+    // ---- end Lightning renewal ----
+
     /// Adds the watchdog's families.
     pub fn render(&self, set: &mut FamilySet) {
+        self.renewals.render(set);
         let d = self.with(false, |d| d.clone());
         set.gauge(
             &defs::WATCHDOG_DRY_RUN,

@@ -80,6 +80,8 @@ fn kind_label(kind: MailKind) -> &'static str {
             EventKind::GaveUp => "GAVE UP",
             EventKind::RenewalPaid => "RENEWAL PAID",
             EventKind::RenewalFailed => "RENEWAL FAILED",
+            EventKind::RenewalBlocked => "RENEWAL BLOCKED",
+            EventKind::InvoiceSent => "INVOICE TO PAY",
         },
     }
 }

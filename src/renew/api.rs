@@ -1,0 +1,224 @@
+//! The LNVPS billing calls a renewal needs (LNVPS.md §3): quote, renew (mints or hands
+//! back a Lightning invoice), payment lookup, and the subscription's payments. Each
+//! request is NIP-98 signed afresh by the account's key and shares the account host's
+//! rate budget with the poller.
+//!
+//! Amounts are read tolerantly (a number, or `{currency, amount}` as in subscription
+//! payments); the BOLT11 invoice is decoded by the caller and is the final word on what
+//! is paid.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use http::Method;
+use serde::Deserialize;
+
+use crate::provider::http::{decode_json, ApiClient, ApiRequest, Retry};
+use crate::provider::ProviderError;
+
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    data: T,
+}
+
+/// `GET /vm/{id}/renew/quote`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Quote {
+    #[serde(deserialize_with = "amount")]
+    pub amount: u64,
+    #[serde(default)]
+    pub currency: String,
+    /// Seconds the renewal adds.
+    #[serde(default)]
+    pub time: u64,
+}
+
+/// A VM or subscription payment (`/vm/{id}/renew`, `/payment/{id}`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Payment {
+    pub id: String,
+    #[serde(deserialize_with = "amount")]
+    pub amount: u64,
+    #[serde(default)]
+    pub currency: Option<String>,
+    pub expires: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub is_paid: bool,
+    #[serde(default)]
+    pub paid_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub time: Option<u64>,
+    #[serde(default)]
+    pub payment_type: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Payment {
+    /// The BOLT11 text in `data` (`lightning`, any case).
+    pub fn bolt11(&self) -> Option<&str> {
+        let obj = self.data.as_object()?;
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("lightning"))
+            .and_then(|(_, v)| v.as_str())
+    }
+
+    /// A paid Renewal (subscription payments say `payment_type`; VM payments do not).
+    pub fn is_paid_renewal(&self) -> bool {
+        self.is_paid
+            && self
+                .payment_type
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case("renewal"))
+    }
+}
+
+fn amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let n = match &v {
+        serde_json::Value::Object(o) => o.get("amount").cloned().unwrap_or_default(),
+        other => other.clone(),
+    };
+    n.as_u64()
+        .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64))
+        .ok_or_else(|| serde::de::Error::custom("amount is not a non-negative number"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Paginated<T> {
+    data: Vec<T>,
+}
+
+/// One LNVPS account's billing client.
+pub struct Billing {
+    api: Arc<ApiClient>,
+}
+
+fn check_id(id: &str) -> Result<&str, ProviderError> {
+    if !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        Ok(id)
+    } else {
+        Err(ProviderError::NotSent {
+            endpoint: "renewal".into(),
+            reason: "id is not alphanumeric".into(),
+        })
+    }
+}
+
+impl Billing {
+    pub fn new(api: Arc<ApiClient>) -> Billing {
+        Billing { api }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path_and_query: String,
+        endpoint: &'static str,
+        retry: Retry,
+    ) -> Result<T, ProviderError> {
+        let req = ApiRequest {
+            method: Method::GET,
+            path_and_query,
+            endpoint,
+            body: None,
+            retry,
+        };
+        self.api
+            .send_decoded(&req, |resp| {
+                decode_json::<Envelope<T>>(resp.content_type.as_deref(), &resp.body).map(|e| e.data)
+            })
+            .await
+    }
+
+    pub async fn quote(&self, vm: &str, intervals: u32) -> Result<Quote, ProviderError> {
+        let vm = check_id(vm)?;
+        self.get(
+            format!("/api/v1/vm/{vm}/renew/quote?method=lightning&intervals={intervals}"),
+            "GET /api/v1/vm/{id}/renew/quote",
+            Retry::Idempotent,
+        )
+        .await
+    }
+
+    /// Mints (or is handed back) a Lightning invoice for `intervals`. Only retried when
+    /// the request certainly did not reach the handler; a second call would be handed
+    /// the same invoice anyway (same method and time).
+    pub async fn renew(&self, vm: &str, intervals: u32) -> Result<Payment, ProviderError> {
+        let vm = check_id(vm)?;
+        self.get(
+            format!("/api/v1/vm/{vm}/renew?method=lightning&intervals={intervals}"),
+            "GET /api/v1/vm/{id}/renew",
+            Retry::OnlyIfNotProcessed,
+        )
+        .await
+    }
+
+    pub async fn payment(&self, id: &str) -> Result<Payment, ProviderError> {
+        let id = check_id(id)?;
+        self.get(
+            format!("/api/v1/payment/{id}"),
+            "GET /api/v1/payment/{id}",
+            Retry::Idempotent,
+        )
+        .await
+    }
+
+    /// The subscription's newest payments (first page, newest first).
+    pub async fn subscription_payments(
+        &self,
+        subscription: &str,
+    ) -> Result<Vec<Payment>, ProviderError> {
+        let sub = check_id(subscription)?;
+        let req = ApiRequest {
+            method: Method::GET,
+            path_and_query: format!("/api/v1/subscriptions/{sub}/payments?limit=50&offset=0"),
+            endpoint: "GET /api/v1/subscriptions/{id}/payments",
+            body: None,
+            retry: Retry::Idempotent,
+        };
+        self.api
+            .send_decoded(&req, |resp| {
+                decode_json::<Paginated<Payment>>(resp.content_type.as_deref(), &resp.body)
+                    .map(|p| p.data)
+            })
+            .await
+    }
+}
+
+/// The billing client of an LNVPS account: its own NIP-98 signer on the account's key,
+/// the same per-host rate budget as the poller, the same request settings.
+pub fn billing_for(
+    account: &crate::config::AccountConfig,
+    config: &crate::config::Config,
+    budgets: &crate::provider::budget::BudgetRegistry,
+    observer: Arc<dyn crate::provider::http::RequestObserver>,
+    clock: crate::clock::SharedClock,
+) -> Result<Option<Billing>, String> {
+    let crate::config::Credentials::Nostr(keys) = &account.credentials else {
+        return Ok(None);
+    };
+    if account.provider != crate::provider::ProviderKind::Lnvps {
+        return Ok(None);
+    }
+    let limits = config.limits(account.provider);
+    // The same key as `provider::build`, so both share one budget.
+    let host = format!(
+        "{}@{}:{}",
+        account.provider,
+        account.base_url.host_str().unwrap_or(""),
+        account.base_url.port_or_known_default().unwrap_or(0)
+    );
+    let budget = budgets.get(&host, limits.requests_per_minute);
+    let settings = crate::provider::http::HttpSettings {
+        timeout: config.request_timeout,
+        max_attempts: limits.max_attempts,
+        max_body_bytes: config.max_response_bytes,
+        ..crate::provider::http::HttpSettings::default()
+    };
+    let signer = Arc::new(crate::provider::lnvps::Nip98Signer::new(
+        keys.expose().clone(),
+        clock,
+    ));
+    let api = ApiClient::new(account.base_url.clone(), budget, signer, observer, settings)?;
+    Ok(Some(Billing::new(Arc::new(api))))
+}

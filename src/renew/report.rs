@@ -1,0 +1,79 @@
+//! What the renewal task shows on /metrics: renewals by mode and result, satoshis paid,
+//! and each NWC wallet's balance. Held inside the watchdog's report so the encoder
+//! renders it with the watchdog families and re-renders on every change.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::metrics::defs;
+use crate::metrics::families::FamilySet;
+
+#[derive(Debug, Default, Clone)]
+struct Data {
+    /// (account, vm, mode, result) → count.
+    renewals: BTreeMap<(String, String, String, String), u64>,
+    /// (account, vm) → sats.
+    paid_sats: BTreeMap<(String, String), u64>,
+    /// Wallet (rule name) → balance in sats.
+    wallets: BTreeMap<String, f64>,
+}
+
+/// Renewal counters; the provider label is always `lnvps`.
+#[derive(Debug, Default)]
+pub struct RenewReport {
+    data: Mutex<Data>,
+}
+
+impl RenewReport {
+    fn with<R>(&self, f: impl FnOnce(&mut Data) -> R) -> R {
+        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut d)
+    }
+
+    pub fn count(&self, account: &str, vm: &str, mode: &str, result: &str) {
+        self.with(|d| {
+            *d.renewals
+                .entry((account.into(), vm.into(), mode.into(), result.into()))
+                .or_default() += 1
+        });
+    }
+
+    pub fn paid(&self, account: &str, vm: &str, sats: u64) {
+        self.with(|d| *d.paid_sats.entry((account.into(), vm.into())).or_default() += sats);
+    }
+
+    pub fn set_wallet_balance(&self, wallet: &str, sats: f64) {
+        self.with(|d| d.wallets.insert(wallet.into(), sats));
+    }
+
+    /// A counter's value (tests).
+    pub fn renewals(&self, account: &str, vm: &str, mode: &str, result: &str) -> u64 {
+        self.with(|d| {
+            d.renewals
+                .get(&(account.into(), vm.into(), mode.into(), result.into()))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
+    pub fn render(&self, set: &mut FamilySet) {
+        let d = self.with(|d| d.clone());
+        for ((account, vm, mode, result), n) in &d.renewals {
+            set.counter(
+                &defs::RENEWALS,
+                &["lnvps", account, vm, mode, result],
+                *n as f64,
+            );
+        }
+        for ((account, vm), sats) in &d.paid_sats {
+            set.counter(
+                &defs::RENEWAL_PAID_SATS,
+                &["lnvps", account, vm],
+                *sats as f64,
+            );
+        }
+        for (wallet, sats) in &d.wallets {
+            set.gauge(&defs::VPS_WALLET_BALANCE, &["nwc", wallet, "sat"], *sats);
+        }
+    }
+}

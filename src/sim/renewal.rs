@@ -1,0 +1,341 @@
+//! Renewal payments as the real server makes them (LNVPS.md §3, §5): Lightning invoices
+//! (real BOLT11, signed by the simulator's node key, amount in millisats, 600 s expiry),
+//! reuse of an unpaid, unexpired Renewal with the same method and time, the max-prepay
+//! rejection, settlement (`expires = max(expires, now) + time`), `?method=nwc` paid from
+//! the user's saved wallet, and the worker's server-side auto-renewal: one attempt per
+//! expiry, in its lead window `min(24 h, interval/2)`, including the double-pay trap (an
+//! unpaid invoice found at that moment is handed back and nothing is paid).
+//!
+//! The server's saved wallet is not a Nostr wallet here: it pays or fails as
+//! [`World::saved_wallet_fails`] says. The NIP-47 wallet service the client pays with
+//! lives in `nwc_wallet` and settles invoices through [`World::settle`].
+
+use std::time::Duration;
+
+use bitcoin_hashes::{sha256, Hash};
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
+use secp256k1::{Message, Secp256k1, SecretKey};
+use serde::Serialize;
+
+use super::handlers::{api_error, internal_error, interval_seconds};
+use super::http::Reply;
+use super::world::{whole_seconds, SimPayment, SimVm, World};
+
+/// Lifetime of a Lightning invoice (the real server: created + 600 s).
+pub const INVOICE_EXPIRY: Duration = Duration::from_secs(600);
+/// Longest lead of the server-side auto-renewal.
+const MAX_LEAD_SECS: u64 = 24 * 3600;
+
+/// The simulator's Lightning node: the key that signs its invoices.
+pub struct LightningNode {
+    key: SecretKey,
+}
+
+impl LightningNode {
+    pub fn generate() -> Self {
+        loop {
+            let bytes: [u8; 32] = rand::random();
+            if let Ok(key) = SecretKey::from_slice(&bytes) {
+                return Self { key };
+            }
+        }
+    }
+
+    /// A signed BOLT11 invoice; returns (payment hash hex, preimage hex, invoice text).
+    pub fn mint(
+        &self,
+        amount_msat: u64,
+        created: DateTime<Utc>,
+        description: &str,
+    ) -> Result<(String, String, String), String> {
+        let preimage: [u8; 32] = rand::random();
+        let hash = sha256::Hash::hash(&preimage);
+        let secs = u64::try_from(created.timestamp()).map_err(|e| e.to_string())?;
+        let secp = Secp256k1::new();
+        let invoice = InvoiceBuilder::new(Currency::Bitcoin)
+            .description(description.to_string())
+            .payment_hash(hash)
+            .payment_secret(PaymentSecret(rand::random()))
+            .duration_since_epoch(Duration::from_secs(secs))
+            .min_final_cltv_expiry_delta(144)
+            .amount_milli_satoshis(amount_msat)
+            .expiry_time(INVOICE_EXPIRY)
+            .build_signed(|m: &Message| secp.sign_ecdsa_recoverable(m, &self.key))
+            .map_err(|e| e.to_string())?;
+        Ok((
+            hex::encode(hash.to_byte_array()),
+            hex::encode(preimage),
+            invoice.to_string(),
+        ))
+    }
+}
+
+/// What the server-side auto-renewal did (for tests and the demo).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoRenewOutcome {
+    /// A new invoice, paid from the saved wallet.
+    Paid,
+    /// A new invoice; the saved wallet failed to pay it.
+    Failed,
+    /// An unpaid invoice existed and was handed back: nothing was paid (the trap).
+    ReusedUnpaid,
+    /// No enabled saved payment method.
+    NoMethod,
+}
+
+/// One firing of the server-side auto-renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AutoRenewAttempt {
+    pub vm_id: u64,
+    pub at: DateTime<Utc>,
+    /// The `expires` it tried to extend.
+    pub expires: DateTime<Utc>,
+    pub outcome: AutoRenewOutcome,
+}
+
+/// Why an invoice could not be settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleError {
+    UnknownInvoice,
+    AlreadyPaid,
+    Expired,
+}
+
+impl std::fmt::Display for SettleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SettleError::UnknownInvoice => "unknown invoice",
+            SettleError::AlreadyPaid => "invoice already paid",
+            SettleError::Expired => "invoice expired",
+        })
+    }
+}
+
+/// The payment methods whose money is BTC over Lightning.
+fn is_lightning(method: Option<&str>) -> bool {
+    !matches!(
+        method,
+        Some("revolut" | "stripe" | "paypal" | "saved" | "onchain")
+    )
+}
+
+/// The server's seconds-added for `intervals` from `max(expires, now)`.
+pub fn renewal_time(vm: &SimVm, intervals: u32, now: DateTime<Utc>) -> u64 {
+    let base = vm.expires.map_or(now, |e| e.max(now));
+    interval_seconds(base, &vm.template.cost).saturating_mul(u64::from(intervals))
+}
+
+/// The unpaid, unexpired Lightning Renewal with this `time` that the server would hand
+/// back instead of minting a new invoice.
+pub fn reusable(vm: &SimVm, time: u64, now: DateTime<Utc>) -> Option<&SimPayment> {
+    vm.payments.iter().find(|p| {
+        !p.is_paid
+            && p.expires > now
+            && p.payment_type == "Renewal"
+            && p.payment_method == "lightning"
+            && p.time == time
+    })
+}
+
+impl World {
+    /// `GET /vm/{id}/renew` (and `/subscriptions/{id}/renew`) for an owned, not deleted
+    /// VM. `intervals` is already range-checked. For `nwc`, the saved wallet pays.
+    pub fn renew(
+        &mut self,
+        vm_id: u64,
+        method: Option<&str>,
+        intervals: u32,
+        now: DateTime<Utc>,
+    ) -> Result<SimPayment, Reply> {
+        let now = whole_seconds(now);
+        let (payment, reused) = self.renewal_invoice(vm_id, method, intervals, now)?;
+        if method == Some("nwc") && !payment.is_paid {
+            if !self.has_saved_method(vm_id) {
+                return Err(internal_error());
+            }
+            // The real server reuses a pending invoice and returns before paying it.
+            if reused {
+                return Ok(payment);
+            }
+            if self.saved_wallet_fails {
+                return Err(internal_error());
+            }
+            self.settle(&payment.id, now)
+                .map_err(|_| internal_error())?;
+            return self
+                .payment(&payment.id)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(internal_error);
+        }
+        Ok(payment)
+    }
+
+    /// Finds the reusable invoice or mints a new one.
+    fn renewal_invoice(
+        &mut self,
+        vm_id: u64,
+        method: Option<&str>,
+        intervals: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(SimPayment, bool), Reply> {
+        if !is_lightning(method) {
+            // No card processor or on-chain wallet is configured on the simulator.
+            return Err(internal_error());
+        }
+        let max_prepay = i64::from(self.settings.max_prepay_days) * 86_400;
+        let vm = self.vm(vm_id).ok_or_else(internal_error)?;
+        let time = renewal_time(vm, intervals, now);
+        if let Some(p) = reusable(vm, time, now) {
+            return Ok((p.clone(), true));
+        }
+        let base = vm.expires.map_or(now, |e| e.max(now));
+        let until = base.timestamp().saturating_add(time as i64);
+        if until > now.timestamp().saturating_add(max_prepay) {
+            return Err(internal_error());
+        }
+        let total = vm.template.cost.amount.saturating_mul(u64::from(intervals));
+        let currency = vm.template.cost.currency.clone();
+        let amount = match currency.as_str() {
+            "BTC" => total,
+            fiat => {
+                let rate = match fiat {
+                    "EUR" => self.settings.btc_eur,
+                    "USD" => self.settings.btc_usd,
+                    _ => 0.0,
+                };
+                if rate <= 0.0 {
+                    return Err(internal_error());
+                }
+                (total as f64 / 100.0 / rate * 1e11).round() as u64
+            }
+        };
+        let (hash, preimage, bolt11) = self
+            .lightning
+            .mint(amount, now, &format!("VM renewal {vm_id}"))
+            .map_err(|_| internal_error())?;
+        let payment = SimPayment {
+            id: hash,
+            created: now,
+            expires: now + chrono::Duration::seconds(INVOICE_EXPIRY.as_secs() as i64),
+            amount,
+            currency: "BTC".into(),
+            payment_method: "lightning".into(),
+            payment_type: "Renewal".into(),
+            is_paid: false,
+            paid_at: None,
+            time,
+            data: serde_json::json!({ "lightning": bolt11 }),
+            preimage,
+        };
+        let vm = self.vm_mut(vm_id).ok_or_else(internal_error)?;
+        vm.pending_payment = vm.expires.is_none();
+        vm.payments.push(payment.clone());
+        Ok((payment, false))
+    }
+
+    /// Whether the VM's owner has an enabled saved payment method.
+    fn has_saved_method(&self, vm_id: u64) -> bool {
+        self.vm(vm_id)
+            .and_then(|vm| self.user(&vm.owner))
+            .is_some_and(|u| u.payment_methods.iter().any(|m| m.enabled))
+    }
+
+    /// The payment with this id (hex payment hash), with its VM.
+    pub fn payment(&self, id: &str) -> Option<(&SimVm, &SimPayment)> {
+        let id = id.to_ascii_lowercase();
+        self.all_vms()
+            .find_map(|vm| vm.payments.iter().find(|p| p.id == id).map(|p| (vm, p)))
+    }
+
+    /// A Lightning payment of invoice `payment_hash` arrived: marks it paid and extends
+    /// the VM (`expires = max(expires, now) + time`). Returns the preimage.
+    pub fn settle(
+        &mut self,
+        payment_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, SettleError> {
+        let now = whole_seconds(now);
+        let id = payment_hash.to_ascii_lowercase();
+        let vm_id = self
+            .payment(&id)
+            .map(|(vm, _)| vm.id)
+            .ok_or(SettleError::UnknownInvoice)?;
+        let vm = self.vm_mut(vm_id).ok_or(SettleError::UnknownInvoice)?;
+        let p = vm
+            .payments
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or(SettleError::UnknownInvoice)?;
+        if p.is_paid {
+            return Err(SettleError::AlreadyPaid);
+        }
+        if p.expires <= now {
+            return Err(SettleError::Expired);
+        }
+        p.is_paid = true;
+        p.paid_at = Some(now);
+        let time = p.time;
+        let preimage = p.preimage.clone();
+        let base = vm.expires.map_or(now, |e| e.max(now));
+        vm.expires = Some(base + chrono::Duration::seconds(time as i64));
+        vm.subscription_active = true;
+        vm.pending_payment = false;
+        self.record(vm_id, "payment_received", "owner", now);
+        self.record(vm_id, "renewed", "system", now);
+        Ok(preimage)
+    }
+
+    /// The worker's CheckSubscriptions pass over one VM (LNVPS.md §5).
+    pub(super) fn auto_renew(&mut self, vm_id: u64, now: DateTime<Utc>) {
+        let Some(vm) = self.vm(vm_id) else {
+            return;
+        };
+        let Some(expires) = vm.expires else {
+            return;
+        };
+        if vm.deleted || !vm.subscription_active || !vm.auto_renewal_enabled {
+            return;
+        }
+        if vm.auto_renew_attempted == Some(expires) || expires <= now {
+            return;
+        }
+        let lead = (interval_seconds(expires, &vm.template.cost) / 2).min(MAX_LEAD_SECS);
+        if expires >= now + chrono::Duration::seconds(lead as i64) {
+            return;
+        }
+        let has_method = self.has_saved_method(vm_id);
+        let reused = reusable(vm, renewal_time(vm, 1, now), now).is_some();
+        if let Some(vm) = self.vm_mut(vm_id) {
+            vm.auto_renew_attempted = Some(expires);
+        }
+        let outcome = if !has_method {
+            AutoRenewOutcome::NoMethod
+        } else if reused {
+            AutoRenewOutcome::ReusedUnpaid
+        } else {
+            match self.renewal_invoice(vm_id, None, 1, now) {
+                Ok((p, _)) if !self.saved_wallet_fails && self.settle(&p.id, now).is_ok() => {
+                    AutoRenewOutcome::Paid
+                }
+                _ => AutoRenewOutcome::Failed,
+            }
+        };
+        self.auto_renew_log.push(AutoRenewAttempt {
+            vm_id,
+            at: whole_seconds(now),
+            expires,
+            outcome,
+        });
+    }
+}
+
+/// 400 for ids that are not hex (the real server's message).
+pub fn check_payment_id(raw: &str) -> Result<String, Reply> {
+    match hex::decode(raw) {
+        Ok(_) => Ok(raw.to_ascii_lowercase()),
+        Err(_) => Err(api_error(StatusCode::BAD_REQUEST, "Invalid payment id")),
+    }
+}

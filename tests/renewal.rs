@@ -1,0 +1,742 @@
+//! Lightning renewal end to end: the LNVPS simulator, a real local Nostr relay with the
+//! NIP-47 wallet service, and the daemon with a `renew` rule. Time is a manual clock
+//! shared by the simulator and the daemon; polls run every 100 ms of real time.
+//!
+//! The crash test stops the daemon in-process (its tasks are cancelled while the wallet
+//! call is in flight, after the wallet paid and before `is_paid` was recorded) and starts
+//! a new daemon on the same state directory.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use common::{wait_for, RecordingNotifier};
+use vpswatch::clock::{ManualClock, SharedClock};
+use vpswatch::daemon::Daemon;
+use vpswatch::notify::{AlertStatus, EventKind, Notify};
+use vpswatch::sim::lnvps::{
+    AutoRenewOutcome, LnvpsSim, LnvpsSimHandle, PaymentMethodSpec, RelTime, Scenario, VmSpec,
+};
+use vpswatch::sim::nwc_wallet::{NwcWalletService, WalletFailure};
+use vpswatch::sim::scenario::TemplateSpec;
+
+/// Daily BTC plan: 500 000 msat = 500 sats a day; the server's lead is 12 h.
+const PRICE_SATS: u64 = 500;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 6, 0, 0)
+        .single()
+        .expect("valid time")
+}
+
+struct Setup {
+    expires_in: i64,
+    auto_renew: bool,
+    rule: String,
+    globals: String,
+    /// Applied to the wallet's first request, before the daemon starts.
+    wallet_failure: Option<WalletFailure>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            expires_in: 20 * 3600,
+            auto_renew: false,
+            rule: rule("mode = \"nwc\"\nmax_per_renewal_sats = 1000\nmax_per_month_sats = 5000"),
+            globals: String::new(),
+            wallet_failure: None,
+        }
+    }
+}
+
+fn rule(renew: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "renew"
+condition = "expires_within"
+within = "1d"
+action = "renew"
+[rules.renew]
+nwc_uri_env = "TEST_NWC"
+retry_interval = "1s"
+wallet_timeout = "1s"
+{renew}
+"#
+    )
+}
+
+struct T {
+    sim: LnvpsSimHandle,
+    wallet: NwcWalletService,
+    clock: Arc<ManualClock>,
+    notes: Arc<RecordingNotifier>,
+    daemon: Option<Daemon>,
+    vm: u64,
+    config: String,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(s: Setup) -> T {
+    vpswatch::daemon::install_crypto_provider();
+    let keys = nostr::Keys::generate();
+    let owner = keys.public_key().to_hex();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let shared: SharedClock = clock.clone();
+    let sim = LnvpsSim::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        Scenario::default(),
+        shared,
+    )
+    .await
+    .expect("sim starts");
+    let vm = sim.add_vm(
+        &owner,
+        VmSpec {
+            owner: owner.clone(),
+            expires: Some(RelTime::Offset(s.expires_in)),
+            age: Duration::from_secs(40 * 86_400),
+            template: TemplateSpec {
+                name: "Daily BTC".into(),
+                ..TemplateSpec::default()
+            },
+            auto_renewal_enabled: s.auto_renew,
+            ..VmSpec::default()
+        },
+    );
+    sim.set_payment_methods(
+        &owner,
+        vec![PaymentMethodSpec {
+            is_default: true,
+            ..PaymentMethodSpec::default()
+        }],
+    );
+    let wallet = NwcWalletService::start(
+        sim.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        10_000_000,
+    )
+    .await
+    .expect("wallet starts");
+    if let Some(f) = s.wallet_failure {
+        wallet.fail(f, Some(1));
+    }
+    let dir = tempfile::tempdir().expect("state dir");
+    let config = format!(
+        r#"poll_interval = "100ms"
+request_timeout = "2s"
+staleness_limit = "1h"
+state_dir = "{state}"
+{globals}
+[web]
+listen_address = "127.0.0.1:0"
+
+[[accounts]]
+name = "main"
+provider = "lnvps"
+base_url = "{url}"
+nsec_env = "TEST_NSEC"
+{rule}"#,
+        state = dir.path().display(),
+        globals = s.globals,
+        url = sim.base_url(),
+        rule = s.rule,
+    );
+    let env = vec![
+        ("TEST_NSEC".to_string(), keys.secret_key().to_secret_hex()),
+        ("TEST_NWC".to_string(), wallet.uri()),
+    ];
+    let mut t = T {
+        sim,
+        wallet,
+        clock,
+        notes: Arc::new(RecordingNotifier::default()),
+        daemon: None,
+        vm,
+        config,
+        env,
+        _dir: dir,
+    };
+    t.start_daemon().await;
+    t
+}
+
+impl T {
+    async fn start_daemon(&mut self) {
+        let env = self.env.clone();
+        let config = vpswatch::config::parse(&self.config, "test", &|n| {
+            env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+        })
+        .expect("config valid");
+        assert_eq!(config.renew_rules.len(), 1);
+        let notes: Arc<dyn Notify> = self.notes.clone();
+        let shared: SharedClock = self.clock.clone();
+        self.daemon = Some(
+            Daemon::start_with(config, shared, Some(notes))
+                .await
+                .expect("daemon starts"),
+        );
+    }
+
+    async fn stop_daemon(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+
+    fn expires(&self) -> DateTime<Utc> {
+        self.sim
+            .vm(self.vm)
+            .and_then(|v| v.expires)
+            .expect("paid vm")
+    }
+
+    fn paid_invoices(&self) -> usize {
+        self.sim
+            .payments(self.vm)
+            .iter()
+            .filter(|p| p.is_paid)
+            .count()
+    }
+
+    fn events(&self, kind: EventKind) -> usize {
+        self.notes
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
+    }
+
+    fn renewals(&self, result: &str) -> u64 {
+        self.renewals_in("nwc", result)
+    }
+
+    fn renewals_in(&self, mode: &str, result: &str) -> u64 {
+        self.daemon.as_ref().map_or(0, |d| {
+            d.watchdog
+                .renewals()
+                .renewals("main", &self.vm.to_string(), mode, result)
+        })
+    }
+
+    /// Waits until the daemon has polled `n` more times.
+    async fn polls(&self, n: u64) {
+        let store = self.daemon.as_ref().expect("daemon").store.clone();
+        let start = store.get(0).map_or(0, |s| s.polls);
+        wait_for("polls", WAIT, || {
+            let s = store.clone();
+            async move { s.get(0).map_or(0, |s| s.polls) >= start + n }
+        })
+        .await;
+    }
+
+    fn advance(&self, secs: i64) {
+        self.clock.advance(chrono::Duration::seconds(secs));
+        self.sim.tick();
+    }
+
+    async fn finish(mut self) {
+        self.stop_daemon().await;
+        self.wallet.shutdown().await;
+        self.sim.shutdown();
+    }
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    wait_for(what, WAIT, || {
+        let ok = f();
+        async move { ok }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vm_inside_the_window_is_paid_exactly_once() {
+    let t = start(Setup::default()).await;
+    let before = t.expires();
+    until("one wallet payment", || t.wallet.payments().len() == 1).await;
+    until("RenewalPaid event", || {
+        t.events(EventKind::RenewalPaid) == 1
+    })
+    .await;
+    assert_eq!(t.expires() - before, chrono::Duration::days(1));
+    assert_eq!(t.wallet.payments()[0].amount_msat, PRICE_SATS * 1000);
+    // Later polls: the VM is outside the window again; nothing more is paid.
+    t.polls(5).await;
+    assert_eq!(t.wallet.pay_requests(), 1);
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.renewals("paid"), 1);
+    let d = t.daemon.as_ref().expect("daemon");
+    let text = common::scrape(&reqwest::Client::new(), d.addr).await;
+    assert!(
+        text.contains(&format!(
+            "vpswatch_renewal_paid_sats_total{{provider=\"lnvps\",account=\"main\",vm=\"{}\"}} 500",
+            t.vm
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("vps_wallet_balance{provider=\"nwc\",account=\"renew\",currency=\"sat\"}"),
+        "wallet balance exported"
+    );
+    assert!(
+        !text.contains("walletconnect"),
+        "the NWC URI never reaches /metrics"
+    );
+    promtool_check(&text);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn server_auto_renewal_comes_first_and_vpswatch_pays_nothing_when_it_succeeds() {
+    let t = start(Setup {
+        expires_in: 13 * 3600,
+        auto_renew: true,
+        ..Setup::default()
+    })
+    .await;
+    let before = t.expires();
+    // Inside the rule's window but before the server's firing point (expires − 12 h).
+    t.polls(5).await;
+    assert!(
+        t.sim.payments(t.vm).is_empty(),
+        "no invoice before the server's attempt"
+    );
+    t.advance(3600 + 60);
+    until("server attempt", || t.sim.auto_renew_log().len() == 1).await;
+    assert_eq!(t.sim.auto_renew_log()[0].outcome, AutoRenewOutcome::Paid);
+    t.advance(300);
+    t.polls(5).await;
+    assert_eq!(t.wallet.pay_requests(), 0);
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.expires() - before, chrono::Duration::days(1));
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn when_the_server_attempt_fails_vpswatch_pays_exactly_once() {
+    let t = start(Setup {
+        expires_in: 13 * 3600,
+        auto_renew: true,
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set_saved_wallet_fails(true);
+    let before = t.expires();
+    t.advance(3600 + 60);
+    until("server attempt", || t.sim.auto_renew_log().len() == 1).await;
+    assert_eq!(t.sim.auto_renew_log()[0].outcome, AutoRenewOutcome::Failed);
+    t.polls(3).await;
+    assert_eq!(t.wallet.pay_requests(), 0, "still inside the settle time");
+    t.advance(180);
+    until("one wallet payment", || t.wallet.payments().len() == 1).await;
+    t.polls(5).await;
+    assert_eq!(t.wallet.pay_requests(), 1);
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.expires() - before, chrono::Duration::days(1));
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn reuse_trap_ends_with_exactly_one_paid_renewal() {
+    let t = start(Setup {
+        expires_in: 12 * 3600 + 240,
+        auto_renew: true,
+        ..Setup::default()
+    })
+    .await;
+    let before = t.expires();
+    // Someone minted an invoice minutes before the server's job fires.
+    let pending = t.sim.renew(t.vm, None, 1).expect("invoice");
+    t.advance(300);
+    until("server attempt", || t.sim.auto_renew_log().len() == 1).await;
+    assert_eq!(
+        t.sim.auto_renew_log()[0].outcome,
+        AutoRenewOutcome::ReusedUnpaid
+    );
+    assert_eq!(t.expires(), before, "the server paid nothing");
+    t.advance(180);
+    until("one wallet payment", || t.wallet.payments().len() == 1).await;
+    t.polls(5).await;
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(
+        t.wallet.payments()[0].payment_hash,
+        pending.id,
+        "the pending invoice itself was paid"
+    );
+    assert_eq!(t.expires() - before, chrono::Duration::days(1));
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn over_budget_pays_nothing_and_alerts() {
+    let t = start(Setup {
+        rule: rule("mode = \"nwc\"\nmax_per_renewal_sats = 100\nmax_per_month_sats = 5000"),
+        ..Setup::default()
+    })
+    .await;
+    until("blocked event", || t.events(EventKind::RenewalBlocked) == 1).await;
+    t.polls(5).await;
+    assert!(t.sim.payments(t.vm).is_empty(), "no invoice minted");
+    assert_eq!(t.wallet.pay_requests(), 0);
+    assert_eq!(t.renewals("blocked_budget"), 1);
+    assert!(t
+        .notes
+        .alert_log()
+        .iter()
+        .any(|(r, _, s)| r == "renew" && *s == AlertStatus::Firing));
+    assert_eq!(
+        t.events(EventKind::RenewalBlocked),
+        1,
+        "one notice per expiry"
+    );
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn monthly_budget_counts_earlier_payments() {
+    // 500 sats a day, 700 a month: the first renewal fits, the second does not.
+    let t = start(Setup {
+        rule: rule("mode = \"nwc\"\nmax_per_renewal_sats = 1000\nmax_per_month_sats = 700"),
+        ..Setup::default()
+    })
+    .await;
+    until("first payment", || t.wallet.payments().len() == 1).await;
+    t.advance(86_400);
+    until("blocked", || t.events(EventKind::RenewalBlocked) == 1).await;
+    assert_eq!(t.wallet.payments().len(), 1);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn wallet_refusal_is_retried_within_limits_and_alerted() {
+    let t = start(Setup {
+        wallet_failure: Some(WalletFailure::PaymentFailed),
+        ..Setup::default()
+    })
+    .await;
+    until("refused", || t.wallet.pay_requests() == 1).await;
+    until("alert", || {
+        t.notes
+            .alert_log()
+            .iter()
+            .any(|(_, _, s)| *s == AlertStatus::Firing)
+    })
+    .await;
+    t.polls(3).await;
+    assert_eq!(t.wallet.pay_requests(), 1, "no retry before retry_interval");
+    t.advance(2);
+    until("paid on retry", || t.wallet.payments().len() == 1).await;
+    until("resolved", || {
+        t.notes
+            .alert_log()
+            .iter()
+            .any(|(_, _, s)| *s == AlertStatus::Resolved)
+    })
+    .await;
+    assert_eq!(t.wallet.pay_requests(), 2);
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.renewals("wallet_refused"), 1);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn wallet_timeout_waits_for_the_invoice_then_retries_with_a_new_one() {
+    let t = start(Setup {
+        wallet_failure: Some(WalletFailure::NoAnswer),
+        ..Setup::default()
+    })
+    .await;
+    until("asked once", || t.wallet.pay_requests() == 1).await;
+    until("no answer counted", || t.renewals("wallet_no_answer") == 1).await;
+    t.polls(5).await;
+    assert_eq!(
+        t.wallet.pay_requests(),
+        1,
+        "an unanswered invoice is never sent again"
+    );
+    // The invoice expires unpaid: one failed attempt, then a new invoice is paid.
+    t.advance(601);
+    until("paid", || t.wallet.payments().len() == 1).await;
+    until("failed event", || t.events(EventKind::RenewalFailed) == 1).await;
+    assert_eq!(t.wallet.pay_requests(), 2);
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.sim.payments(t.vm).len(), 2);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn restart_after_paying_before_recording_does_not_pay_again() {
+    let mut t = start(Setup {
+        rule: rule(
+            "mode = \"nwc\"\nmax_per_renewal_sats = 1000\nmax_per_month_sats = 5000\nwallet_timeout = \"30s\"",
+        )
+        .replace("wallet_timeout = \"1s\"\n", "")
+        // Still inside the window after one renewal: only the journal stops a second.
+        .replace("within = \"1d\"", "within = \"3d\""),
+        wallet_failure: Some(WalletFailure::PayWithoutAnswer),
+        ..Setup::default()
+    })
+    .await;
+    let before = t.expires();
+    until("wallet paid", || t.wallet.payments().len() == 1).await;
+    // The daemon is still waiting for the wallet's answer: stop it right there.
+    assert_eq!(t.renewals("paid"), 0, "is_paid not yet recorded");
+    t.stop_daemon().await;
+    t.start_daemon().await;
+    until("RenewalPaid after restart", || {
+        t.events(EventKind::RenewalPaid) == 1
+    })
+    .await;
+    t.polls(5).await;
+    assert_eq!(t.wallet.pay_requests(), 1, "never sent to the wallet again");
+    assert_eq!(t.wallet.payments().len(), 1);
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.expires() - before, chrono::Duration::days(1));
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn dry_run_quotes_only() {
+    let t = start(Setup {
+        globals: "[watchdog]\ndry_run = true\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    until("dry run counted", || t.renewals("dry_run") == 1).await;
+    t.polls(5).await;
+    assert!(t.sim.payments(t.vm).is_empty(), "no invoice minted");
+    assert_eq!(t.wallet.pay_requests(), 0);
+    let quotes = t
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == "/api/v1/vm/{id}/renew/quote")
+        .count();
+    assert!(quotes >= 1);
+    assert_eq!(
+        t.sim
+            .requests()
+            .iter()
+            .filter(|r| r.endpoint == "/api/v1/vm/{id}/renew")
+            .count(),
+        0
+    );
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn email_mode_mails_the_invoice_and_sees_it_paid() {
+    let t = start(Setup {
+        rule: rule("mode = \"email\"").replace("nwc_uri_env = \"TEST_NWC\"\n", ""),
+        ..Setup::default()
+    })
+    .await;
+    until("invoice sent", || t.events(EventKind::InvoiceSent) == 1).await;
+    let ev = t
+        .notes
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|e| e.kind == EventKind::InvoiceSent)
+        .cloned()
+        .expect("event");
+    let bolt11 = ev
+        .facts
+        .details
+        .iter()
+        .find(|(k, _)| k == "invoice")
+        .map(|(_, v)| v.clone())
+        .expect("invoice in the mail");
+    assert!(bolt11.starts_with("lnbc"));
+    assert!(ev
+        .facts
+        .details
+        .iter()
+        .any(|(k, v)| k == "amount" && v == "500 sats"));
+    assert!(ev.facts.details.iter().any(|(k, _)| k == "invoice expires"));
+    assert_eq!(t.wallet.pay_requests(), 0);
+    // A human pays it.
+    let inv: lightning_invoice::Bolt11Invoice = bolt11.parse().expect("bolt11");
+    t.sim
+        .settle_invoice(&hex::encode(AsRef::<[u8]>::as_ref(inv.payment_hash())))
+        .expect("settled");
+    until("paid seen", || t.events(EventKind::RenewalPaid) == 1).await;
+    t.polls(3).await;
+    assert_eq!(t.events(EventKind::InvoiceSent), 1);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn demo_vm_renews_itself_through_nwc() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let shared: SharedClock = clock.clone();
+    let demo = vpswatch::demo::start("127.0.0.1:0".parse().expect("addr"), shared)
+        .await
+        .expect("demo starts");
+    let vm = vpswatch::demo::DEMO_RENEWING_VM;
+    let before = demo.sim.vm(vm).and_then(|v| v.expires).expect("paid");
+    // The window opens a minute after start.
+    clock.advance(chrono::Duration::seconds(90));
+    demo.sim.tick();
+    wait_for("the demo VM renewed", Duration::from_secs(30), || {
+        let n = demo.wallet.payments().len();
+        async move { n == 1 }
+    })
+    .await;
+    let after = demo.sim.vm(vm).and_then(|v| v.expires).expect("paid");
+    assert_eq!(after - before, chrono::Duration::days(1));
+    assert_eq!(
+        demo.wallet.balance_msat(),
+        vpswatch::demo::DEMO_WALLET_MSAT - 500_000
+    );
+    demo.shutdown().await;
+}
+
+/// The README's renewal example is accepted as written (with its wallet file present).
+#[test]
+fn readme_renewal_example_parses() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("condition = \"expires_within\""))
+        .expect("a renewal example");
+    let dir = tempfile::tempdir().expect("dir");
+    let uri_file = dir.path().join("nwc.uri");
+    let wallet = nostr::Keys::generate().public_key().to_hex();
+    let secret = nostr::Keys::generate().secret_key().to_secret_hex();
+    std::fs::write(
+        &uri_file,
+        format!("nostr+walletconnect://{wallet}?relay=ws%3A%2F%2F127.0.0.1%3A1&secret={secret}"),
+    )
+    .expect("write");
+    let text = format!(
+        "state_dir = \"{}\"\n[[accounts]]\nname = \"main\"\nprovider = \"lnvps\"\nbase_url = \"http://127.0.0.1:1\"\nnsec_env = \"N\"\n{}",
+        dir.path().display(),
+        block.replace("/etc/vpswatch/nwc.uri", &uri_file.display().to_string())
+    );
+    let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
+    let config = vpswatch::config::parse(&text, "README", &|n| (n == "N").then(|| nsec.clone()))
+        .unwrap_or_else(|e| panic!("README renewal example: {e}"));
+    assert_eq!(config.renew_rules.len(), 1);
+    assert!(
+        config.watchdog.rules.is_empty(),
+        "the engine never sees renew rules"
+    );
+    let rule = &config.renew_rules[0];
+    assert_eq!(rule.max_per_month_sats, 60_000);
+    assert!(
+        !format!("{rule:?}").contains(&secret),
+        "the URI stays redacted"
+    );
+}
+
+#[test]
+fn renewal_config_problems_name_their_keys() {
+    let text = r#"
+[[accounts]]
+name = "main"
+provider = "lnvps"
+base_url = "http://127.0.0.1:1"
+nsec_env = "N"
+
+[[rules]]
+name = "r"
+condition = "expires_within"
+within = "1d"
+action = "renew"
+[rules.renew]
+mode = "nwc"
+intervals = 0
+nwc_uri_env = "NWC"
+"#;
+    let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
+    let bad_uri = "nostr+walletconnect://nothex?secret=TOPSECRET".to_string();
+    let err = vpswatch::config::parse(text, "t", &|n| match n {
+        "N" => Some(nsec.clone()),
+        "NWC" => Some(bad_uri.clone()),
+        _ => None,
+    })
+    .expect_err("invalid");
+    let msg = err.to_string();
+    for key in [
+        "rules[0].renew.intervals",
+        "rules[0].renew.nwc_uri_env",
+        "rules[0].renew.max_per_renewal_sats",
+        "rules[0].renew.max_per_month_sats",
+    ] {
+        assert!(msg.contains(key), "{key} missing from: {msg}");
+    }
+    assert!(!msg.contains("TOPSECRET"), "the URI is never echoed: {msg}");
+}
+
+#[tokio::test]
+async fn server_mode_alerts_when_the_server_did_not_renew_and_pays_nothing() {
+    let t = start(Setup {
+        expires_in: 13 * 3600,
+        auto_renew: true,
+        rule: rule("mode = \"server\"").replace("nwc_uri_env = \"TEST_NWC\"\n", ""),
+        ..Setup::default()
+    })
+    .await;
+    t.sim.set_saved_wallet_fails(true);
+    t.polls(3).await;
+    assert_eq!(
+        t.renewals_in("server", "server_missed"),
+        0,
+        "before the server's attempt"
+    );
+    t.advance(3600 + 60);
+    until("server attempt", || t.sim.auto_renew_log().len() == 1).await;
+    t.advance(180);
+    until("server_missed", || {
+        t.renewals_in("server", "server_missed") == 1
+    })
+    .await;
+    assert_eq!(t.events(EventKind::RenewalFailed), 1);
+    assert_eq!(t.wallet.pay_requests(), 0);
+    assert_eq!(t.paid_invoices(), 0);
+    assert_eq!(
+        t.sim.payments(t.vm).len(),
+        1,
+        "only the server's own invoice"
+    );
+    t.finish().await;
+}
+
+/// `promtool check metrics` accepts the exposition.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = p.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -277,7 +277,8 @@ http {{
         body = get(url)[2].decode()
         n = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
         gzn = len(get(url, gz=True)[2])
-        print(f"# {name:12} {url}: {n} series, {len(body)} bytes plain, {gzn} bytes with gzip")
+        print(f"# {name:12} {url}: {n} series, {len(body)} bytes plain, {gzn} bytes with gzip, "
+              f"RSS idle {rss_kib(servers[name][1], servers[name][2]) / 1024:.1f} MiB")
 
     order = [s for s in ["vpswatch", "nginx", "python", "pushgateway"] if not ONLY or s in ONLY]
     results = {(s, gz): [] for s in order for gz in (False, True)}

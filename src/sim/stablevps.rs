@@ -67,6 +67,7 @@ pub use api::{ACCOUNT, AUTH, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET};
 pub use scenario::{
     AccountSpec, Crash, KeyScope, KeySpec, RenewalFailure, StableScenario, StableTimelineEvent,
     VpsSpec, DEMO_FULL_KEY, DEMO_READ_KEY,
+    bench_key,
 };
 pub use world::{plan_price, SimAccount, SimAction, SimVps};
 

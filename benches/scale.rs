@@ -131,7 +131,7 @@ fn encode_time(kind: ProviderKind, accounts: usize, per: usize, reps: u64) -> (f
                 memory_bytes: Some(2e9),
                 disk_bytes: Some(4e10),
                 uptime_seconds: Some(86_400.0),
-                usage: (i % 10 != 9).then(|| Usage {
+                usage: (i % 10 != 9).then_some(Usage {
                     at: now,
                     cpu_ratio: 0.3,
                     memory_bytes: 1e9,
@@ -203,12 +203,8 @@ async fn run_size(kind: ProviderKind, accounts: usize, per: usize) -> anyhow::Re
         ProviderKind::Lnvps => {
             let mut scenario = Scenario::bench_accounts(accounts, per)?;
             scenario.rate_limit.per_minute = rpm;
-            let sim = LnvpsSim::start(
-                "127.0.0.1:0".parse()?,
-                scenario,
-                Arc::new(SystemClock),
-            )
-            .await?;
+            let sim =
+                LnvpsSim::start("127.0.0.1:0".parse()?, scenario, Arc::new(SystemClock)).await?;
             cfg.push_str(&format!("[providers.lnvps]\nrequests_per_minute = {rpm}\n"));
             for a in 0..accounts {
                 let key = dir.path().join(format!("a{a}.nsec"));
@@ -273,7 +269,12 @@ async fn run_size(kind: ProviderKind, accounts: usize, per: usize) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cycle = started.elapsed().as_secs_f64();
-    let text = client.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     let gzip = client
         .get(format!("{base}/metrics"))
         .header("Accept-Encoding", "gzip")
@@ -283,7 +284,7 @@ async fn run_size(kind: ProviderKind, accounts: usize, per: usize) -> anyhow::Re
         .await?
         .len();
     let requests = sum_metric(&text, "vpswatch_provider_requests_total", "");
-    let throttled = sum_metric(&text, "vpswatch_provider_requests_total", "code=\"429\"");
+    let throttled = sum_metric(&text, "vpswatch_provider_requests_total", "code=\"429\"") + 0.0;
     let row = Row {
         vms,
         requests,

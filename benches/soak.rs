@@ -15,7 +15,8 @@
 //! the RSS slope after warm-up (the first quarter), by least squares.
 //!
 //! Wall time is accelerated; sleeps and timeouts (poll interval, probe interval, HTTP)
-//! run on tokio's real timer, so "poll every 2 s" is every 16 scenario minutes at 480×.
+//! run on tokio's real timer, so "poll every 2 s" is every 16 scenario minutes at 480×
+//! (hence `staleness_limit = "2h"`: the watchdog must not take that data for stale).
 //!
 //! `cargo bench --bench soak`; knobs: BENCH_SOAK_SECS, BENCH_SOAK_HOURS, BENCH_SOAK_VMS
 //! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS.
@@ -24,7 +25,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vpswatch::clock::{Clock, OffsetClock, SharedClock};
+use vpswatch::clock::{OffsetClock, SharedClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
 use vpswatch::sim::scenario::RelTime;
@@ -154,7 +155,13 @@ async fn main() -> anyhow::Result<()> {
     // A real SMTP server for the outbox, when available.
     let smtp_port = free_port();
     let smtp = std::process::Command::new("/usr/bin/python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}")])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -171,6 +178,8 @@ async fn main() -> anyhow::Result<()> {
     let text = format!(
         r#"poll_interval = "2s"
 poll_timeout = "30s"
+# Polls come every 2 s of real time = 16 scenario minutes at 480×: data that old is fresh.
+staleness_limit = "2h"
 state_dir = "{state}"
 [web]
 listen_address = "127.0.0.1:0"
@@ -263,11 +272,7 @@ patience = "30m"
             let body = std::str::from_utf8(&enc.plain).unwrap_or("");
             let series = body.lines().filter(|l| !l.starts_with('#')).count();
             let vms_exported = body.lines().filter(|l| l.starts_with("vps_up{")).count();
-            let vms_sim = sim
-                .vms()
-                .iter()
-                .filter(|v| !v.deleted)
-                .count();
+            let vms_sim = sim.vms().iter().filter(|v| !v.deleted).count();
             let journal = match daemon.journal.clone() {
                 Some(j) => tokio::task::spawn_blocking(move || j.recent(1000).map(|r| r.len()))
                     .await

@@ -588,6 +588,13 @@ impl Scenario {
             "empty" => Some(Scenario::default()),
             "bench" => Some(Self::bench(1000, DEFAULT_OWNER)),
             _ => match name.strip_prefix("bench:") {
+                Some(spec) if spec.contains('x') => {
+                    let (a, n) = spec.split_once('x').unwrap_or_default();
+                    let (Ok(a), Ok(n)) = (a.parse::<usize>(), n.parse::<usize>()) else {
+                        bail!("scenario `{name}`: `bench:AxN` needs an account and a VM count");
+                    };
+                    Some(Self::bench_accounts(a, n)?)
+                }
                 Some(n) => {
                     let n: usize = n.parse().with_context(|| {
                         format!("scenario `{name}`: `bench:N` needs a VM count")
@@ -601,7 +608,7 @@ impl Scenario {
 
     fn from_file(path: &str) -> anyhow::Result<Scenario> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!("scenario `{path}` is neither a built-in (demo, bench, bench:N, empty) nor a readable file")
+            format!("scenario `{path}` is neither a built-in (demo, bench, bench:N, empty) nor a readable file (or bench:AxN)")
         })?;
         if path.ends_with(".json") {
             Self::from_json(&text).with_context(|| format!("scenario file {path}"))
@@ -763,6 +770,33 @@ impl Scenario {
             ..Scenario::default()
         }
     }
+}
+
+impl Scenario {
+    /// `accounts` users, each owning `per_account` VMs shaped like [`Scenario::bench`]
+    /// (`bench:AxN`). Owner `i`'s secret key is [`bench_account_secret`]`(i)`, so a
+    /// benchmark can sign as every owner without being told the keys.
+    pub fn bench_accounts(accounts: usize, per_account: usize) -> anyhow::Result<Scenario> {
+        let mut scenario = Scenario::default();
+        for i in 0..accounts {
+            let owner = nostr::Keys::parse(&bench_account_secret(i))?
+                .public_key()
+                .to_hex();
+            scenario.users.push(UserSpec {
+                pubkey: owner.clone(),
+                ..UserSpec::default()
+            });
+            scenario.vms.extend(Self::bench(per_account, &owner).vms);
+        }
+        Ok(scenario)
+    }
+}
+
+/// Secret key (hex) of benchmark owner `i` in `bench:AxN`: SHA-256 of a fixed text, a
+/// public test key, never a real one.
+pub fn bench_account_secret(i: usize) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("vpswatch bench account {i}")))
 }
 
 /// Hex or npub → lowercase hex, validating the key.

@@ -65,8 +65,8 @@ pub use super::power::{ActionFailure, Blackout, BlackoutLength, PowerAction};
 pub use super::scenario::RelTime;
 pub use api::{ACCOUNT, AUTH, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET};
 pub use scenario::{
-    AccountSpec, Crash, KeyScope, KeySpec, RenewalFailure, StableScenario, StableTimelineEvent,
-    VpsSpec, DEMO_FULL_KEY, DEMO_READ_KEY,
+    bench_key, AccountSpec, Crash, KeyScope, KeySpec, RenewalFailure, StableScenario,
+    StableTimelineEvent, VpsSpec, DEMO_FULL_KEY, DEMO_READ_KEY,
 };
 pub use world::{plan_price, SimAccount, SimAction, SimVps};
 

@@ -308,6 +308,11 @@ pub const DEMO_FULL_KEY: &str = "svps_live_f011de30c3e5500112233445566778899aabb
 /// (Distinct `keyPrefix`es, as a real account's keys almost always have.)
 pub const DEMO_READ_KEY: &str = "svps_live_4eadde30c3e5500112233445566778899aabbccdd";
 
+/// API key of benchmark account `i` in `bench:AxN` (a simulator secret, not a real one).
+pub fn bench_key(i: usize) -> String {
+    format!("svps_live_{:040x}", 0xbe4c_0000_u64 + i as u64)
+}
+
 impl StableScenario {
     /// One account (wallet 20 EUR, a full key and a read key expiring in 10 days) with
     /// three VPSes, lively on a real clock: a `basic` renewing in one minute (paid: 7.51
@@ -358,11 +363,50 @@ impl StableScenario {
         }
     }
 
-    /// A built-in by name (`demo`, `empty`) or a TOML/JSON file (by extension).
+    /// `accounts` accounts (`bench:AxN`), each with one full key
+    /// ([`bench_key`]`(i)`) and `per_account` VPSes: mixed plans, cycles and period
+    /// ends, every tenth stopped; no RDP listeners (a benchmark polls, it does not probe).
+    pub fn bench(accounts: usize, per_account: usize) -> StableScenario {
+        const PLANS: [&str; 3] = ["basic", "prime", "pro"];
+        let mut s = StableScenario::default();
+        for a in 0..accounts {
+            s.accounts.push(AccountSpec {
+                balance: 1000.0,
+                keys: vec![KeySpec {
+                    key: bench_key(a),
+                    ..KeySpec::default()
+                }],
+                ..AccountSpec::default()
+            });
+            for i in 0..per_account {
+                s.vps.push(VpsSpec {
+                    account: a.to_string(),
+                    plan_id: PLANS[i % PLANS.len()].into(),
+                    billing_cycle: if i % 5 == 4 { "yearly" } else { "monthly" }.into(),
+                    vps_status: if i % 10 == 9 { "stopped" } else { "active" }.into(),
+                    current_period_end: RelTime::Offset(((i % 28) as i64 + 1) * 86_400),
+                    ip_address: Some(Ipv4Addr::from(0x7f40_0000 + (a * per_account + i) as u32)),
+                    listen_rdp: false,
+                    ..VpsSpec::default()
+                });
+            }
+        }
+        s
+    }
+
+    /// A built-in by name (`demo`, `empty`, `bench:AxN`) or a TOML/JSON file (by extension).
     pub fn load(path_or_name: &str) -> anyhow::Result<StableScenario> {
         let scenario = match path_or_name {
             "demo" => Self::demo(),
             "empty" => Self::default(),
+            name if name.starts_with("bench:") => {
+                let spec = &name["bench:".len()..];
+                let (a, n) = spec.split_once('x').unwrap_or(("1", spec));
+                let (Ok(a), Ok(n)) = (a.parse::<usize>(), n.parse::<usize>()) else {
+                    bail!("scenario `{name}`: `bench:AxN` needs an account and a VPS count");
+                };
+                Self::bench(a, n)
+            }
             path => {
                 let text = std::fs::read_to_string(path).with_context(|| {
                     format!(

@@ -1,0 +1,328 @@
+//! Soak benchmark (not a test): a simulated day on an accelerated clock.
+//!
+//! The LNVPS simulator and the daemon (in this process, `Daemon::start`) share an
+//! `OffsetClock` whose offset grows so that BENCH_SOAK_SECS of real time (180) cover
+//! BENCH_SOAK_HOURS of scenario time (24). Meanwhile: VMs hang and the watchdog reboots
+//! them (BENCH_SOAK_HANGS_PER_HOUR, 2), VMs come and go (one removed and one added per
+//! scenario hour), some are renewed and some expire (the bench fleet expires 1..60 days
+//! out), the API blacks out for 15 minutes every 6 hours, and alerts and events go through
+//! the email outbox to a real SMTP server (aiosmtpd, when `/usr/bin/python3` has it).
+//!
+//! Every BENCH_SOAK_SAMPLE_SECS (5) it samples this process' RSS (daemon + simulator: the
+//! simulator's request and action logs are cleared at each sample so only its world
+//! remains), the series in /metrics, the VMs in /metrics against the simulator's, the
+//! journal's entries and the state database's size, and the outbox. At the end it prints
+//! the RSS slope after warm-up (the first quarter), by least squares.
+//!
+//! Wall time is accelerated; sleeps and timeouts (poll interval, probe interval, HTTP)
+//! run on tokio's real timer, so "poll every 2 s" is every 16 scenario minutes at 480×
+//! (hence `staleness_limit = "2h"`: the watchdog must not take that data for stale).
+//!
+//! `cargo bench --bench soak`; knobs: BENCH_SOAK_SECS, BENCH_SOAK_HOURS, BENCH_SOAK_VMS
+//! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vpswatch::clock::{OffsetClock, SharedClock};
+use vpswatch::daemon::Daemon;
+use vpswatch::sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
+use vpswatch::sim::scenario::RelTime;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Least-squares slope of y over x.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    if sxx == 0.0 {
+        0.0
+    } else {
+        sxy / sxx
+    }
+}
+
+fn vm_spec(owner: &str, ip: Ipv4Addr, days: i64) -> VmSpec {
+    VmSpec {
+        owner: owner.into(),
+        ipv4: Some(ip),
+        expires: Some(RelTime::Offset(days * 86_400)),
+        ..VmSpec::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    vpswatch::daemon::install_crypto_provider();
+    let real = Duration::from_secs(env_num("BENCH_SOAK_SECS", 180));
+    let hours = env_num("BENCH_SOAK_HOURS", 24);
+    let n = env_num("BENCH_SOAK_VMS", 100) as usize;
+    let hangs_per_hour = env_num("BENCH_SOAK_HANGS_PER_HOUR", 2);
+    let sample_every = Duration::from_secs(env_num("BENCH_SOAK_SAMPLE_SECS", 5));
+    let speed = (hours * 3600) as f64 / real.as_secs_f64();
+
+    let offset = Arc::new(OffsetClock::new(chrono::Duration::zero()));
+    let clock: SharedClock = offset.clone();
+    let keys = nostr::Keys::generate();
+    let owner = keys.public_key().to_hex();
+    let vm_port = free_port();
+
+    // The fleet on 127.88.0.x, expiring 1..n days out (a few expire during the day).
+    let mut scenario = Scenario {
+        vms: (0..n)
+            .map(|i| {
+                vm_spec(
+                    &owner,
+                    Ipv4Addr::new(127, 88, (i / 250) as u8, (i % 250 + 1) as u8),
+                    (i % 60) as i64 + 1,
+                )
+            })
+            .collect(),
+        ..Scenario::default()
+    };
+    scenario.settings.vm_listen_port = Some(vm_port);
+    // The script, in scenario time: hangs (the watchdog reboots), renewals, blackouts.
+    for h in 0..hours {
+        for k in 0..hangs_per_hour {
+            scenario.timeline.push(TimelineEvent {
+                at: Duration::from_secs(h * 3600 + k * 3600 / hangs_per_hour.max(1) + 600),
+                vm: Some(((h * 7 + k * 13) % n as u64) + 1),
+                hang: Some(true),
+                ..TimelineEvent::default()
+            });
+        }
+        if h % 2 == 1 {
+            scenario.timeline.push(TimelineEvent {
+                at: Duration::from_secs(h * 3600 + 1800),
+                vm: Some((h * 11 % n as u64) + 1),
+                set_expires: Some(RelTime::Offset(30 * 86_400)),
+                ..TimelineEvent::default()
+            });
+        }
+        if h % 6 == 3 {
+            scenario.timeline.push(TimelineEvent {
+                at: Duration::from_secs(h * 3600),
+                blackout: Some(BlackoutLength::For(Duration::from_secs(900))),
+                ..TimelineEvent::default()
+            });
+        }
+    }
+    let sim = LnvpsSim::start("127.0.0.1:0".parse()?, scenario, clock.clone()).await?;
+
+    // A real SMTP server for the outbox, when available.
+    let smtp_port = free_port();
+    let smtp = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let email = if smtp.is_some() {
+        format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\nsecurity = \"none\"\nallow_insecure = true\nfrom = \"vpswatch@example.com\"\nto = [\"ops@example.com\"]\nrepeat_interval = \"4h\"\n"
+        )
+    } else {
+        String::new()
+    };
+    let state = tempfile::tempdir()?;
+    let text = format!(
+        r#"poll_interval = "2s"
+poll_timeout = "30s"
+# Polls come every 2 s of real time = 16 scenario minutes at 480×: data that old is fresh.
+staleness_limit = "2h"
+state_dir = "{state}"
+[web]
+listen_address = "127.0.0.1:0"
+[probes]
+interval = "1s"
+timeout = "300ms"
+ports = {{ lnvps = {vm_port} }}
+[[accounts]]
+name = "soak"
+provider = "lnvps"
+base_url = "{url}"
+nsec_env = "SOAK_NSEC"
+[[rules]]
+name = "ssh-dead"
+condition = "probe_failing"
+for = "2s"
+failures = 2
+recoveries = 2
+action = "reboot"
+cooldown = "10m"
+max_actions = 100000
+patience = "30m"
+{email}"#,
+        state = state.path().display(),
+        url = sim.base_url(),
+    );
+    let secret = keys.secret_key().to_secret_hex();
+    let config = vpswatch::config::parse(&text, "soak", &|k| {
+        (k == "SOAK_NSEC").then(|| secret.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let daemon = Daemon::start(config, clock.clone()).await?;
+
+    // Accelerate: the offset grows (speed − 1) seconds per real second.
+    let started = Instant::now();
+    let ticker = {
+        let offset = offset.clone();
+        tokio::spawn(async move {
+            loop {
+                let e = started.elapsed().as_secs_f64() * (speed - 1.0);
+                offset.set_offset(chrono::Duration::milliseconds((e * 1000.0) as i64));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    println!(
+        "vpswatch soak: {hours} h of scenario time in {} s ({speed:.0}×), {n} VMs, {hangs_per_hour} hangs/h, churn 1 VM/h, blackout 15 min every 6 h, email: {}",
+        real.as_secs(),
+        if smtp.is_some() { "aiosmtpd" } else { "none (log)" }
+    );
+    println!();
+    println!("| scenario h | RSS MiB | series | VMs in /metrics | VMs at sim | reboots | journal entries | state db KiB | outbox | mails sent |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let t0 = clock.now();
+    let mut next_churn = 1i64;
+    let mut added = 0u32;
+    let mut removed_next = 1u64;
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let mut series_seen: Vec<usize> = Vec::new();
+    let mut reboots = 0usize;
+    let mut next_sample = Instant::now();
+    while started.elapsed() < real {
+        let now_h = (clock.now() - t0).num_seconds() as f64 / 3600.0;
+        // Churn: one VM goes, one comes, every scenario hour.
+        while (next_churn as f64) <= now_h {
+            sim.remove_vm(removed_next);
+            removed_next += 1;
+            added += 1;
+            sim.add_vm(
+                &owner,
+                vm_spec(
+                    &owner,
+                    Ipv4Addr::new(127, 88, 200 + (added / 250) as u8, (added % 250 + 1) as u8),
+                    30,
+                ),
+            );
+            next_churn += 1;
+        }
+        if Instant::now() >= next_sample {
+            next_sample += sample_every;
+            reboots += sim
+                .requests()
+                .iter()
+                .filter(|r| r.method == "PATCH" && r.path.ends_with("/restart"))
+                .count();
+            sim.clear_requests();
+            sim.clear_actions();
+            let enc = daemon.cache.load();
+            let body = std::str::from_utf8(&enc.plain).unwrap_or("");
+            let series = body.lines().filter(|l| !l.starts_with('#')).count();
+            let vms_exported = body.lines().filter(|l| l.starts_with("vps_up{")).count();
+            let vms_sim = sim.vms().iter().filter(|v| !v.deleted).count();
+            let journal = match daemon.journal.clone() {
+                Some(j) => tokio::task::spawn_blocking(move || j.recent(1000).map(|r| r.len()))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0),
+                None => 0,
+            };
+            let (outbox, sent) = match &daemon.email {
+                Some(e) => (
+                    e.outbox_stats().map(|s| s.messages).unwrap_or(0),
+                    e.delivered_ids().map(|d| d.len()).unwrap_or(0),
+                ),
+                None => (0, 0),
+            };
+            let rss = rss_kib() as f64 / 1024.0;
+            samples.push((now_h, rss));
+            series_seen.push(series);
+            println!(
+                "| {now_h:.1} | {rss:.1} | {series} | {vms_exported} | {vms_sim} | {reboots} | {journal}{} | {} | {outbox} | {sent} |",
+                if journal >= 1000 { "+" } else { "" },
+                dir_size(state.path()) / 1024
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ticker.abort();
+    let warm = samples.len() / 4;
+    let after = &samples[warm..];
+    let s = slope(after);
+    let first = after.first().map(|p| p.1).unwrap_or(0.0);
+    let last = after.last().map(|p| p.1).unwrap_or(0.0);
+    println!();
+    println!(
+        "RSS after warm-up ({:.1} h on): {first:.1} → {last:.1} MiB, least-squares slope {:.3} MiB per scenario hour ({:.2} MiB per day)",
+        after.first().map(|p| p.0).unwrap_or(0.0),
+        s,
+        s * 24.0
+    );
+    println!(
+        "series in /metrics: min {} max {} (VMs removed during the run: {}, added: {added})",
+        series_seen.iter().min().unwrap_or(&0),
+        series_seen.iter().max().unwrap_or(&0),
+        removed_next - 1
+    );
+    daemon.shutdown().await;
+    sim.shutdown();
+    if let Some(mut c) = smtp {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(())
+}

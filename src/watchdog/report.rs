@@ -81,8 +81,27 @@ impl WatchdogReport {
         }
     }
 
+    /// Forgets a target (its VM is gone, or its rule or account no longer configured):
+    /// its series leave /metrics with it, so label sets never pile up for VMs that are
+    /// gone.
     pub fn remove_target(&self, key: &TargetKey) {
-        self.with(true, |d| d.targets.remove(key));
+        self.with(true, |d| {
+            d.targets.remove(key);
+            let same = |c: &CounterKey| {
+                c.0 == key.rule && c.1 == key.provider && c.2 == key.account && c.3 == key.vm
+            };
+            d.actions.retain(|c, _| !same(c));
+            d.outcomes.retain(|c, _| !same(c));
+            let vm_still_watched = d
+                .targets
+                .keys()
+                .any(|t| t.provider == key.provider && t.account == key.account && t.vm == key.vm);
+            if !vm_still_watched {
+                d.last_action.retain(|(p, a, vm, _), _| {
+                    !(*p == key.provider && *a == key.account && *vm == key.vm)
+                });
+            }
+        });
     }
 
     pub fn count_action(&self, key: &TargetKey, action: &str, result: &str) {

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::bounded::BoundedList;
 use super::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
 use super::{
     AccountData, AccountFacts, Money, Provider, ProviderError, ProviderKind, Renewal, Usage, Vm,
@@ -337,6 +338,41 @@ fn first_ipv4(ips: &[ApiIp]) -> Option<(Ipv4Addr, &ApiIp)> {
     })
 }
 
+// --- hardening (issue 7): the response parsers as pure functions, for fuzzing ---
+
+/// Parses `GET /api/v1/vm`. Entries stay raw until each is parsed on its own: one
+/// malformed VM must not hide the others, and raw slices cost far less memory than a
+/// `Value` tree. At most [`MAX_LIST_ENTRIES`](super::bounded::MAX_LIST_ENTRIES) entries.
+pub fn parse_vm_list(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(Vec<ApiVm>, Vec<String>), String> {
+    let env: Envelope<BoundedList<Box<serde_json::value::RawValue>>> =
+        decode_json(content_type, body)?;
+    let mut vms = Vec::with_capacity(env.data.0.len());
+    let mut warnings = Vec::new();
+    for (i, raw) in env.data.0.iter().enumerate() {
+        match serde_json::from_str::<ApiVm>(raw.get()) {
+            Ok(vm) if !vm.id.is_empty() => vms.push(vm),
+            Ok(_) => warnings.push(format!("GET /api/v1/vm: entry {i} has no id; skipped")),
+            Err(e) => warnings.push(format!(
+                "GET /api/v1/vm: entry {i} unreadable ({e}); skipped"
+            )),
+        }
+    }
+    Ok((vms, warnings))
+}
+
+/// Parses `GET /api/v1/vm/{id}/time-series` (at most `MAX_LIST_ENTRIES` points).
+pub fn parse_time_series(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<ApiTimeSeriesPoint>, String> {
+    let env: Envelope<BoundedList<ApiTimeSeriesPoint>> = decode_json(content_type, body)?;
+    Ok(env.data.0)
+}
+// --- end hardening ---
+
 /// Builds the neutral VM (without usage) from the API's VM.
 pub fn map_vm(
     api: &ApiVm,
@@ -517,32 +553,35 @@ impl LnvpsClient {
     }
 
     async fn list_vms(&self) -> Result<(Vec<ApiVm>, Vec<String>), ProviderError> {
-        // Entries stay raw until each is parsed on its own: one malformed VM must not
-        // hide the others, and raw slices cost far less memory than a `Value` tree.
-        let env: Envelope<Vec<Box<serde_json::value::RawValue>>> =
-            self.get("/api/v1/vm".into(), "GET /api/v1/vm").await?;
-        let mut vms = Vec::with_capacity(env.data.len());
-        let mut warnings = Vec::new();
-        for (i, raw) in env.data.iter().enumerate() {
-            match serde_json::from_str::<ApiVm>(raw.get()) {
-                Ok(vm) if !vm.id.is_empty() => vms.push(vm),
-                Ok(_) => warnings.push(format!("GET /api/v1/vm: entry {i} has no id; skipped")),
-                Err(e) => warnings.push(format!(
-                    "GET /api/v1/vm: entry {i} unreadable ({e}); skipped"
-                )),
-            }
-        }
-        Ok((vms, warnings))
+        let req = ApiRequest {
+            method: Method::GET,
+            path_and_query: "/api/v1/vm".into(),
+            endpoint: "GET /api/v1/vm",
+            body: None,
+            retry: Retry::Idempotent,
+        };
+        self.api
+            .send_decoded(&req, |resp| {
+                parse_vm_list(resp.content_type.as_deref(), &resp.body)
+            })
+            .await
     }
 
     async fn usage(&self, vm_id: &str) -> Result<Option<Usage>, ProviderError> {
-        let env: Envelope<Vec<ApiTimeSeriesPoint>> = self
-            .get(
-                format!("/api/v1/vm/{vm_id}/time-series"),
-                "GET /api/v1/vm/{id}/time-series",
-            )
+        let req = ApiRequest {
+            method: Method::GET,
+            path_and_query: format!("/api/v1/vm/{vm_id}/time-series"),
+            endpoint: "GET /api/v1/vm/{id}/time-series",
+            body: None,
+            retry: Retry::Idempotent,
+        };
+        let points = self
+            .api
+            .send_decoded(&req, |resp| {
+                parse_time_series(resp.content_type.as_deref(), &resp.body)
+            })
             .await?;
-        Ok(newest_complete_point(&env.data, self.clock.now()).and_then(usage_from_point))
+        Ok(newest_complete_point(&points, self.clock.now()).and_then(usage_from_point))
     }
 
     async fn facts(&self, warnings: &mut Vec<String>) -> (AccountFacts, HashMap<String, String>) {

@@ -4,6 +4,7 @@
 //! a provider means one new file here plus one line in [`build`]. Everything is plain data
 //! (no handles, no locks) so a snapshot can be shared read-only between tasks.
 
+pub mod bounded;
 pub mod budget;
 pub mod http;
 pub mod lnvps;

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
+use super::bounded::BoundedList;
 use super::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
 use super::runway::{self, BillingPeriod, RenewalStream};
 use super::{
@@ -195,10 +196,47 @@ pub fn builtin_plans() -> PlanTable {
 
 #[derive(Debug, Deserialize)]
 struct VpsList {
-    vps: Vec<Box<serde_json::value::RawValue>>,
+    vps: BoundedList<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     total: Option<u64>,
 }
+
+// --- hardening (issue 7): the list parser as a pure function, for fuzzing ---
+
+/// Parses `GET /api/v1/vps` entry by entry (one unreadable entry is skipped with a
+/// warning); at most [`MAX_LIST_ENTRIES`](super::bounded::MAX_LIST_ENTRIES) entries.
+pub fn parse_vps_list(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(Vec<ApiVps>, Vec<String>), String> {
+    const EP: &str = "GET /api/v1/vps";
+    let list: VpsList = decode_json(content_type, body)?;
+    let mut out = Vec::with_capacity(list.vps.0.len());
+    let mut warnings = Vec::new();
+    for (i, raw) in list.vps.0.iter().enumerate() {
+        match serde_json::from_str::<ApiVps>(raw.get()) {
+            Ok(v) if v.id.as_deref().is_some_and(is_plain_id) => out.push(v),
+            Ok(_) => warnings.push(format!("{EP}: entry {i} has no usable id; skipped")),
+            Err(e) => warnings.push(format!("{EP}: entry {i} unreadable ({e}); skipped")),
+        }
+    }
+    if let Some(total) = list.total {
+        if total > list.vps.0.len() as u64 {
+            // Pagination of this endpoint is undocumented: say so instead of guessing.
+            warnings.push(format!(
+                "{EP}: the list has {} entries but total = {total}; the rest are not visible",
+                list.vps.0.len()
+            ));
+        }
+    }
+    Ok((out, warnings))
+}
+
+/// Parses `GET /api/v1/vps/:id` (the detail answer; `rdpPassword` is never read).
+pub fn parse_vps(content_type: Option<&str>, body: &[u8]) -> Result<ApiVps, String> {
+    decode_json(content_type, body)
+}
+// --- end hardening ---
 
 /// One VPS as `GET /api/v1/vps` (and, with more fields, `/vps/:id`) returns it. There is
 /// deliberately no `rdp_password`.
@@ -612,26 +650,21 @@ impl StableVpsClient {
 
     /// The VPS list, entry by entry: one unreadable entry is skipped with a warning.
     async fn list(&self, warnings: &mut Vec<String>) -> Result<Vec<ApiVps>, ProviderError> {
-        const EP: &str = "GET /api/v1/vps";
-        let list: VpsList = self.get("/api/v1/vps".into(), EP).await?;
-        let mut out = Vec::with_capacity(list.vps.len());
-        for (i, raw) in list.vps.iter().enumerate() {
-            match serde_json::from_str::<ApiVps>(raw.get()) {
-                Ok(v) if v.id.as_deref().is_some_and(is_plain_id) => out.push(v),
-                Ok(_) => warnings.push(format!("{EP}: entry {i} has no usable id; skipped")),
-                Err(e) => warnings.push(format!("{EP}: entry {i} unreadable ({e}); skipped")),
-            }
-        }
-        if let Some(total) = list.total {
-            if total > list.vps.len() as u64 {
-                // Pagination of this endpoint is undocumented: say so instead of guessing.
-                warnings.push(format!(
-                    "{EP}: the list has {} entries but total = {total}; the rest are not visible",
-                    list.vps.len()
-                ));
-            }
-        }
-        Ok(out)
+        let req = ApiRequest {
+            method: Method::GET,
+            path_and_query: "/api/v1/vps".into(),
+            endpoint: "GET /api/v1/vps",
+            body: None,
+            retry: Retry::Idempotent,
+        };
+        let (list, more) = self
+            .read
+            .send_decoded(&req, |resp| {
+                parse_vps_list(resp.content_type.as_deref(), &resp.body)
+            })
+            .await?;
+        warnings.extend(more);
+        Ok(list)
     }
 
     /// Completes list entries that lack needed fields with `GET /api/v1/vps/:id`; a

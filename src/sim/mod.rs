@@ -23,7 +23,7 @@ pub mod faults;
 mod handlers;
 mod http;
 pub mod lnvps;
-mod nip98;
+pub mod nip98;
 pub mod nwc_wallet;
 pub mod power;
 mod ratelimit;

@@ -153,7 +153,9 @@ pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
 pub fn load_tracked(path: &Path) -> (Result<WebConfig, ConfigError>, Vec<PathBuf>) {
     let file = path.display().to_string();
     let mut deps = vec![path.to_path_buf()];
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_limited(path)
+        .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8 text")))
+    {
         Ok(t) => t,
         Err(e) => {
             return (
@@ -320,6 +322,26 @@ fn check_headers(raw: &BTreeMap<String, String>, problems: &mut Vec<Problem>) ->
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Files the web config reads (itself, certificates, keys, CA bundles) are small; a
+/// larger one is refused instead of read (a path such as /dev/zero must not exhaust
+/// memory).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads at most [`MAX_FILE_BYTES`] of a file; more is an error.
+pub(crate) fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(out)
 }
 
 /// Resolves a file name from the web config against the config file's directory.

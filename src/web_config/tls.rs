@@ -87,7 +87,7 @@ fn pem_source(
         (Some(f), None) => {
             let full = super::resolve(base, &f);
             deps.push(full.clone());
-            match std::fs::read(&full) {
+            match super::read_limited(&full) {
                 Ok(bytes) => Some((bytes, full.display().to_string())),
                 Err(e) => {
                     problems.push(Problem {

@@ -220,3 +220,38 @@ fn counter_key(key: &TargetKey, action: &str, result: &str) -> CounterKey {
         result.to_string(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rule: &str, vm: &str) -> TargetKey {
+        TargetKey {
+            rule: rule.into(),
+            provider: ProviderKind::Lnvps,
+            account: "a".into(),
+            vm: vm.into(),
+        }
+    }
+
+    fn rendered(r: &WatchdogReport) -> String {
+        let mut set = FamilySet::default();
+        r.render(&mut set);
+        String::from_utf8(set.render()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_forgotten_vm_takes_its_series_with_it() {
+        let r = WatchdogReport::default();
+        for vm in ["1", "2"] {
+            r.set_target(&key("ssh", vm), true, false);
+            r.count_action(&key("ssh", vm), "reboot", "ok");
+            r.count_outcome(&key("ssh", vm), "reboot", "recovered");
+            r.set_last_action(&key("ssh", vm), "reboot", chrono::Utc::now());
+        }
+        r.remove_target(&key("ssh", "1"));
+        let text = rendered(&r);
+        assert!(!text.contains("vm=\"1\""), "{text}");
+        assert_eq!(text.matches("vm=\"2\"").count(), 5, "{text}");
+    }
+}

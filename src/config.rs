@@ -765,20 +765,8 @@ fn validate_account(
             message,
         })
     };
-    let name_ok = !raw.name.is_empty()
-        && raw.name.len() <= 64
-        && raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !name_ok {
-        problem(
-            "name",
-            format!(
-                "{:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)",
-                raw.name
-            ),
-        );
+    if let Err(why) = crate::config::check_label_name(&raw.name) {
+        problem("name", why);
     }
     let default_url = match raw.provider {
         ProviderKind::Lnvps => "https://api.lnvps.net",
@@ -952,6 +940,23 @@ fn validate_account(
         vm_names: raw.vm_names,
         probe_port: raw.probe_port,
     })
+}
+
+/// Names that become metric label values (accounts, rules): 1–64 characters of
+/// A-Z a-z 0-9 _ - . so they read well in PromQL and never need escaping.
+pub(crate) fn check_label_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)"
+        ))
+    }
 }
 
 fn is_loopback_host(u: &Url) -> bool {

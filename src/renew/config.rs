@@ -127,20 +127,8 @@ pub fn read_rule(
             message,
         })
     };
-    let name_ok = !raw.name.is_empty()
-        && raw.name.len() <= 64
-        && raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !name_ok {
-        problem(
-            "name",
-            format!(
-                "{:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)",
-                raw.name
-            ),
-        );
+    if let Err(why) = crate::config::check_label_name(&raw.name) {
+        problem("name", why);
     }
     if raw.condition != "expires_within" {
         problem(

@@ -227,20 +227,8 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
             message,
         })
     };
-    let name_ok = !raw.name.is_empty()
-        && raw.name.len() <= 64
-        && raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !name_ok {
-        problem(
-            "name",
-            format!(
-                "{:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)",
-                raw.name
-            ),
-        );
+    if let Err(why) = crate::config::check_label_name(&raw.name) {
+        problem("name", why);
     }
     let ratio = |problem: &mut dyn FnMut(&str, String)| match raw.threshold {
         Some(t) if t > 0.0 && t < 1.0 => Some(t),

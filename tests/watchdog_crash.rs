@@ -4,42 +4,18 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon_process::{free_port, spawn_run, KillOnDrop};
 use common::{wait_for, Exposition};
 use vpswatch::clock::SystemClock;
 use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 
 const T: Duration = Duration::from_secs(30);
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn spawn(config: &std::path::Path, nsec: &str) -> KillOnDrop {
-    let child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
-        .args(["--log.level", "warn", "run", "--config"])
-        .arg(config)
-        .env("CRASH_TEST_NSEC", nsec)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start vpswatch");
-    KillOnDrop(child)
+    spawn_run(config, "CRASH_TEST_NSEC", nsec)
 }
 
 async fn scrape(url: &str) -> Option<Exposition> {

@@ -41,12 +41,7 @@ impl Drop for Alertmanager {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use super::daemon_process::free_port;
 
 pub fn client() -> reqwest::Client {
     vpswatch::daemon::install_crypto_provider();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod daemon_process;
 pub mod smtp;
 
 use std::future::Future;

@@ -8,43 +8,13 @@
 //! `cargo bench --bench exporter`; knobs: BENCH_VMS (1000), BENCH_SECONDS per round (5),
 //! BENCH_CONNECTIONS (8), BENCH_ROUNDS (2, A/B interleaved plain/gzip).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{env_num, status_kib, sum_metric, Proc};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn metric_value(text: &str, name: &str, label_filter: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label_filter))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .fold(0.0, |a, b| a + b)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -198,13 +168,13 @@ async fn main() {
         .text()
         .await
         .expect("body");
-    let cycle = metric_value(&text, "vpswatch_poll_duration_seconds", "account=\"bench\"");
-    let requests = metric_value(
+    let cycle = sum_metric(&text, "vpswatch_poll_duration_seconds", "account=\"bench\"");
+    let requests = sum_metric(
         &text,
         "vpswatch_provider_requests_total",
         "account=\"bench\"",
     );
-    let throttled = metric_value(&text, "vpswatch_provider_requests_total", "code=\"429\"");
+    let throttled = sum_metric(&text, "vpswatch_provider_requests_total", "code=\"429\"");
     let running = text
         .lines()
         .filter(|l| l.starts_with("vps_up{") && l.ends_with(" 1"))
@@ -223,7 +193,7 @@ async fn main() {
     println!("| series exported | {series} |");
     println!(
         "| RSS after the poll | {:.1} MiB |",
-        rss_kib(pid, "VmRSS:") as f64 / 1024.0
+        status_kib(&pid.to_string(), "VmRSS:") as f64 / 1024.0
     );
 
     println!();
@@ -234,7 +204,7 @@ async fn main() {
     for round in 1..=rounds {
         for gzip in [false, true] {
             let (rps, p50, p99, size) = load(&url, gzip, conns, secs).await;
-            peak_rss = peak_rss.max(rss_kib(pid, "VmRSS:"));
+            peak_rss = peak_rss.max(status_kib(&pid.to_string(), "VmRSS:"));
             println!(
                 "| {} | {round} | {rps:.0} | {:.2} ms | {:.2} ms | {size} |",
                 if gzip { "gzip" } else { "plain" },
@@ -247,7 +217,7 @@ async fn main() {
     println!(
         "daemon RSS under load: {:.1} MiB (peak over the run {:.1} MiB; target ≤ 30 MiB)",
         peak_rss as f64 / 1024.0,
-        rss_kib(pid, "VmHWM:") as f64 / 1024.0
+        status_kib(&pid.to_string(), "VmHWM:") as f64 / 1024.0
     );
     drop(daemon);
     drop(sim);

@@ -21,9 +21,13 @@
 //! BENCH_PROVIDERS ("lnvps,stablevps"), BENCH_FLOOR_SECS (20), BENCH_MAX_RPM (30000),
 //! BENCH_ENCODE_REPS (5).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{env_num, free_port, status_kib, sum_metric, Proc};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,47 +41,6 @@ use vpswatch::sim::stablevps::{bench_key, StableScenario, StableVpsSim};
 use vpswatch::snapshot::{AccountSnapshot, SnapshotStore};
 use vpswatch::watchdog::probe::ProbeStore;
 use vpswatch::watchdog::report::WatchdogReport;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn sum_metric(text: &str, name: &str, filter: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
 
 #[derive(Default, Clone)]
 struct Row {
@@ -292,8 +255,8 @@ async fn run_size(kind: ProviderKind, accounts: usize, per: usize) -> anyhow::Re
         cycle,
         floor: requests / (f64::from(rpm) / 60.0),
         throttled,
-        rss_mib: status_kib(pid, "VmRSS:") as f64 / 1024.0,
-        hwm_mib: status_kib(pid, "VmHWM:") as f64 / 1024.0,
+        rss_mib: status_kib(&pid.to_string(), "VmRSS:") as f64 / 1024.0,
+        hwm_mib: status_kib(&pid.to_string(), "VmHWM:") as f64 / 1024.0,
         series: text.lines().filter(|l| !l.starts_with('#')).count(),
         plain: text.len(),
         gzip,

@@ -21,6 +21,10 @@
 //! `cargo bench --bench soak`; knobs: BENCH_SOAK_SECS, BENCH_SOAK_HOURS, BENCH_SOAK_VMS
 //! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{env_num, free_port, status_kib};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,32 +33,6 @@ use vpswatch::clock::{OffsetClock, SharedClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
 use vpswatch::sim::scenario::RelTime;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
 
 fn dir_size(p: &std::path::Path) -> u64 {
     std::fs::read_dir(p)
@@ -288,7 +266,7 @@ patience = "30m"
                 ),
                 None => (0, 0),
             };
-            let rss = rss_kib() as f64 / 1024.0;
+            let rss = status_kib("self", "VmRSS:") as f64 / 1024.0;
             samples.push((now_h, rss));
             series_seen.push(series);
             println!(

@@ -8,6 +8,10 @@
 //! `cargo bench --bench watchdog`; knobs: BENCH_TRIALS (5), BENCH_FOR_SECS (6),
 //! BENCH_PROBE_MS (1000).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{env_num, free_port};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,20 +19,6 @@ use std::time::{Duration, Instant};
 use vpswatch::clock::SystemClock;
 use vpswatch::daemon::Daemon;
 use vpswatch::sim::lnvps::{LnvpsSim, Scenario, VmSpec};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

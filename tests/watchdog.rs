@@ -106,6 +106,25 @@ impl Wd {
         Wd { h, globals, dir }
     }
 
+    /// One running VM on 127.5.<subnet>.1, a fresh state directory, the real clock;
+    /// returns once the VM answers its probe.
+    async fn one_vm(subnet: u8, rules: &str, notifier: Arc<dyn Notify>) -> Wd {
+        let wd = Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            subnet,
+            &[VmState::Running],
+            rules,
+            Arc::new(SystemClock),
+            notifier,
+        )
+        .await;
+        wd.h.wait_metrics("VM answers", T, |e| {
+            e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+        })
+        .await;
+        wd
+    }
+
     /// Power actions the simulator received for a VM (`restart`, `start`, `stop`).
     fn calls(&self, vm: u64, verb: &str) -> usize {
         self.h
@@ -396,19 +415,7 @@ async fn dry_run_writes_the_journal_but_never_calls_the_provider() {
         probe_rule("").replace("patience = \"10s\"", "patience = \"1h\"")
     );
     let notes = Arc::new(RecordingNotifier::default());
-    let wd = Wd::start_in(
-        tempfile::tempdir().expect("tempdir"),
-        5,
-        &[VmState::Running],
-        &rules,
-        Arc::new(SystemClock),
-        notes.clone(),
-    )
-    .await;
-    wd.h.wait_metrics("VM answers", T, |e| {
-        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
-    })
-    .await;
+    let wd = Wd::one_vm(5, &rules, notes.clone()).await;
     wd.h.sim.update_vm(1, |v| v.hung = true);
     let exp =
         wd.h.wait_metrics("dry-run action counted", T, |e| {
@@ -526,19 +533,7 @@ async fn a_vm_dead_through_reboots_climbs_the_ladder_then_gives_up_without_loopi
     let rules = probe_rule("escalate = [\"stop_start\"]\nmax_actions = 5")
         .replace("cooldown = \"1h\"", "cooldown = \"300ms\"")
         .replace("patience = \"10s\"", "patience = \"1500ms\"");
-    let wd = Wd::start_in(
-        tempfile::tempdir().expect("tempdir"),
-        7,
-        &[VmState::Running],
-        &rules,
-        Arc::new(SystemClock),
-        notes.clone(),
-    )
-    .await;
-    wd.h.wait_metrics("VM answers", T, |e| {
-        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
-    })
-    .await;
+    let wd = Wd::one_vm(7, &rules, notes.clone()).await;
     // Hung, and no reboot or power cycle brings it back.
     wd.h.sim.set_stays_dead(1, true);
     wd.h.sim.set_hung(1, true);
@@ -598,19 +593,7 @@ async fn the_cap_stops_actions_and_escalates() {
     let rules = probe_rule("escalate = [\"reboot\", \"reboot\", \"reboot\"]\nmax_actions = 2")
         .replace("cooldown = \"1h\"", "cooldown = \"300ms\"")
         .replace("patience = \"10s\"", "patience = \"1s\"");
-    let wd = Wd::start_in(
-        tempfile::tempdir().expect("tempdir"),
-        8,
-        &[VmState::Running],
-        &rules,
-        Arc::new(SystemClock),
-        notes.clone(),
-    )
-    .await;
-    wd.h.wait_metrics("VM answers", T, |e| {
-        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
-    })
-    .await;
+    let wd = Wd::one_vm(8, &rules, notes.clone()).await;
     wd.h.sim.set_stays_dead(1, true);
     wd.h.sim.set_hung(1, true);
     let exp =
@@ -754,19 +737,7 @@ async fn a_rule_can_probe_its_own_port() {
 async fn a_failed_restart_call_is_journaled_and_retried_after_the_cooldown() {
     let notes = Arc::new(RecordingNotifier::default());
     let rules = probe_rule("").replace("cooldown = \"1h\"", "cooldown = \"500ms\"");
-    let wd = Wd::start_in(
-        tempfile::tempdir().expect("tempdir"),
-        12,
-        &[VmState::Running],
-        &rules,
-        Arc::new(SystemClock),
-        notes.clone(),
-    )
-    .await;
-    wd.h.wait_metrics("VM answers", T, |e| {
-        e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
-    })
-    .await;
+    let wd = Wd::one_vm(12, &rules, notes.clone()).await;
     // The provider answers the first restart with its 500 error.
     wd.h.sim
         .fail_actions(1, vpswatch::sim::lnvps::ActionFailure::status(500).times(1));

@@ -4,6 +4,7 @@
 //! immutable per-account snapshots → metrics encoder (cached bytes) → web server.
 //! Clients know nothing of metrics; the web layer only reads.
 
+pub mod alloc_tuning;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -21,4 +22,5 @@ pub mod snapshot;
 pub mod store;
 pub mod watchdog;
 pub mod web;
+pub mod web_body;
 pub mod web_config;

@@ -115,6 +115,7 @@ enum SimProvider {
 }
 
 fn main() -> ExitCode {
+    vpswatch::alloc_tuning::keep_large_buffers_out_of_the_heap();
     let cli = Cli::parse();
     if let Err(e) = logging::init(&cli.log_level, cli.log_format) {
         eprintln!("vpswatch: {e}");

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::MetricsCache;
 use crate::snapshot::SnapshotStore;
 use crate::watchdog::journal::Journal;
+use crate::web_body::ChunksBody;
 use crate::web_config::limits::{IdleTimeout, ServerLimits, MIN_HEADER_BYTES};
 use crate::web_config::live::LiveWebConfig;
 use crate::web_config::WebConfig;
@@ -40,10 +40,10 @@ pub struct WebState {
     pub journal: Option<Journal>,
 }
 
-type Body = Full<Bytes>;
+type Body = ChunksBody;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(ChunksBody::from(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -75,11 +75,11 @@ fn metrics<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
     let encoded = state.cache.load();
     let gzip = accepts_gzip(req) && !encoded.gzip.is_empty();
     let body = if gzip {
-        encoded.gzip.clone()
+        ChunksBody::from(encoded.gzip.clone())
     } else {
-        encoded.plain.clone()
+        ChunksBody::exposition(&encoded.plain)
     };
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -156,7 +156,7 @@ async fn actions<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
                 "watchdog": state.journal.is_some(),
                 "actions": list,
             });
-            let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+            let mut r = Response::new(ChunksBody::from(Bytes::from(body.to_string())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),

@@ -11,27 +11,46 @@ use std::fmt::Write as _;
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, TextEncoder};
 
+use super::chunked::{ChunkedText, Exposition};
 use super::defs::{self, Kind, MetricDef};
 use crate::clock::unix_seconds;
 use crate::snapshot::AccountSnapshot;
 use crate::watchdog::probe::{ProbeResult, VmKey};
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
-/// Families under construction, one text buffer each, in declaration order.
+/// Families under construction, one chunked text buffer each, in declaration order.
 pub struct FamilySet {
-    bodies: Vec<String>,
+    bodies: Vec<ChunkedText>,
+    /// One sample line at a time, reused so formatting allocates nothing per sample.
+    line: String,
 }
 
 impl Default for FamilySet {
     fn default() -> Self {
         Self {
-            bodies: vec![String::new(); defs::ALL.len()],
+            bodies: (0..defs::ALL.len())
+                .map(|_| ChunkedText::default())
+                .collect(),
+            line: String::with_capacity(256),
         }
     }
 }
 
+/// Position of a family in [`defs::ALL`]: looked up once per sample, so a map instead
+/// of a scan over ~70 names.
 fn index_of(name: &str) -> Option<usize> {
-    defs::ALL.iter().position(|d| d.name == name)
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            defs::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.name, i))
+                .collect()
+        })
+        .get(name)
+        .copied()
 }
 
 /// Escapes a label value (text format: backslash, double quote, newline).
@@ -72,7 +91,8 @@ impl FamilySet {
     fn sample(&mut self, def: &'static MetricDef, labels: &[&str], value: f64) {
         debug_assert_eq!(def.labels.len(), labels.len(), "{}", def.name);
         let Some(i) = index_of(def.name) else { return };
-        let out = &mut self.bodies[i];
+        let out = &mut self.line;
+        out.clear();
         out.push_str(def.name);
         if !labels.is_empty() {
             out.push('{');
@@ -90,6 +110,7 @@ impl FamilySet {
         out.push(' ');
         push_value(out, value);
         out.push('\n');
+        self.bodies[i].push_str(&self.line);
     }
 
     /// Adds families gathered from a registry (self-metrics counters and histograms),
@@ -108,32 +129,39 @@ impl FamilySet {
                 let text = String::from_utf8_lossy(&buf);
                 for line in text.lines().filter(|l| !l.starts_with('#')) {
                     self.bodies[i].push_str(line);
-                    self.bodies[i].push('\n');
+                    self.bodies[i].push_str("\n");
                 }
             }
         }
     }
 
-    /// The whole exposition; families without samples are left out.
-    pub fn render(self) -> Vec<u8> {
-        let total: usize = self.bodies.iter().map(String::len).sum();
-        let mut out = String::with_capacity(total + 8 * 1024);
+    /// The whole exposition; families without samples are left out. Each family's
+    /// chunks are freed as soon as they are copied, so the peak stays near one copy.
+    pub fn render(self) -> Exposition {
+        let headers = |def: &MetricDef| 2 * def.name.len() + def.help.len() + 32;
+        let expected: usize = defs::ALL
+            .iter()
+            .zip(&self.bodies)
+            .filter(|(_, body)| !body.is_empty())
+            .map(|(def, body)| headers(def) + body.len())
+            .sum();
+        let mut out = ChunkedText::expecting(expected);
         for (def, body) in defs::ALL.iter().zip(self.bodies) {
             if body.is_empty() {
                 continue;
             }
             out.push_str("# HELP ");
             out.push_str(def.name);
-            out.push(' ');
+            out.push_str(" ");
             out.push_str(&def.help.replace('\\', "\\\\").replace('\n', "\\n"));
             out.push_str("\n# TYPE ");
             out.push_str(def.name);
-            out.push(' ');
+            out.push_str(" ");
             out.push_str(def.kind.as_str());
-            out.push('\n');
-            out.push_str(&body);
+            out.push_str("\n");
+            out.append(body);
         }
-        out.into_bytes()
+        out.finish()
     }
 }
 
@@ -303,7 +331,7 @@ mod tests {
         let text = |snap: &AccountSnapshot| {
             let mut set = FamilySet::default();
             add_account(&mut set, snap);
-            String::from_utf8(set.render()).expect("utf8")
+            String::from_utf8(set.render().to_vec()).expect("utf8")
         };
         // Nothing known yet: none of them is made up.
         let empty = text(&snap);
@@ -354,7 +382,7 @@ mod tests {
         );
         set.gauge(&defs::VPS_UP, &["lnvps", "a", "1"], f64::NAN);
         set.gauge(&defs::VPS_UP, &["lnvps", "a", "2"], f64::INFINITY);
-        let text = String::from_utf8(set.render()).expect("utf8");
+        let text = String::from_utf8(set.render().to_vec()).expect("utf8");
         assert!(text.contains(r#"name="we\"ird\\name\nx""#), "{text}");
         assert!(text.contains("vps_up{provider=\"lnvps\",account=\"a\",vm=\"1\"} NaN\n"));
         assert!(text.contains("vm=\"2\"} +Inf\n"));

@@ -237,7 +237,7 @@ mod tests {
     fn rendered(r: &WatchdogReport) -> String {
         let mut set = FamilySet::default();
         r.render(&mut set);
-        String::from_utf8(set.render()).unwrap_or_default()
+        String::from_utf8(set.render().to_vec()).unwrap_or_default()
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! /metrics sends the cached exposition's chunks as they are: over real HTTP the body is
+//! the exact text, with an exact Content-Length, however many chunks it spans, and
+//! concurrent scrapes all get the same bytes.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use vpswatch::metrics::chunked::CHUNK_BYTES;
+use vpswatch::metrics::defs;
+use vpswatch::metrics::families::FamilySet;
+use vpswatch::metrics::Encoded;
+use vpswatch::snapshot::SnapshotStore;
+use vpswatch::web::{self, WebState};
+
+/// An exposition a few chunks long: one `vps_up` sample per made-up VM.
+fn big_exposition() -> vpswatch::metrics::Exposition {
+    let mut set = FamilySet::default();
+    let mut vm = 0u64;
+    let mut approx = 0;
+    while approx < 2 * CHUNK_BYTES + CHUNK_BYTES / 2 {
+        let id = vm.to_string();
+        set.gauge(&defs::VPS_UP, &["lnvps", "acc", &id], (vm % 2) as f64);
+        approx += 50 + id.len();
+        vm += 1;
+    }
+    set.render()
+}
+
+#[tokio::test]
+async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
+    let plain = big_exposition();
+    assert!(plain.chunks().len() >= 3, "{} chunks", plain.chunks().len());
+    let text = plain.to_vec();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&text).expect("gzip");
+    let gzip = Bytes::from(gz.finish().expect("gzip"));
+    let cache = Arc::new(ArcSwap::from_pointee(Encoded {
+        plain,
+        gzip: gzip.clone(),
+        rendered: true,
+        ..Encoded::default()
+    }));
+    let state = Arc::new(WebState {
+        cache,
+        store: SnapshotStore::new(std::iter::empty()),
+        journal: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(web::serve(listener, state, cancel.clone()));
+    vpswatch::daemon::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+
+    // Several scrapes at once, plain and gzip, on their own connections.
+    let scrapes = (0..6).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut req = http.get(&url);
+            if i % 2 == 1 {
+                req = req.header("Accept-Encoding", "gzip");
+            }
+            let r = req.send().await.expect("scrape");
+            assert_eq!(r.status(), 200);
+            let length = r
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            let gzipped = r.headers().get("content-encoding").is_some();
+            let body = r.bytes().await.expect("body");
+            assert_eq!(length, Some(body.len()), "Content-Length matches the body");
+            (gzipped, body)
+        }
+    });
+    for (gzipped, body) in futures_util::future::join_all(scrapes).await {
+        if gzipped {
+            assert_eq!(body, gzip);
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .expect("valid gzip");
+            assert!(out == text, "gzip body decompresses to the plain text");
+        } else {
+            assert!(
+                body.as_ref() == text.as_slice(),
+                "plain body is the exact text"
+            );
+        }
+    }
+    cancel.cancel();
+    let _ = server.await;
+}

@@ -178,7 +178,7 @@ impl Daemon {
         let journal = state
             .clone()
             .filter(|_| !config.watchdog.rules.is_empty())
-            .map(Journal::new);
+            .map(|s| Journal::keeping(s, config.watchdog.journal_entries));
         if let Some(journal) = &journal {
             if !config.probes.enabled
                 && config

@@ -20,8 +20,9 @@ use crate::store::{StateStore, StoreError};
 const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("watchdog_actions");
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watchdog_targets");
 
-/// Journal entries kept; older ones are pruned (they only serve the API and audits).
-const KEEP_ENTRIES: u64 = 10_000;
+/// Journal entries kept by default (`[watchdog] journal_entries`); older ones are pruned
+/// (they only serve the API and audits).
+pub const DEFAULT_KEEP_ENTRIES: u64 = 10_000;
 
 /// Where an action stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +112,7 @@ impl TargetKey {
 #[derive(Clone, Debug)]
 pub struct Journal {
     store: StateStore,
+    keep_entries: u64,
 }
 
 /// What a restart recovers.
@@ -131,7 +133,15 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Journal {
     pub fn new(store: StateStore) -> Journal {
-        Journal { store }
+        Journal::keeping(store, DEFAULT_KEEP_ENTRIES)
+    }
+
+    /// A journal that prunes entries beyond the newest `keep_entries` (at least 1).
+    pub fn keeping(store: StateStore, keep_entries: u64) -> Journal {
+        Journal {
+            store,
+            keep_entries: keep_entries.max(1),
+        }
     }
 
     /// Loads the state at start-up and closes entries a crash left open.
@@ -216,8 +226,8 @@ impl Journal {
             for rec in records {
                 a.insert(rec.id, to_json(rec).as_slice())
                     .map_err(|x| e(&x))?;
-                if rec.id > KEEP_ENTRIES {
-                    a.remove(rec.id - KEEP_ENTRIES).map_err(|x| e(&x))?;
+                if rec.id > self.keep_entries {
+                    a.remove(rec.id - self.keep_entries).map_err(|x| e(&x))?;
                 }
             }
         }
@@ -315,5 +325,22 @@ mod tests {
         );
         let recent = j.recent(10).expect("recent");
         assert_eq!(recent.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn only_the_newest_entries_are_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::keeping(StateStore::open(dir.path()).expect("open"), 3);
+        for id in 1..=7 {
+            j.commit(&[], &[rec(id, ActionStatus::Ok)]).expect("commit");
+        }
+        let ids: Vec<u64> = j
+            .recent(100)
+            .expect("recent")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, vec![7, 6, 5]);
+        assert!(j.get(4).expect("get").is_none(), "pruned");
     }
 }

@@ -111,6 +111,9 @@ pub struct WatchdogConfig {
     pub alertmanager_timeout: Duration,
     /// How often the silence list is re-read (at most).
     pub silence_refresh: Duration,
+    /// Journal entries kept; the oldest are pruned beyond this (they only serve
+    /// `/api/v1/actions` and audits; rule state is kept separately).
+    pub journal_entries: u64,
     pub rules: Vec<Rule>,
     /// `[[maintenance]]` windows (validated).
     pub maintenance: Vec<super::maintenance::MaintenanceConfig>,
@@ -125,6 +128,7 @@ pub(crate) struct RawWatchdog {
     alertmanager_timeout: Duration,
     #[serde(with = "humantime_serde")]
     silence_refresh: Duration,
+    journal_entries: u64,
 }
 
 impl Default for RawWatchdog {
@@ -134,6 +138,7 @@ impl Default for RawWatchdog {
             alertmanager_url: None,
             alertmanager_timeout: Duration::from_secs(5),
             silence_refresh: Duration::from_secs(15),
+            journal_entries: super::journal::DEFAULT_KEEP_ENTRIES,
         }
     }
 }
@@ -208,11 +213,18 @@ pub(crate) fn check_watchdog(
             });
         }
     }
+    if raw.journal_entries == 0 {
+        problems.push(Problem {
+            path: "watchdog.journal_entries".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     WatchdogConfig {
         dry_run: raw.dry_run,
         alertmanager_url,
         alertmanager_timeout: raw.alertmanager_timeout,
         silence_refresh: raw.silence_refresh,
+        journal_entries: raw.journal_entries,
         rules,
         maintenance,
     }

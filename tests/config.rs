@@ -524,3 +524,18 @@ within = "14d"
     let e = errors(&dup, &env_with_key);
     assert_problem(&e, "rules[3].name", "already used by rules[0]");
 }
+
+#[test]
+fn journal_size_is_configurable_and_must_be_positive() {
+    let c = config::parse(GOOD, "test.toml", &env_with_key).expect("valid");
+    assert_eq!(c.watchdog.journal_entries, 10_000);
+    let text = format!("{GOOD}[watchdog]\njournal_entries = 250\n");
+    let c = config::parse(&text, "test.toml", &env_with_key).expect("valid");
+    assert_eq!(c.watchdog.journal_entries, 250);
+    let text = format!("{GOOD}[watchdog]\njournal_entries = 0\n");
+    assert_problem(
+        &errors(&text, &env_with_key),
+        "watchdog.journal_entries",
+        "at least 1",
+    );
+}

@@ -19,7 +19,8 @@
 //! (hence `staleness_limit = "2h"`: the watchdog must not take that data for stale).
 //!
 //! `cargo bench --bench soak`; knobs: BENCH_SOAK_SECS, BENCH_SOAK_HOURS, BENCH_SOAK_VMS
-//! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS.
+//! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS, BENCH_SOAK_JOURNAL_ENTRIES (40:
+//! `[watchdog] journal_entries`, small so that the cap is reached within the day).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -44,6 +45,20 @@ fn dir_size(p: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Series per metric family in a text exposition (histogram buckets count as series of
+/// their family's `_bucket` name).
+fn series_per_family(body: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        *out.entry(name.to_string()).or_insert(0) += 1;
+    }
+    out
 }
 
 /// Least-squares slope of y over x.
@@ -80,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
     let n = env_num("BENCH_SOAK_VMS", 100) as usize;
     let hangs_per_hour = env_num("BENCH_SOAK_HANGS_PER_HOUR", 2);
     let sample_every = Duration::from_secs(env_num("BENCH_SOAK_SAMPLE_SECS", 5));
+    // Journal entries kept: small by default so a one-day run shows the cap holding.
+    let journal_keep = env_num("BENCH_SOAK_JOURNAL_ENTRIES", 40);
     let speed = (hours * 3600) as f64 / real.as_secs_f64();
 
     let offset = Arc::new(OffsetClock::new(chrono::Duration::zero()));
@@ -161,6 +178,8 @@ staleness_limit = "2h"
 state_dir = "{state}"
 [web]
 listen_address = "127.0.0.1:0"
+[watchdog]
+journal_entries = {journal_keep}
 [probes]
 interval = "1s"
 timeout = "300ms"
@@ -218,6 +237,7 @@ patience = "30m"
     let mut removed_next = 1u64;
     let mut samples: Vec<(f64, f64)> = Vec::new();
     let mut series_seen: Vec<usize> = Vec::new();
+    let mut family_counts: Vec<std::collections::BTreeMap<String, usize>> = Vec::new();
     let mut reboots = 0usize;
     let mut next_sample = Instant::now();
     while started.elapsed() < real {
@@ -247,7 +267,8 @@ patience = "30m"
             sim.clear_requests();
             sim.clear_actions();
             let enc = daemon.cache.load();
-            let body = std::str::from_utf8(&enc.plain).unwrap_or("");
+            let joined = enc.plain.to_vec();
+            let body = std::str::from_utf8(&joined).unwrap_or("");
             let series = body.lines().filter(|l| !l.starts_with('#')).count();
             let vms_exported = body.lines().filter(|l| l.starts_with("vps_up{")).count();
             let vms_sim = sim.vms().iter().filter(|v| !v.deleted).count();
@@ -269,9 +290,10 @@ patience = "30m"
             let rss = status_kib("self", "VmRSS:") as f64 / 1024.0;
             samples.push((now_h, rss));
             series_seen.push(series);
+            family_counts.push(series_per_family(body));
             println!(
                 "| {now_h:.1} | {rss:.1} | {series} | {vms_exported} | {vms_sim} | {reboots} | {journal}{} | {} | {outbox} | {sent} |",
-                if journal >= 1000 { "+" } else { "" },
+                if journal as u64 >= journal_keep { " (cap)" } else { "" },
                 dir_size(state.path()) / 1024
             );
         }
@@ -296,6 +318,29 @@ patience = "30m"
         series_seen.iter().max().unwrap_or(&0),
         removed_next - 1
     );
+    // Which families grew or shrank after warm-up, and by how much: growth with a
+    // constant fleet would be a label set that outlives what it describes.
+    if let (Some(a), Some(b)) = (family_counts.get(warm), family_counts.last()) {
+        let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let changed: Vec<String> = names
+            .into_iter()
+            .filter_map(|n| {
+                let (x, y) = (
+                    a.get(n).copied().unwrap_or(0),
+                    b.get(n).copied().unwrap_or(0),
+                );
+                (x != y).then(|| format!("{n} {x} → {y}"))
+            })
+            .collect();
+        println!(
+            "families whose series count changed after warm-up: {}",
+            if changed.is_empty() {
+                "none".to_string()
+            } else {
+                changed.join(", ")
+            }
+        );
+    }
     daemon.shutdown().await;
     sim.shutdown();
     if let Some(mut c) = smtp {

@@ -8,11 +8,19 @@
 //! out), the API blacks out for 15 minutes every 6 hours, and alerts and events go through
 //! the email outbox to a real SMTP server (aiosmtpd, when `/usr/bin/python3` has it).
 //!
+//! Renewals go through vpswatch's own Lightning renewal: a `renew` rule pays invoices
+//! from a NIP-47 wallet service on a local relay (`sim::nwc_wallet`), and every other
+//! scenario hour one VM's expiry is pulled to 36 h out so that it falls due.
+//!
 //! Every BENCH_SOAK_SAMPLE_SECS (5) it samples this process' RSS (daemon + simulator: the
 //! simulator's request and action logs are cleared at each sample so only its world
-//! remains), the series in /metrics, the VMs in /metrics against the simulator's, the
-//! journal's entries and the state database's size, and the outbox. At the end it prints
-//! the RSS slope after warm-up (the first quarter), by least squares.
+//! remains) and its live heap (bytes allocated and not yet freed, counted by a wrapper
+//! around the system allocator: unlike RSS it does not move with what glibc keeps
+//! cached, so a real leak shows in it and allocator noise does not), the series in
+//! /metrics, the VMs in /metrics against the simulator's, the journal's entries and the
+//! state database's size, the outbox, and renewals paid. At the end it prints the RSS and
+//! heap slopes after warm-up (the first quarter), by least squares, overall and per
+//! scenario day.
 //!
 //! Wall time is accelerated; sleeps and timeouts (poll interval, probe interval, HTTP)
 //! run on tokio's real timer, so "poll every 2 s" is every 16 scenario minutes at 480×
@@ -22,10 +30,14 @@
 //! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS, BENCH_SOAK_JOURNAL_ENTRIES (40:
 //! `[watchdog] journal_entries`, small so that the cap is reached within the day).
 
+#[path = "common/heap.rs"]
+mod heap;
+
 #[path = "common/mod.rs"]
 mod common;
 
 use common::{env_num, free_port, status_kib};
+use heap::live_heap_bytes;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +45,7 @@ use std::time::{Duration, Instant};
 use vpswatch::clock::{OffsetClock, SharedClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
+use vpswatch::sim::nwc_wallet::NwcWalletService;
 use vpswatch::sim::scenario::RelTime;
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -129,11 +142,12 @@ async fn main() -> anyhow::Result<()> {
                 ..TimelineEvent::default()
             });
         }
+        // A renewal falls due: the VM's expiry comes within the renew rule's 2 days.
         if h % 2 == 1 {
             scenario.timeline.push(TimelineEvent {
                 at: Duration::from_secs(h * 3600 + 1800),
                 vm: Some((h * 11 % n as u64) + 1),
-                set_expires: Some(RelTime::Offset(30 * 86_400)),
+                set_expires: Some(RelTime::Offset(36 * 3600)),
                 ..TimelineEvent::default()
             });
         }
@@ -146,6 +160,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let sim = LnvpsSim::start("127.0.0.1:0".parse()?, scenario, clock.clone()).await?;
+    // The wallet the renew rule pays from (a NIP-47 service on its own loopback relay).
+    let wallet =
+        NwcWalletService::start(sim.clone(), "127.0.0.1:0".parse()?, 1_000_000_000_000).await?;
+    let nwc_uri = wallet.uri();
 
     // A real SMTP server for the outbox, when available.
     let smtp_port = free_port();
@@ -199,13 +217,25 @@ action = "reboot"
 cooldown = "10m"
 max_actions = 100000
 patience = "30m"
+[[rules]]
+name = "renew"
+condition = "expires_within"
+within = "2d"
+action = "renew"
+[rules.renew]
+mode = "nwc"
+nwc_uri_env = "SOAK_NWC"
+max_per_renewal_sats = 100000
+max_per_month_sats = 100000000
 {email}"#,
         state = state.path().display(),
         url = sim.base_url(),
     );
     let secret = keys.secret_key().to_secret_hex();
-    let config = vpswatch::config::parse(&text, "soak", &|k| {
-        (k == "SOAK_NSEC").then(|| secret.clone())
+    let config = vpswatch::config::parse(&text, "soak", &|k| match k {
+        "SOAK_NSEC" => Some(secret.clone()),
+        "SOAK_NWC" => Some(nwc_uri.clone()),
+        _ => None,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let daemon = Daemon::start(config, clock.clone()).await?;
@@ -229,15 +259,21 @@ patience = "30m"
         if smtp.is_some() { "aiosmtpd" } else { "none (log)" }
     );
     println!();
-    println!("| scenario h | RSS MiB | series | VMs in /metrics | VMs at sim | reboots | journal entries | state db KiB | outbox | mails sent |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario h | RSS MiB | live heap MiB | series | VMs in /metrics | VMs at sim | reboots | renewals paid | journal entries | state db KiB | outbox | mails sent |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let t0 = clock.now();
     let mut next_churn = 1i64;
     let mut added = 0u32;
     let mut removed_next = 1u64;
-    let mut samples: Vec<(f64, f64)> = Vec::new();
-    let mut series_seen: Vec<usize> = Vec::new();
-    let mut family_counts: Vec<std::collections::BTreeMap<String, usize>> = Vec::new();
+    // Sized up front: the samples must not allocate as the run goes on.
+    let expected = (real.as_secs() / sample_every.as_secs().max(1) + 8) as usize;
+    let mut samples: Vec<(f64, f64)> = Vec::with_capacity(expected);
+    let mut heap_samples: Vec<(f64, f64)> = Vec::with_capacity(expected);
+    let mut series_seen: Vec<usize> = Vec::with_capacity(expected);
+    // Warm-up: the first quarter of the scenario.
+    let warm_h = hours as f64 / 4.0;
+    let mut families_at_warm: Option<std::collections::BTreeMap<String, usize>> = None;
+    let mut families_last = std::collections::BTreeMap::new();
     let mut reboots = 0usize;
     let mut next_sample = Instant::now();
     while started.elapsed() < real {
@@ -287,12 +323,22 @@ patience = "30m"
                 ),
                 None => (0, 0),
             };
+            let renewals = common::sum_metric(body, "vpswatch_renewals_total", "result=\"paid\"");
+            // Only two family tallies are kept (at warm-up and the latest), so the
+            // bench's own bookkeeping does not grow with the run.
+            let families = series_per_family(body);
+            if now_h >= warm_h && families_at_warm.is_none() {
+                families_at_warm = Some(families.clone());
+            }
+            families_last = families;
+            drop(joined);
             let rss = status_kib("self", "VmRSS:") as f64 / 1024.0;
+            let heap = live_heap_bytes() as f64 / (1024.0 * 1024.0);
             samples.push((now_h, rss));
+            heap_samples.push((now_h, heap));
             series_seen.push(series);
-            family_counts.push(series_per_family(body));
             println!(
-                "| {now_h:.1} | {rss:.1} | {series} | {vms_exported} | {vms_sim} | {reboots} | {journal}{} | {} | {outbox} | {sent} |",
+                "| {now_h:.1} | {rss:.1} | {heap:.2} | {series} | {vms_exported} | {vms_sim} | {reboots} | {renewals:.0} | {journal}{} | {} | {outbox} | {sent} |",
                 if journal as u64 >= journal_keep { " (cap)" } else { "" },
                 dir_size(state.path()) / 1024
             );
@@ -300,17 +346,42 @@ patience = "30m"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ticker.abort();
-    let warm = samples.len() / 4;
-    let after = &samples[warm..];
-    let s = slope(after);
-    let first = after.first().map(|p| p.1).unwrap_or(0.0);
-    let last = after.last().map(|p| p.1).unwrap_or(0.0);
     println!();
+    for (what, points) in [("RSS", &samples), ("live heap", &heap_samples)] {
+        let after: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0 >= warm_h).collect();
+        let s = slope(&after);
+        let first = after.first().map(|p| p.1).unwrap_or(0.0);
+        let last = after.last().map(|p| p.1).unwrap_or(0.0);
+        println!(
+            "{what} after warm-up ({warm_h:.1} h on): {first:.2} → {last:.2} MiB, least-squares slope {:.4} MiB per scenario hour ({:.3} MiB per day)",
+            s,
+            s * 24.0
+        );
+        // Per scenario day: a leak keeps its slope day after day; warm-up and
+        // allocator noise do not.
+        for day in 0..hours.div_ceil(24) {
+            let (lo, hi) = ((day * 24) as f64, ((day + 1) * 24) as f64);
+            let in_day: Vec<(f64, f64)> = after
+                .iter()
+                .copied()
+                .filter(|p| p.0 >= lo && p.0 < hi)
+                .collect();
+            if in_day.len() >= 3 {
+                let mean = in_day.iter().map(|p| p.1).sum::<f64>() / in_day.len() as f64;
+                println!(
+                    "  day {}: mean {mean:.2} MiB, slope {:.3} MiB per day ({} samples)",
+                    day + 1,
+                    slope(&in_day) * 24.0,
+                    in_day.len()
+                );
+            }
+        }
+    }
     println!(
-        "RSS after warm-up ({:.1} h on): {first:.1} → {last:.1} MiB, least-squares slope {:.3} MiB per scenario hour ({:.2} MiB per day)",
-        after.first().map(|p| p.0).unwrap_or(0.0),
-        s,
-        s * 24.0
+        "renewals: {} paid by the wallet ({} pay requests), wallet balance left {} sat",
+        wallet.payments().len(),
+        wallet.pay_requests(),
+        wallet.balance_msat() / 1000
     );
     println!(
         "series in /metrics: min {} max {} (VMs removed during the run: {}, added: {added})",
@@ -320,7 +391,7 @@ patience = "30m"
     );
     // Which families grew or shrank after warm-up, and by how much: growth with a
     // constant fleet would be a label set that outlives what it describes.
-    if let (Some(a), Some(b)) = (family_counts.get(warm), family_counts.last()) {
+    if let (Some(a), b) = (&families_at_warm, &families_last) {
         let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         let changed: Vec<String> = names
             .into_iter()
@@ -342,6 +413,7 @@ patience = "30m"
         );
     }
     daemon.shutdown().await;
+    wallet.shutdown().await;
     sim.shutdown();
     if let Some(mut c) = smtp {
         let _ = c.kill();

@@ -126,32 +126,46 @@ fn exchange_rate(world: &World, call: &Call<'_>) -> Reply {
 
 /// Runs an authenticated endpoint; the caller has upserted the user.
 pub fn authenticated(world: &mut World, call: &Call<'_>) -> Reply {
+    if let Some(reply) = read_only(world, call) {
+        return reply;
+    }
     let result = match call.endpoint {
-        Endpoint::ListVms => Ok(list_vms(world, call)),
-        Endpoint::GetVm => get_vm(world, call),
         Endpoint::PatchVm => patch_vm(world, call),
-        Endpoint::TimeSeries => time_series(world, call),
         Endpoint::Start => power(world, call, PowerAction::Start),
         Endpoint::Stop => power(world, call, PowerAction::Stop),
         Endpoint::Restart => power(world, call, PowerAction::Restart),
-        Endpoint::RenewQuote => vm_renew_quote(world, call),
         Endpoint::Renew => vm_renew(world, call),
         Endpoint::SubscriptionRenew => subscription_renew(world, call),
-        Endpoint::GetPayment => get_payment(world, call),
+        Endpoint::PatchSubscription => patch_subscription(world, call),
+        // Answered by `read_only` above.
+        _ => Err(status_error(500)),
+    };
+    result.unwrap_or_else(|e| e)
+}
+
+/// The authenticated endpoints whose handlers only read the world (their `&World`
+/// signature proves it); `None` for the others.
+pub fn read_only(world: &World, call: &Call<'_>) -> Option<Reply> {
+    let result = match call.endpoint {
+        Endpoint::ListVms => Ok(list_vms(world, call)),
+        Endpoint::GetVm => get_vm(world, call),
+        Endpoint::TimeSeries => time_series(world, call),
         Endpoint::History => history(world, call),
+        Endpoint::RenewQuote => vm_renew_quote(world, call),
+        Endpoint::GetPayment => get_payment(world, call),
+        Endpoint::SubscriptionRenewQuote => subscription_renew_quote(world, call),
         Endpoint::Account => Ok(account()),
         Endpoint::PaymentMethods => Ok(payment_methods(world, call)),
         Endpoint::Subscriptions => list_subscriptions(world, call),
         Endpoint::GetSubscription => get_subscription(world, call),
-        Endpoint::PatchSubscription => patch_subscription(world, call),
         Endpoint::SubscriptionPayments => subscription_payments(world, call),
-        Endpoint::SubscriptionRenewQuote => subscription_renew_quote(world, call),
         Endpoint::Templates
         | Endpoint::Images
         | Endpoint::PublicPaymentMethods
         | Endpoint::ExchangeRate => Ok(public(world, call)),
+        _ => return None,
     };
-    result.unwrap_or_else(|e| e)
+    Some(result.unwrap_or_else(|e| e))
 }
 
 // ---- extractors ---------------------------------------------------------------------

@@ -173,8 +173,29 @@ impl LnvpsSimHandle {
         self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the world after advancing it to now.
+    /// Runs `f` on the world after advancing it to now; `f` may change anything, so
+    /// the next request runs a full worker pass.
     fn with_world<R>(&self, f: impl FnOnce(&mut World, DateTime<Utc>) -> R) -> R {
+        self.on_world(|w, now| {
+            let result = f(w, now);
+            w.mark_changed();
+            result
+        })
+    }
+
+    /// Runs `f`, which only reads, on the world after advancing it to now. The poller's
+    /// requests come this way: no worker pass is owed for them.
+    fn read_world<R>(&self, f: impl FnOnce(&World, DateTime<Utc>) -> R) -> R {
+        self.on_world(|w, now| f(w, now))
+    }
+
+    /// Runs `f` on the world after advancing it to now, for `f` that changes neither
+    /// VMs nor users nor settings (the blackout's and the faults' own bookkeeping).
+    fn with_world_vms_untouched<R>(&self, f: impl FnOnce(&mut World, DateTime<Utc>) -> R) -> R {
+        self.on_world(f)
+    }
+
+    fn on_world<R>(&self, f: impl FnOnce(&mut World, DateTime<Utc>) -> R) -> R {
         let now = self.now();
         let mut w = self.lock_world();
         w.tick(now);
@@ -189,7 +210,7 @@ impl LnvpsSimHandle {
 
     /// Runs one worker pass now (timeline events, expiry, status refresh).
     pub fn tick(&self) {
-        self.with_world(|_, _| ());
+        self.with_world_vms_untouched(|_, _| ());
     }
 
     /// Adds a VM; relative times in `spec` count from now. Returns its id.
@@ -415,13 +436,14 @@ impl LnvpsSimHandle {
         };
         // The API is down behind its proxy: answered before anything else, rate limit
         // included; the VMs run on.
-        if self.with_world(|w, now| w.blackout.check(now)) {
+        if self.with_world_vms_untouched(|w, now| w.blackout.check(now)) {
             return self.finish(&meta, handlers::status_error(503), false);
         }
         if let Err(retry_after) = self.inner.limiter.check(meta.ip, &meta.path) {
             return self.finish(&meta, rate_limited(retry_after), false);
         }
-        let fault = self.with_world(|w, _| w.faults.take(meta.template, meta.vm_id));
+        let fault =
+            self.with_world_vms_untouched(|w, _| w.faults.take(meta.template, meta.vm_id));
         let truncate = match faults::play(fault, &self.inner.shutdown, || self.log(&meta, 0)).await
         {
             FaultEffect::Proceed { truncate } => truncate,
@@ -508,7 +530,7 @@ impl LnvpsSimHandle {
             now,
         };
         if endpoint.is_public() {
-            return self.with_world(|w, _| handlers::public(w, &call));
+            return self.read_world(|w, _| handlers::public(w, &call));
         }
         let body_sha256 = is_nostr.then(|| sha256_hex(&body));
         let auth_req = AuthRequest {
@@ -523,6 +545,17 @@ impl LnvpsSimHandle {
             Err(r) => return Reply::text(r.status, r.message),
         };
         call.user = &user;
+        // A known user's reads (all the poller sends) take the read-only path; a first
+        // call creates the account, and writes change the world.
+        let read = self.read_world(|w, _| {
+            w.user(&user)
+                .is_some()
+                .then(|| handlers::read_only(w, &call))
+                .flatten()
+        });
+        if let Some(reply) = read {
+            return reply;
+        }
         self.with_world(|w, now| {
             w.upsert_user(&user, now);
             handlers::authenticated(w, &call)

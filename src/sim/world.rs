@@ -646,6 +646,14 @@ pub struct World {
     pub saved_wallet_fails: bool,
     /// Every firing of the server-side auto-renewal, oldest first.
     pub auto_renew_log: Vec<super::renewal::AutoRenewAttempt>,
+    /// The whole second the last worker pass ran for, while nothing has changed since
+    /// (`None` after any change): a pass is idempotent for a given second, so another
+    /// one in the same second is skipped. Without this every request walked every VM,
+    /// and a 100,000-VM simulator answered a handful of requests per second.
+    pass_valid_at: Option<DateTime<Utc>>,
+    /// The earliest `booting_until` as of the last pass (kept exact in between: only a
+    /// change, which invalidates the pass, can set one).
+    earliest_boot_end: Option<DateTime<Utc>>,
 }
 
 impl World {
@@ -670,6 +678,8 @@ impl World {
             lightning: super::renewal::LightningNode::generate(),
             saved_wallet_fails: false,
             auto_renew_log: Vec::new(),
+            pass_valid_at: None,
+            earliest_boot_end: None,
         };
         for user in scenario.users {
             world.set_payment_methods(&user.pubkey, &user.payment_methods, start);
@@ -925,24 +935,47 @@ impl World {
         self.record(id, "deleted", "system", now);
     }
 
-    /// Advances the world to `now`: due timeline events, then one worker pass.
+    /// VMs, users or settings were changed from outside the worker pass: the next
+    /// `tick` runs a full pass even within the same second.
+    pub fn mark_changed(&mut self) {
+        self.pass_valid_at = None;
+    }
+
+    /// Advances the world to `now`: ended boots, due timeline events, then one worker
+    /// pass (skipped when one already ran for this second and nothing changed since).
     pub fn tick(&mut self, now: DateTime<Utc>) {
         // Boots end on the precise clock: whole seconds would stretch a 1 s boot to 2.
-        for vm in self.vms.values_mut() {
-            if vm.booting_until.is_some_and(|t| t <= now) {
-                vm.booting_until = None;
+        if self.pass_valid_at.is_none() || self.earliest_boot_end.is_some_and(|t| t <= now) {
+            let mut ended = false;
+            for vm in self.vms.values_mut() {
+                if vm.booting_until.is_some_and(|t| t <= now) {
+                    vm.booting_until = None;
+                    ended = true;
+                }
+            }
+            if ended {
+                self.mark_changed();
             }
         }
         let now = whole_seconds(now);
-        self.apply_timeline(now);
+        if self.apply_timeline(now) {
+            self.mark_changed();
+        }
+        if self.pass_valid_at == Some(now) {
+            return;
+        }
         let ids: Vec<u64> = self.vms.keys().copied().collect();
         for id in ids {
             self.lifecycle(id, now);
             self.auto_renew(id, now);
         }
+        self.earliest_boot_end = self.next_boot_end();
+        self.pass_valid_at = Some(now);
     }
 
-    fn apply_timeline(&mut self, now: DateTime<Utc>) {
+    /// Applies the timeline events due by `now`; true if there were any.
+    fn apply_timeline(&mut self, now: DateTime<Utc>) -> bool {
+        let mut applied = false;
         while let Some(ev) = self.timeline.get(self.timeline_next).cloned() {
             let due = after(self.start, ev.at);
             if due > now {
@@ -950,7 +983,9 @@ impl World {
             }
             self.timeline_next += 1;
             self.apply_event(&ev, due);
+            applied = true;
         }
+        applied
     }
 
     fn apply_event(&mut self, ev: &TimelineEvent, at: DateTime<Utc>) {

@@ -701,6 +701,7 @@ impl World {
     ) {
         let pubkey = owner_key(pubkey);
         let now = whole_seconds(now);
+        self.mark_changed();
         let first_id = self.next_payment_method_id;
         self.next_payment_method_id += methods.len() as u64;
         let saved = methods
@@ -742,6 +743,7 @@ impl World {
     pub fn add_vm(&mut self, owner: &str, spec: VmSpec, now: DateTime<Utc>) -> u64 {
         let owner = owner_key(owner);
         let now = whole_seconds(now);
+        self.mark_changed();
         self.upsert_user(&owner, now);
         let id = self.next_vm_id;
         self.next_vm_id += 1;
@@ -812,7 +814,10 @@ impl World {
         self.vms.get(&id)
     }
 
+    /// A VM to change. (Within a worker pass the mark is harmless: the pass records
+    /// itself as valid when it ends.)
     pub fn vm_mut(&mut self, id: u64) -> Option<&mut SimVm> {
+        self.mark_changed();
         self.vms.get_mut(&id)
     }
 
@@ -852,6 +857,7 @@ impl World {
     /// stays closed for `settings.reboot_duration`, and whether it answers afterwards
     /// depends on `stays_dead` / `needs_power_cycle` (a boot from stopped is cold).
     pub fn power(&mut self, id: u64, action: PowerAction, precise_now: DateTime<Utc>) {
+        self.mark_changed();
         let now = whole_seconds(precise_now);
         let boot_time = self.settings.reboot_duration;
         let Some(vm) = self.vms.get_mut(&id) else {
@@ -921,6 +927,7 @@ impl World {
 
     /// Soft-deletes a VM (history "deleted", subscription inactive).
     pub fn remove_vm(&mut self, id: u64, now: DateTime<Utc>) {
+        self.mark_changed();
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
@@ -1142,6 +1149,33 @@ mod tests {
         assert!(vm.history.iter().any(|h| h.action_type == "expired"));
         w.tick(start + chrono::Duration::days(3));
         assert!(w.vm(id).expect("vm").deleted);
+    }
+
+    #[test]
+    fn a_pass_per_second_unless_something_changed() {
+        let start = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("t");
+        let o = owner();
+        let mut w = World::new(Scenario::default(), start).expect("world");
+        let id = w.add_vm(&o, VmSpec::default(), start);
+        // The add invalidated the pass: the same second's tick observes the new VM.
+        assert_eq!(w.pass_valid_at, None);
+        w.tick(start);
+        assert_eq!(w.pass_valid_at, Some(start));
+        assert_eq!(w.vm(id).expect("vm").status().state, VmState::Running);
+        // A change within the same second is seen by the next tick of that second.
+        if let Some(vm) = w.vm_mut(id) {
+            vm.state = VmState::Stopped;
+        }
+        assert_eq!(w.pass_valid_at, None);
+        w.tick(start);
+        assert_eq!(w.vm(id).expect("vm").status().state, VmState::Stopped);
+        // A new second runs a pass of its own.
+        let later = start + chrono::Duration::seconds(1);
+        w.tick(later);
+        assert_eq!(w.pass_valid_at, Some(later));
     }
 
     #[test]

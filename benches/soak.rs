@@ -46,6 +46,7 @@ use vpswatch::clock::{OffsetClock, SharedClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
 use vpswatch::sim::nwc_wallet::NwcWalletService;
+use vpswatch::sim::power::PowerAction;
 use vpswatch::sim::scenario::RelTime;
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -159,6 +160,13 @@ async fn main() -> anyhow::Result<()> {
             });
         }
     }
+    // When each hang happens, in scenario hours (for the table).
+    let hang_times: Vec<f64> = scenario
+        .timeline
+        .iter()
+        .filter(|e| e.hang == Some(true))
+        .map(|e| e.at.as_secs_f64() / 3600.0)
+        .collect();
     let sim = LnvpsSim::start("127.0.0.1:0".parse()?, scenario, clock.clone()).await?;
     // The wallet the renew rule pays from (a NIP-47 service on its own loopback relay).
     let wallet =
@@ -179,8 +187,27 @@ async fn main() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let email = if smtp.is_some() {
+    // Wait for it to listen (a missing module exits at once): without a server the
+    // outbox would only grow, and the soak would measure that instead.
+    let listening = match &smtp {
+        Some(_) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", smtp_port))
+                    .await
+                    .is_ok()
+                {
+                    break true;
+                }
+                if Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        None => false,
+    };
+    let email = if listening {
         format!(
             "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\nsecurity = \"none\"\nallow_insecure = true\nfrom = \"vpswatch@example.com\"\nto = [\"ops@example.com\"]\nrepeat_interval = \"4h\"\n"
         )
@@ -256,11 +283,15 @@ max_per_month_sats = 100000000
     println!(
         "vpswatch soak: {hours} h of scenario time in {} s ({speed:.0}×), {n} VMs, {hangs_per_hour} hangs/h, churn 1 VM/h, blackout 15 min every 6 h, email: {}",
         real.as_secs(),
-        if smtp.is_some() { "aiosmtpd" } else { "none (log)" }
+        if listening {
+            "aiosmtpd"
+        } else {
+            "none (no aiosmtpd for /usr/bin/python3: apt-get install python3-aiosmtpd)"
+        }
     );
     println!();
-    println!("| scenario h | RSS MiB | live heap MiB | series | VMs in /metrics | VMs at sim | reboots | renewals paid | journal entries | state db KiB | outbox | mails sent |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario h | RSS MiB | live heap MiB | series | VMs in /metrics | VMs at sim | hangs | reboots done (requests) | renewals paid | journal entries | state db KiB | outbox | mails sent |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let t0 = clock.now();
     let mut next_churn = 1i64;
     let mut added = 0u32;
@@ -275,6 +306,7 @@ max_per_month_sats = 100000000
     let mut families_at_warm: Option<std::collections::BTreeMap<String, usize>> = None;
     let mut families_last = std::collections::BTreeMap::new();
     let mut reboots = 0usize;
+    let mut restart_requests = 0usize;
     let mut next_sample = Instant::now();
     while started.elapsed() < real {
         let now_h = (clock.now() - t0).num_seconds() as f64 / 3600.0;
@@ -295,11 +327,19 @@ max_per_month_sats = 100000000
         }
         if Instant::now() >= next_sample {
             next_sample += sample_every;
-            reboots += sim
+            // Restart requests sent, and those the simulator carried out (a request
+            // during a blackout gets a 503 and is retried after the cooldown).
+            restart_requests += sim
                 .requests()
                 .iter()
                 .filter(|r| r.method == "PATCH" && r.path.ends_with("/restart"))
                 .count();
+            reboots += sim
+                .actions()
+                .iter()
+                .filter(|a| a.action == PowerAction::Restart && a.status == 200)
+                .count();
+            let hangs = hang_times.iter().filter(|&&t| t <= now_h).count();
             sim.clear_requests();
             sim.clear_actions();
             let enc = daemon.cache.load();
@@ -323,7 +363,8 @@ max_per_month_sats = 100000000
                 ),
                 None => (0, 0),
             };
-            let renewals = common::sum_metric(body, "vpswatch_renewals_total", "result=\"paid\"");
+            let renewals =
+                common::sum_metric(body, "vpswatch_renewals_total", "result=\"paid\"").max(0.0);
             // Only two family tallies are kept (at warm-up and the latest), so the
             // bench's own bookkeeping does not grow with the run.
             let families = series_per_family(body);
@@ -338,7 +379,7 @@ max_per_month_sats = 100000000
             heap_samples.push((now_h, heap));
             series_seen.push(series);
             println!(
-                "| {now_h:.1} | {rss:.1} | {heap:.2} | {series} | {vms_exported} | {vms_sim} | {reboots} | {renewals:.0} | {journal}{} | {} | {outbox} | {sent} |",
+                "| {now_h:.1} | {rss:.1} | {heap:.2} | {series} | {vms_exported} | {vms_sim} | {hangs} | {reboots} ({restart_requests}) | {renewals:.0} | {journal}{} | {} | {outbox} | {sent} |",
                 if journal as u64 >= journal_keep { " (cap)" } else { "" },
                 dir_size(state.path()) / 1024
             );
@@ -412,9 +453,28 @@ max_per_month_sats = 100000000
             }
         );
     }
+    // Who holds the live heap at the end: the daemon's share is what its shutdown frees,
+    // the simulator's (with its relay and wallet) what theirs frees. Comparing runs of
+    // different lengths tells whose share grows.
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    let before = live_heap_bytes();
     daemon.shutdown().await;
+    settle().await;
+    let after_daemon = live_heap_bytes();
     wallet.shutdown().await;
-    sim.shutdown();
+    sim.shutdown_and_wait().await;
+    drop(wallet);
+    drop(sim);
+    settle().await;
+    let after_sim = live_heap_bytes();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "live heap at the end: {:.2} MiB; freed by the daemon's shutdown {:.2} MiB, by the simulator's (relay and wallet included) {:.2} MiB; left (runtime, bench) {:.2} MiB",
+        mib(before),
+        mib(before.saturating_sub(after_daemon)),
+        mib(after_daemon.saturating_sub(after_sim)),
+        mib(after_sim)
+    );
     if let Some(mut c) = smtp {
         let _ = c.kill();
         let _ = c.wait();

@@ -442,8 +442,7 @@ impl LnvpsSimHandle {
         if let Err(retry_after) = self.inner.limiter.check(meta.ip, &meta.path) {
             return self.finish(&meta, rate_limited(retry_after), false);
         }
-        let fault =
-            self.with_world_vms_untouched(|w, _| w.faults.take(meta.template, meta.vm_id));
+        let fault = self.with_world_vms_untouched(|w, _| w.faults.take(meta.template, meta.vm_id));
         let truncate = match faults::play(fault, &self.inner.shutdown, || self.log(&meta, 0)).await
         {
             FaultEffect::Proceed { truncate } => truncate,

@@ -1111,6 +1111,16 @@ mod tests {
         nostr::Keys::generate().public_key().to_hex()
     }
 
+    /// A world starting 2026-01-01 00:00 UTC, with a fresh owner key.
+    fn new_year_world() -> (DateTime<Utc>, String, World) {
+        let start = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("t");
+        let world = World::new(Scenario::default(), start).expect("world");
+        (start, owner(), world)
+    }
+
     #[test]
     fn grace_table() {
         let c = Utc
@@ -1127,12 +1137,7 @@ mod tests {
 
     #[test]
     fn expiry_stops_then_deletes() {
-        let start = Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("t");
-        let o = owner();
-        let mut w = World::new(Scenario::default(), start).expect("world");
+        let (start, o, mut w) = new_year_world();
         let id = w.add_vm(
             &o,
             VmSpec {
@@ -1153,12 +1158,7 @@ mod tests {
 
     #[test]
     fn a_pass_per_second_unless_something_changed() {
-        let start = Utc
-            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-            .single()
-            .expect("t");
-        let o = owner();
-        let mut w = World::new(Scenario::default(), start).expect("world");
+        let (start, o, mut w) = new_year_world();
         let id = w.add_vm(&o, VmSpec::default(), start);
         // The add invalidated the pass: the same second's tick observes the new VM.
         assert_eq!(w.pass_valid_at, None);

@@ -777,12 +777,9 @@ mod tests {
 
     #[test]
     fn parses_real_samples() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/upstream/lnvps-samples"
-        );
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/lnvps");
         let text = std::fs::read_to_string(format!("{dir}/get_vm_list.json"))
-            .expect("../shared/upstream/lnvps-samples sits beside the repository");
+            .expect("tests/fixtures/lnvps holds the real LNVPS samples");
         let env: Envelope<Vec<ApiVm>> = serde_json::from_str(&text).expect("sample parses");
         let vm = map_vm(&env.data[0], Utc::now(), BtcUnit::Auto, &HashMap::new());
         assert_eq!(vm.state, VmState::Running);

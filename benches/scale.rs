@@ -36,16 +36,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vpswatch::clock::SystemClock;
 use vpswatch::metrics::encoder;
 use vpswatch::metrics::SelfMetrics;
 use vpswatch::provider::{AccountData, AccountFacts, Money, ProviderKind, Usage, Vm, VmState};
-use vpswatch::sim::lnvps::{LnvpsSim, Scenario};
-use vpswatch::sim::scenario::bench_account_secret;
-use vpswatch::sim::stablevps::{bench_key, StableScenario, StableVpsSim};
 use vpswatch::snapshot::{AccountSnapshot, SnapshotStore};
 use vpswatch::watchdog::probe::ProbeStore;
 use vpswatch::watchdog::report::WatchdogReport;
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{LnvpsSim, Scenario};
+use vpswatch_sim::scenario::bench_account_secret;
+use vpswatch_sim::stablevps::{bench_key, StableScenario, StableVpsSim};
 
 #[derive(Default, Clone)]
 struct Row {

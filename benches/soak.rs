@@ -42,12 +42,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vpswatch::clock::{OffsetClock, SharedClock};
 use vpswatch::daemon::Daemon;
-use vpswatch::sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
-use vpswatch::sim::nwc_wallet::NwcWalletService;
-use vpswatch::sim::power::PowerAction;
-use vpswatch::sim::scenario::RelTime;
+use vpswatch_model::clock::{OffsetClock, SharedClock};
+use vpswatch_sim::lnvps::{BlackoutLength, LnvpsSim, Scenario, TimelineEvent, VmSpec};
+use vpswatch_sim::nwc_wallet::NwcWalletService;
+use vpswatch_sim::power::PowerAction;
+use vpswatch_sim::scenario::RelTime;
 
 fn dir_size(p: &std::path::Path) -> u64 {
     std::fs::read_dir(p)

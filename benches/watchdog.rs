@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vpswatch::clock::SystemClock;
 use vpswatch::daemon::Daemon;
-use vpswatch::sim::lnvps::{LnvpsSim, Scenario, VmSpec};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{LnvpsSim, Scenario, VmSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

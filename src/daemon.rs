@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::{encoder, MetricsCache, SelfMetrics};
 use crate::notify::{self, email::EmailNotifier, Notify};
@@ -27,6 +26,7 @@ use crate::watchdog::report::WatchdogReport;
 use crate::web::{self, WebState};
 use crate::web_config::live::LiveWebConfig;
 use crate::web_config::WebConfig;
+use vpswatch_model::clock::SharedClock;
 
 fn probe_settings(config: &Config) -> ProbeSettings {
     ProbeSettings {

@@ -5,10 +5,8 @@
 //! Clients know nothing of metrics; the web layer only reads.
 
 pub mod alloc_tuning;
-pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
@@ -17,7 +15,6 @@ pub mod provider;
 pub mod renew;
 pub mod secret;
 pub mod signal;
-pub mod sim;
 pub mod snapshot;
 pub mod store;
 pub mod watchdog;

@@ -8,11 +8,17 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use vpswatch::clock::SystemClock;
 use vpswatch::logging::{self, LogFormat};
 use vpswatch::notify::email::settings::EmailSettings;
 use vpswatch::notify::email::EmailNotifier;
+use vpswatch::signal::wait_for_signal;
 use vpswatch::store::StateStore;
+use vpswatch_model::clock::SystemClock;
+
+// The demo runs the simulator, so it lives in the binary: the daemon library never
+// depends on the simulator.
+#[cfg(feature = "sim")]
+mod demo;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +56,7 @@ enum Command {
         web_config_file: Option<PathBuf>,
     },
     /// Run against built-in simulated providers; no configuration needed.
+    #[cfg(feature = "sim")]
     Demo {
         /// Where to serve /metrics.
         #[arg(long = "web.listen-address", default_value = "127.0.0.1:10047")]
@@ -89,6 +96,7 @@ enum Command {
         web_config_file: Option<PathBuf>,
     },
     /// Serve a fake LNVPS or StableVPS API on loopback (for tests and experiments).
+    #[cfg(feature = "sim")]
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -108,6 +116,7 @@ enum Command {
 }
 
 /// The fake provider `simulate` serves.
+#[cfg(feature = "sim")]
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SimProvider {
     Lnvps,
@@ -173,17 +182,19 @@ async fn dispatch(command: Command) -> ExitCode {
         }
         Command::TestEmail { config, via_outbox } => test_email(&config, via_outbox).await,
         Command::OutboxSend { config } => outbox_send(&config).await,
+        #[cfg(feature = "sim")]
         Command::Demo {
             listen_address,
             smtp,
             web_config_file,
-        } => match vpswatch::demo::run(listen_address, smtp.as_deref(), web_config_file).await {
+        } => match demo::run(listen_address, smtp.as_deref(), web_config_file).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vpswatch demo: {e:#}");
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "sim")]
         Command::Simulate {
             listen,
             provider,
@@ -191,12 +202,14 @@ async fn dispatch(command: Command) -> ExitCode {
             owner,
         } => {
             let result = match provider {
-                SimProvider::Lnvps => vpswatch::sim::lnvps::run_cli(listen, &scenario, owner).await,
+                SimProvider::Lnvps => {
+                    vpswatch_sim::lnvps::run_cli(listen, &scenario, owner, wait_for_signal()).await
+                }
                 SimProvider::Stablevps if owner.is_some() => Err(anyhow::anyhow!(
                     "--owner is for LNVPS scenarios; StableVPS scenarios name their API keys"
                 )),
                 SimProvider::Stablevps => {
-                    vpswatch::sim::stablevps::run_cli(listen, &scenario).await
+                    vpswatch_sim::stablevps::run_cli(listen, &scenario, wait_for_signal()).await
                 }
             };
             match result {

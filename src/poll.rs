@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::provider::SharedProvider;
 use crate::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_model::clock::SharedClock;
 
 /// Polls one account until cancelled.
 pub struct Poller {

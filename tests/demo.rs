@@ -82,7 +82,7 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+        .expect("promtool must be installed (Debian package prometheus; scripts/test installs it)");
     promtool
         .stdin
         .take()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Months, TimeZone, Utc};
 use common::wait_metrics_at;
-use vpswatch::clock::ManualClock;
+use vpswatch_model::clock::ManualClock;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -23,12 +23,16 @@ async fn demo_wallet_runs_short_within_the_scenario() {
         .single()
         .expect("valid time");
     let clock = Arc::new(ManualClock::new(t0));
-    let demo = vpswatch::demo::start("127.0.0.1:0".parse().expect("addr"), clock.clone())
-        .await
-        .expect("demo starts");
+    let demo = common::DemoRun::start(clock.clone()).await;
     let http = reqwest::Client::new();
     let acc = [("provider", "stablevps"), ("account", "demo-stablevps")];
-    let ids: Vec<String> = demo.stablevps.vpses().into_iter().map(|v| v.id).collect();
+    let ids: Vec<String> = demo
+        .world
+        .stablevps
+        .vpses()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
     let (prime, pro) = (ids[0].clone(), ids[2].clone());
 
     // 20 EUR: the basic renewal at +1 min is paid (7.51 left), the prime one at +3 min
@@ -64,7 +68,5 @@ async fn demo_wallet_runs_short_within_the_scenario() {
         Some((next - now).num_seconds() as f64)
     );
     drop(http);
-    demo.daemon.shutdown().await;
-    demo.sim.shutdown();
-    demo.stablevps.shutdown();
+    demo.shutdown().await;
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{wait_for, Exposition, Harness};
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmState};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmState};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Months, TimeZone, Utc};
 use common::{stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_FULL2, SVPS_READ};
-use vpswatch::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use vpswatch::provider::stablevps::builtin_plans;
 use vpswatch::provider::{ProviderError, VmAction};
-use vpswatch::sim::stablevps::{
+use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use vpswatch_sim::stablevps::{
     plan_price, AccountSpec, EndpointMatch, Fault, FaultKind, KeyScope, KeySpec, RelTime,
     StableScenario, VpsSpec, AUTH, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET,
 };
@@ -49,7 +49,7 @@ fn gauge(exp: &Exposition, name: &str) -> Option<f64> {
 }
 
 fn unix(t: DateTime<Utc>) -> f64 {
-    vpswatch::clock::unix_seconds(t)
+    vpswatch_model::clock::unix_seconds(t)
 }
 
 fn labels_of(exp: &Exposition, name: &str, id: &str) -> HashMap<String, String> {
@@ -758,7 +758,7 @@ async fn lnvps_and_stablevps_accounts_poll_independently() {
         stable_account("api_key_env = \"SVPS_FULL\"")
     );
     let s = Stack::start(StackSpec {
-        lnvps: Some(Box::new(vpswatch::sim::lnvps::Scenario::demo)),
+        lnvps: Some(Box::new(vpswatch_sim::lnvps::Scenario::demo)),
         stablevps: Some(world()),
         accounts,
         globals: String::new(),
@@ -813,9 +813,9 @@ async fn lnvps_and_stablevps_accounts_poll_independently() {
 
     // And the other way round.
     let lnvps = s.lnvps.as_ref().expect("lnvps sim");
-    lnvps.inject_fault(vpswatch::sim::lnvps::Fault::new(
-        vpswatch::sim::lnvps::EndpointMatch::template("/api/v1/vm"),
-        vpswatch::sim::lnvps::FaultKind::Hang,
+    lnvps.inject_fault(vpswatch_sim::lnvps::Fault::new(
+        vpswatch_sim::lnvps::EndpointMatch::template("/api/v1/vm"),
+        vpswatch_sim::lnvps::FaultKind::Hang,
     ));
     let exp = s
         .wait_metrics("lnvps down", T, |e| {

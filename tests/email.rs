@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use tokio_util::sync::CancellationToken;
-use vpswatch::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use vpswatch::metrics::SelfMetrics;
 use vpswatch::notify::email::settings::{self, EmailSettings};
 use vpswatch::notify::email::smtp::SmtpFailure;
@@ -19,6 +18,7 @@ use vpswatch::notify::email::{EmailNotifier, Tuning};
 use vpswatch::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
 use vpswatch::provider::ProviderKind;
 use vpswatch::store::StateStore;
+use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
 
 mod common;
 
@@ -948,7 +948,7 @@ async fn invoice_sent_mail_carries_the_bolt11_amount_and_expiry() {
     let s = parse_settings(&email_toml(server.port, ""), &|_| None);
     let clock = Arc::new(ManualClock::new(t0()));
     let run = Running::open(s, &tmp.path().join("state"), clock);
-    let (_, _, bolt11) = vpswatch::sim::renewal::LightningNode::generate()
+    let (_, _, bolt11) = vpswatch_sim::renewal::LightningNode::generate()
         .mint(500_000, t0(), "VM renewal 4")
         .expect("invoice");
     let mut f = facts(

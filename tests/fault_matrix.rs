@@ -24,10 +24,10 @@ use common::{wait_for, wait_metrics_at, Exposition, SVPS_FULL};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use vpswatch::clock::SystemClock;
 use vpswatch::daemon::Daemon;
-use vpswatch::sim::lnvps::{self, LnvpsSim, LnvpsSimHandle};
-use vpswatch::sim::stablevps::{
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{self, LnvpsSim, LnvpsSimHandle};
+use vpswatch_sim::stablevps::{
     self, AccountSpec, KeyScope, KeySpec, StableScenario, StableVpsSim, StableVpsSimHandle, VpsSpec,
 };
 
@@ -487,7 +487,7 @@ impl Matrix {
         .await;
         // Long past `for` + failures + cooldown of the rule: a known failure would have
         // been acted on by now.
-        let hung_at = vpswatch::clock::unix_seconds(chrono::Utc::now());
+        let hung_at = vpswatch_model::clock::unix_seconds(chrono::Utc::now());
         let exp = self.evaluated_after(hung_at + 1.5).await;
         assert_eq!(
             self.sim.power_actions(),
@@ -515,7 +515,7 @@ impl Matrix {
             "{case:?}"
         );
         assert!(exp.has("vps_info", &[("vm", vm.as_str())]), "{case:?}");
-        let stale_for = vpswatch::clock::unix_seconds(chrono::Utc::now()) - last_ok;
+        let stale_for = vpswatch_model::clock::unix_seconds(chrono::Utc::now()) - last_ok;
         assert!(stale_for >= 1.0, "{case:?}: staleness not visible");
 
         // Recovery: the VM is fixed by hand, then the API comes back.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::wait_metrics_at;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use vpswatch::clock::SystemClock;
 use vpswatch::daemon::Daemon;
+use vpswatch_model::clock::SystemClock;
 
 const T: Duration = Duration::from_secs(60);
 const LIMIT: u64 = 1024 * 1024;

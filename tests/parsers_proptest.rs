@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use vpswatch::clock::SystemClock;
 use vpswatch::provider::lnvps::{
     map_vm, newest_complete_point, parse_time_series, parse_vm_list, usage_from_point, BtcUnit,
     Nip98Signer,
@@ -21,7 +20,8 @@ use vpswatch::provider::runway::wallet_runway_seconds;
 use vpswatch::provider::stablevps::{
     builtin_plans, map_vps, parse_vps, parse_vps_list, renewal_streams,
 };
-use vpswatch::sim::nip98::{sha256_hex, AuthRequest, Verifier};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::nip98::{sha256_hex, AuthRequest, Verifier};
 
 fn config() -> ProptestConfig {
     ProptestConfig {

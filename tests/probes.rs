@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Harness;
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::lnvps::{Scenario, VmSpec, VmState};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{Scenario, VmSpec, VmState};
 
 const T: Duration = Duration::from_secs(20);
 

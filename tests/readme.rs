@@ -56,7 +56,7 @@ fn readme_examples_parse() {
         .iter()
         .find(|b| b.contains("[[timeline]]"))
         .expect("a scenario example");
-    vpswatch::sim::lnvps::Scenario::from_toml(scenario).expect("README scenario parses");
+    vpswatch_sim::lnvps::Scenario::from_toml(scenario).expect("README scenario parses");
 
     let config = blocks
         .iter()
@@ -100,7 +100,7 @@ fn readme_watchdog_examples_parse() {
         .find(|b| b.contains("needs_power_cycle"))
         .expect("a watchdog-steps scenario example");
     let mut scenario =
-        vpswatch::sim::lnvps::Scenario::from_toml(steps).expect("README steps scenario parses");
+        vpswatch_sim::lnvps::Scenario::from_toml(steps).expect("README steps scenario parses");
     let owner = "3bf0c63fcb93463407af97a5e5ee64fa883d107ef9e558472c4eb9aaaefa459d";
     scenario.resolve_owners(Some(owner)).expect("owner");
     scenario.validate().expect("README steps scenario is valid");

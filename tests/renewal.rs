@@ -14,14 +14,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use common::{wait_for, RecordingNotifier};
-use vpswatch::clock::{ManualClock, SharedClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::notify::{AlertStatus, EventKind, Notify};
-use vpswatch::sim::lnvps::{
+use vpswatch_model::clock::{ManualClock, SharedClock};
+use vpswatch_sim::lnvps::{
     AutoRenewOutcome, LnvpsSim, LnvpsSimHandle, PaymentMethodSpec, RelTime, Scenario, VmSpec,
 };
-use vpswatch::sim::nwc_wallet::{NwcWalletService, WalletFailure};
-use vpswatch::sim::scenario::TemplateSpec;
+use vpswatch_sim::nwc_wallet::{NwcWalletService, WalletFailure};
+use vpswatch_sim::scenario::TemplateSpec;
 
 /// Daily BTC plan: 500 000 msat = 500 sats a day; the server's lead is 12 h.
 const PRICE_SATS: u64 = 500;
@@ -580,24 +580,22 @@ async fn email_mode_mails_the_invoice_and_sees_it_paid() {
 async fn demo_vm_renews_itself_through_nwc() {
     let clock = Arc::new(ManualClock::new(t0()));
     let shared: SharedClock = clock.clone();
-    let demo = vpswatch::demo::start("127.0.0.1:0".parse().expect("addr"), shared)
-        .await
-        .expect("demo starts");
-    let vm = vpswatch::demo::DEMO_RENEWING_VM;
-    let before = demo.sim.vm(vm).and_then(|v| v.expires).expect("paid");
+    let demo = common::DemoRun::start(shared).await;
+    let vm = vpswatch_sim::demo::DEMO_RENEWING_VM;
+    let before = demo.world.sim.vm(vm).and_then(|v| v.expires).expect("paid");
     // The window opens a minute after start.
     clock.advance(chrono::Duration::seconds(90));
-    demo.sim.tick();
+    demo.world.sim.tick();
     wait_for("the demo VM renewed", Duration::from_secs(30), || {
-        let n = demo.wallet.payments().len();
+        let n = demo.world.wallet.payments().len();
         async move { n == 1 }
     })
     .await;
-    let after = demo.sim.vm(vm).and_then(|v| v.expires).expect("paid");
+    let after = demo.world.sim.vm(vm).and_then(|v| v.expires).expect("paid");
     assert_eq!(after - before, chrono::Duration::days(1));
     assert_eq!(
-        demo.wallet.balance_msat(),
-        vpswatch::demo::DEMO_WALLET_MSAT - 500_000
+        demo.world.wallet.balance_msat(),
+        vpswatch_sim::demo::DEMO_WALLET_MSAT - 500_000
     );
     demo.shutdown().await;
 }
@@ -726,7 +724,7 @@ fn promtool_check(text: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool must be installed (Debian package prometheus; .ci/run installs it)");
+        .expect("promtool must be installed (Debian package prometheus; scripts/test installs it)");
     p.stdin
         .take()
         .expect("stdin")

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::daemon_process::{free_port, spawn_run, KillOnDrop};
 use common::{wait_for, Exposition};
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, RelTime, Scenario, VmSpec};
-use vpswatch::sim::nwc_wallet::{NwcWalletService, WalletFailure};
-use vpswatch::sim::scenario::TemplateSpec;
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, RelTime, Scenario, VmSpec};
+use vpswatch_sim::nwc_wallet::{NwcWalletService, WalletFailure};
+use vpswatch_sim::scenario::TemplateSpec;
 
 const T: Duration = Duration::from_secs(30);
 

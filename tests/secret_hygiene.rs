@@ -23,10 +23,10 @@ use std::time::Duration;
 use base64::Engine;
 use common::{wait_for, wait_metrics_at, Exposition};
 use nostr::ToBech32;
-use vpswatch::clock::SystemClock;
 use vpswatch::daemon::Daemon;
-use vpswatch::sim::lnvps::{self, LnvpsSim, LnvpsSimHandle};
-use vpswatch::sim::stablevps::{
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{self, LnvpsSim, LnvpsSimHandle};
+use vpswatch_sim::stablevps::{
     self, AccountSpec, KeyScope, KeySpec, StableScenario, StableVpsSim, StableVpsSimHandle, VpsSpec,
 };
 

@@ -18,8 +18,8 @@ use nostr::{EventBuilder, JsonUtil, Keys, Kind, Tag, Timestamp};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use vpswatch::clock::{ManualClock, SharedClock, SystemClock};
-use vpswatch::sim::lnvps::{
+use vpswatch_model::clock::{ManualClock, SharedClock, SystemClock};
+use vpswatch_sim::lnvps::{
     ActionFailure, BlackoutLength, EndpointMatch, Fault, FaultKind, LnvpsSim, LnvpsSimHandle,
     PowerAction, RateLimitSettings, RelTime, Scenario, TimelineEvent, VmSpec, VmState,
 };

@@ -13,13 +13,13 @@ use nostr::Keys;
 use nwc::prelude::{NostrWalletConnectOptions, NostrWalletConnectURI, PayInvoiceRequest, NWC};
 use serde_json::Value;
 
-use vpswatch::clock::{ManualClock, SharedClock};
 use vpswatch::provider::lnvps::Nip98Signer;
-use vpswatch::sim::lnvps::{
+use vpswatch_model::clock::{ManualClock, SharedClock};
+use vpswatch_sim::lnvps::{
     AutoRenewOutcome, LnvpsSim, LnvpsSimHandle, PaymentMethodSpec, RelTime, Scenario, VmSpec,
 };
-use vpswatch::sim::nwc_wallet::{NwcWalletService, WalletFailure};
-use vpswatch::sim::scenario::TemplateSpec;
+use vpswatch_sim::nwc_wallet::{NwcWalletService, WalletFailure};
+use vpswatch_sim::scenario::TemplateSpec;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 6, 0, 0)

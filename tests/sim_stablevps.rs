@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use vpswatch::clock::{ManualClock, SharedClock};
-use vpswatch::sim::stablevps::{
+use vpswatch_model::clock::{ManualClock, SharedClock};
+use vpswatch_sim::stablevps::{
     fault_key, AccountSpec, ActionFailure, BlackoutLength, EndpointMatch, Fault, FaultKind,
     KeyScope, KeySpec, PowerAction, RelTime, StableScenario, StableTimelineEvent, StableVpsSim,
     StableVpsSimHandle, VpsSpec, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET,
@@ -591,7 +591,7 @@ async fn a_clock_jump_charges_renewals_in_due_order() {
     assert_eq!(t.get(WALLET, KEY_A).await.json()["balance"], 7.51);
     // A scripted failure state that stays "active" is charged once per pass, not spun on.
     t.sim
-        .set_renewal_failure(vpswatch::sim::stablevps::RenewalFailure {
+        .set_renewal_failure(vpswatch_sim::stablevps::RenewalFailure {
             status: "active".into(),
             vps_status: "active".into(),
         });
@@ -778,7 +778,7 @@ async fn routing_errors_and_request_log() {
 async fn demo_scenario_and_toml_load() {
     let t = start(StableScenario::demo()).await;
     let list = t
-        .get(VPS_LIST, vpswatch::sim::stablevps::DEMO_READ_KEY)
+        .get(VPS_LIST, vpswatch_sim::stablevps::DEMO_READ_KEY)
         .await
         .json();
     assert_eq!(list["total"], 3);
@@ -1011,7 +1011,7 @@ async fn reboot_ends_on_time_on_the_system_clock() {
         ..scenario()
     };
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let sim = StableVpsSim::start(listen, s, Arc::new(vpswatch::clock::SystemClock))
+    let sim = StableVpsSim::start(listen, s, Arc::new(vpswatch_model::clock::SystemClock))
         .await
         .expect("start");
     let id = sim.vpses()[0].id.clone();

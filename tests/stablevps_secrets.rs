@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_READ};
-use vpswatch::clock::SystemClock;
 use vpswatch::provider::VmAction;
-use vpswatch::sim::stablevps::{
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::stablevps::{
     AccountSpec, EndpointMatch, Fault, FaultKind, KeyScope, KeySpec, StableScenario, VpsSpec,
     VPS_ONE,
 };
@@ -46,7 +46,7 @@ impl Write for Capture {
 }
 
 /// Successful `GET /api/v1/vps/:id` answers served so far (each carries a password).
-fn detail_answers(sim: &vpswatch::sim::stablevps::StableVpsSimHandle) -> usize {
+fn detail_answers(sim: &vpswatch_sim::stablevps::StableVpsSimHandle) -> usize {
     sim.requests()
         .iter()
         .filter(|r| r.endpoint == VPS_ONE && r.status == 200)

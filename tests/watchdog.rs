@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Exposition, Harness, RecordingNotifier};
-use vpswatch::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use vpswatch::notify::{AlertStatus, Notify};
-use vpswatch::sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmSpec, VmState};
+use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmSpec, VmState};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -147,7 +147,7 @@ impl Wd {
     }
 
     fn now() -> f64 {
-        vpswatch::clock::unix_seconds(chrono::Utc::now())
+        vpswatch_model::clock::unix_seconds(chrono::Utc::now())
     }
 }
 
@@ -349,7 +349,7 @@ async fn provider_blackout_with_every_probe_failing_acts_never_and_alerts_once()
     // 10 minutes in 10-second steps, each step seen by probes and polls.
     for _ in 0..60 {
         clock.advance(chrono::Duration::seconds(10));
-        let at = vpswatch::clock::unix_seconds(clock.now());
+        let at = vpswatch_model::clock::unix_seconds(clock.now());
         wd.evaluated_after(at - 0.001).await;
     }
     let exp =
@@ -379,7 +379,7 @@ async fn provider_blackout_with_every_probe_failing_acts_never_and_alerts_once()
     let mut resolved = false;
     for _ in 0..100 {
         clock.advance(chrono::Duration::seconds(5));
-        let at = vpswatch::clock::unix_seconds(clock.now());
+        let at = vpswatch_model::clock::unix_seconds(clock.now());
         let e = wd.evaluated_after(at - 0.001).await;
         if e.get("vpswatch_rule_firing", &[("rule", "api-down")]) == Some(0.0) {
             resolved = true;
@@ -740,7 +740,7 @@ async fn a_failed_restart_call_is_journaled_and_retried_after_the_cooldown() {
     let wd = Wd::one_vm(12, &rules, notes.clone()).await;
     // The provider answers the first restart with its 500 error.
     wd.h.sim
-        .fail_actions(1, vpswatch::sim::lnvps::ActionFailure::status(500).times(1));
+        .fail_actions(1, vpswatch_sim::lnvps::ActionFailure::status(500).times(1));
     wd.h.sim.set_hung(1, true);
     let exp =
         wd.h.wait_metrics("failed once, then rebooted and recovered", T, |e| {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::daemon_process::{free_port, spawn_run, KillOnDrop};
 use common::{wait_for, Exposition};
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 
 const T: Duration = Duration::from_secs(30);
 

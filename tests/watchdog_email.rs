@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::smtp::{read_mails, Mail, ServerOpts, SmtpServer};
 use common::Harness;
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::lnvps::{Scenario, VmSpec};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{Scenario, VmSpec};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Exposition, Stack, StackSpec};
-use vpswatch::clock::SystemClock;
-use vpswatch::sim::stablevps::{AccountSpec, KeyScope, KeySpec, StableScenario, VpsSpec};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::stablevps::{AccountSpec, KeyScope, KeySpec, StableScenario, VpsSpec};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -16,9 +16,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use vpswatch::clock::SystemClock;
 use vpswatch::daemon::Daemon;
-use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use common::Harness;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vpswatch::clock::SystemClock;
 use vpswatch::notify::LogNotifier;
-use vpswatch::sim::lnvps::Scenario;
 use vpswatch::web_config::limits::ServerLimits;
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::Scenario;
 
 const HEAD_DEADLINE: Duration = Duration::from_millis(600);
 

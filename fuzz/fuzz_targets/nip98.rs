@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use vpswatch::clock::SystemClock;
+use vpswatch_model::clock::SystemClock;
 use vpswatch::provider::lnvps::Nip98Signer;
-use vpswatch::sim::nip98::{sha256_hex, AuthRequest, Verifier};
+use vpswatch_sim::nip98::{sha256_hex, AuthRequest, Verifier};
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |b| *b == 0);

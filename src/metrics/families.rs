@@ -13,11 +13,11 @@ use prometheus::{Encoder, TextEncoder};
 
 use super::chunked::{ChunkedText, Exposition};
 use super::defs::{self, Kind, MetricDef};
-use crate::clock::unix_seconds;
 use crate::snapshot::AccountSnapshot;
 use crate::watchdog::probe::{ProbeResult, VmKey};
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use vpswatch_model::clock::unix_seconds;
 
 /// Families under construction, one chunked text buffer each, in declaration order.
 pub struct FamilySet {

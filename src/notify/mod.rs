@@ -15,11 +15,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::SelfMetrics;
 use crate::provider::ProviderKind;
 use crate::store::StateStore;
+use vpswatch_model::clock::SharedClock;
 
 /// What one alert is about: a rule on one VM, or on a whole account (`vm` empty).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use super::{
     AccountData, AccountFacts, Money, Provider, ProviderError, ProviderKind, Renewal, Usage, Vm,
     VmAction, VmState,
 };
-use crate::clock::SharedClock;
+use vpswatch_model::clock::SharedClock;
 
 // ---------------------------------------------------------------------------------------
 // NIP-98

@@ -279,7 +279,7 @@ pub struct BuildContext<'a> {
     pub config: &'a crate::config::Config,
     pub budgets: &'a budget::BudgetRegistry,
     pub observer: Arc<dyn http::RequestObserver>,
-    pub clock: crate::clock::SharedClock,
+    pub clock: vpswatch_model::clock::SharedClock,
 }
 
 /// Builds the client for one configured account. Adding a provider adds one arm here.

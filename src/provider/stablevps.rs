@@ -31,8 +31,8 @@ use super::{
     AccountData, AccountFacts, Money, Provider, ProviderError, ProviderKind, Renewal, Vm, VmAction,
     VmState,
 };
-use crate::clock::SharedClock;
 use crate::secret::Secret;
+use vpswatch_model::clock::SharedClock;
 
 // ---------------------------------------------------------------------------------------
 // Auth

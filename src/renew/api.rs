@@ -192,7 +192,7 @@ pub fn billing_for(
     config: &crate::config::Config,
     budgets: &crate::provider::budget::BudgetRegistry,
     observer: Arc<dyn crate::provider::http::RequestObserver>,
-    clock: crate::clock::SharedClock,
+    clock: vpswatch_model::clock::SharedClock,
 ) -> Result<Option<Billing>, String> {
     let crate::config::Credentials::Nostr(keys) = &account.credentials else {
         return Ok(None);

@@ -39,13 +39,13 @@ use self::config::{RenewMode, RenewRule};
 use self::journal::{Attempt, Phase, RenewalJournal, VmRenewal};
 use self::nwc::NwcWallet;
 use self::planner::{msat_to_sats, Plan, PlanInput};
-use crate::clock::SharedClock;
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
 use crate::provider::lnvps::{btc_amount_to_btc, BtcUnit};
 use crate::provider::{ProviderKind, Vm};
 use crate::snapshot::{AccountSnapshot, SnapshotStore};
 use crate::watchdog::report::WatchdogReport;
 use crate::watchdog::selector::Target;
+use vpswatch_model::clock::SharedClock;
 
 pub use self::config::is_renew_rule;
 
@@ -807,7 +807,7 @@ mod tests {
             .with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
             .single()
             .expect("t");
-        let (hash, _, bolt11) = crate::sim::renewal::LightningNode::generate()
+        let (hash, _, bolt11) = vpswatch_sim::renewal::LightningNode::generate()
             .mint(amount_msat, t, "test")
             .expect("mint");
         let p = api::Payment {

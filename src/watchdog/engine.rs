@@ -22,10 +22,10 @@ use super::report::WatchdogReport;
 use super::rules::{Remedy, Rule, WatchdogConfig};
 use super::selector::Target;
 use super::state::{Changes, TargetState, Want};
-use crate::clock::SharedClock;
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
 use crate::provider::{ProviderError, ProviderKind, SharedProvider, Vm};
 use crate::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_model::clock::SharedClock;
 
 /// How often the loop wakes without new data (patience deadlines, stale data).
 const TICK: Duration = Duration::from_secs(1);

@@ -17,9 +17,9 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::provider::ProviderKind;
 use crate::snapshot::SnapshotStore;
+use vpswatch_model::clock::SharedClock;
 
 /// Probes in flight at once.
 const CONCURRENCY: usize = 64;

@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::journal::TargetKey;
-use crate::clock::unix_seconds;
 use crate::metrics::defs;
 use crate::metrics::families::FamilySet;
 use crate::provider::ProviderKind;
+use vpswatch_model::clock::unix_seconds;
 
 /// (rule, provider, account, vm, action, result-or-outcome).
 type CounterKey = (String, ProviderKind, String, String, String, String);

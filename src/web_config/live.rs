@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::WebConfig;
-use crate::clock::SharedClock;
 use crate::config::ConfigError;
 use crate::metrics::SelfMetrics;
+use vpswatch_model::clock::SharedClock;
 
 /// The configuration in force and where it comes from.
 pub struct LiveWebConfig {
@@ -141,7 +141,7 @@ pub async fn watch(
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let m = metrics.web_config_metrics();
-    m.succeeded(crate::clock::unix_seconds(clock.now()));
+    m.succeeded(vpswatch_model::clock::unix_seconds(clock.now()));
     metrics.changed();
     loop {
         #[cfg(unix)]
@@ -174,7 +174,7 @@ pub async fn watch(
                     config = %live.load().summary(),
                     "web config reloaded"
                 );
-                m.succeeded(crate::clock::unix_seconds(clock.now()));
+                m.succeeded(vpswatch_model::clock::unix_seconds(clock.now()));
                 metrics.changed();
             }
             Reload::Failed(e) => {

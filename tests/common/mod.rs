@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vpswatch::clock::{SharedClock, SystemClock};
 use vpswatch::daemon::Daemon;
 use vpswatch::notify::{AlertStatus, AlertUpdate, Event, Notify};
-use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
-use vpswatch::sim::stablevps::{StableScenario, StableVpsSim, StableVpsSimHandle};
+use vpswatch_model::clock::{SharedClock, SystemClock};
+use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
+use vpswatch_sim::stablevps::{StableScenario, StableVpsSim, StableVpsSimHandle};
 
 pub const LOOPBACK_ANY: &str = "127.0.0.1:0";
 
@@ -479,5 +479,41 @@ impl RecordingNotifier {
             .iter()
             .map(|e| (e.key.vm.clone(), e.kind.as_str()))
             .collect()
+    }
+}
+
+/// The demo world and a daemon against it, in-process: what `vpswatch demo` runs, on a
+/// clock the test controls.
+pub struct DemoRun {
+    pub world: vpswatch_sim::demo::DemoWorld,
+    pub daemon: Daemon,
+    _state_dir: tempfile::TempDir,
+}
+
+impl DemoRun {
+    pub async fn start(clock: SharedClock) -> DemoRun {
+        vpswatch::daemon::install_crypto_provider();
+        let world = vpswatch_sim::demo::DemoWorld::start(clock.clone())
+            .await
+            .expect("demo world starts");
+        let state_dir = tempfile::tempdir().expect("state dir");
+        let text = world.config_toml(
+            LOOPBACK_ANY.parse().expect("addr"),
+            &state_dir.path().display().to_string(),
+        );
+        let config = vpswatch::config::parse(&text, "<demo>", &|name| world.env(name))
+            .expect("the demo config parses");
+        let daemon = Daemon::start(config, clock).await.expect("daemon starts");
+        world.spawn_hangs(daemon.cancel_token());
+        DemoRun {
+            world,
+            daemon,
+            _state_dir: state_dir,
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.daemon.shutdown().await;
+        self.world.shutdown().await;
     }
 }

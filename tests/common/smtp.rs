@@ -55,7 +55,7 @@ impl SmtpServer {
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
-                "cannot start {} (aiosmtpd: Debian package python3-aiosmtpd; .ci/run installs it): {e}",
+                "cannot start {} (aiosmtpd: Debian package python3-aiosmtpd; scripts/test installs it): {e}",
                 python()
             )
         });

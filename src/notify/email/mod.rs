@@ -32,10 +32,10 @@ use self::outbox::{
 };
 use self::settings::EmailSettings;
 use self::smtp::{Session, SmtpFailure};
-use crate::clock::{unix_seconds, SharedClock};
 use crate::metrics::SelfMetrics;
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, Facts, Notify};
 use crate::store::{StateStore, StoreError};
+use vpswatch_model::clock::{unix_seconds, SharedClock};
 
 /// The `channel` label of this channel's metrics.
 pub const CHANNEL: &str = "email";

@@ -32,7 +32,7 @@ use super::http::{read_body, serve, spawn_ticker, Body, Reply, JSON};
 use super::nip98::{sha256_hex, AuthRequest, Verifier};
 use super::ratelimit::{client_ip, RateLimiter};
 use super::routes::{self, Endpoint, Routed};
-use crate::clock::{SharedClock, SystemClock};
+use vpswatch_model::clock::{SharedClock, SystemClock};
 
 use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
@@ -608,13 +608,14 @@ macro_rules! outln {
     }};
 }
 
-/// `vpswatch simulate`: serves `scenario` on the system clock until Ctrl-C or SIGTERM.
-/// Without `owner_pubkey` a throwaway key is generated and its secret printed, so a
+/// `vpswatch simulate`: serves `scenario` on the system clock until `stop` resolves (the
+/// command line passes Ctrl-C or SIGTERM). Without `owner_pubkey` a throwaway key is generated and its secret printed, so a
 /// local vpswatch can be pointed at the simulator.
 pub async fn run_cli(
     listen: SocketAddr,
     scenario: &str,
     owner_pubkey: Option<String>,
+    stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (owner, generated) = match owner_pubkey {
         Some(o) => (super::scenario::normalize_pubkey(&o)?, None),
@@ -645,7 +646,7 @@ pub async fn run_cli(
         wallet.uri()
     );
     outln!("Press Ctrl-C to stop.");
-    crate::signal::wait_for_signal().await;
+    stop.await;
     wallet.shutdown().await;
     sim.shutdown_and_wait().await;
     Ok(())

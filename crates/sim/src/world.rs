@@ -1105,7 +1105,7 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::scenario::RelTime;
+    use crate::scenario::RelTime;
 
     fn owner() -> String {
         nostr::Keys::generate().public_key().to_hex()

@@ -23,10 +23,10 @@ use serde_json::json;
 
 use super::scenario::Crash;
 use super::StableVpsSimHandle;
-use crate::sim::control::{error, ok_json, parse, parse_or_empty, MAX_CONTROL_BODY, PREFIX};
-use crate::sim::faults::Fault;
-use crate::sim::http::{read_body, Body, Reply};
-use crate::sim::power::{add_failure, ActionFailure, BlackoutRequest, RebootDurationRequest};
+use crate::control::{error, ok_json, parse, parse_or_empty, MAX_CONTROL_BODY, PREFIX};
+use crate::faults::Fault;
+use crate::http::{read_body, Body, Reply};
+use crate::power::{add_failure, ActionFailure, BlackoutRequest, RebootDurationRequest};
 
 /// Serves one control request.
 pub async fn handle(sim: &StableVpsSimHandle, req: Request<Incoming>) -> Response<Body> {

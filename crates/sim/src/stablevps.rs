@@ -54,8 +54,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::http::{read_body, serve, spawn_ticker, Body, Reply, JSON};
-use crate::clock::{SharedClock, SystemClock};
 use api::{error, Routed};
+use vpswatch_model::clock::{SharedClock, SystemClock};
 use world::World;
 
 use super::faults::{self, FaultEffect};
@@ -413,7 +413,7 @@ impl StableVpsSimHandle {
     }
 
     async fn handle_request(&self, req: Request<Incoming>) -> Response<Body> {
-        if crate::sim::control::is_control_path(req.uri().path()) {
+        if crate::control::is_control_path(req.uri().path()) {
             return control::handle(self, req).await;
         }
         let routed = api::route(req.uri().path(), req.method());
@@ -551,8 +551,12 @@ macro_rules! outln {
 }
 
 /// Serves `scenario` (a built-in name or a TOML/JSON file) on the system clock until
-/// Ctrl-C or SIGTERM, after printing the base URL, the keys and the RDP addresses.
-pub async fn run_cli(listen: SocketAddr, scenario: &str) -> anyhow::Result<()> {
+/// `stop` resolves (the command line passes Ctrl-C or SIGTERM), after printing the base URL, the keys and the RDP addresses.
+pub async fn run_cli(
+    listen: SocketAddr,
+    scenario: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let scenario = StableScenario::load(scenario)?;
     let keys: Vec<(String, KeyScope)> = scenario
         .accounts
@@ -577,7 +581,7 @@ pub async fn run_cli(listen: SocketAddr, scenario: &str) -> anyhow::Result<()> {
     }
     outln!("  control API: {}/_sim/", sim.base_url());
     outln!("Press Ctrl-C to stop.");
-    crate::signal::wait_for_signal().await;
+    stop.await;
     sim.shutdown_and_wait().await;
     Ok(())
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::sim::faults::Fault;
-use crate::sim::power::{ActionFailure, BlackoutLength};
-use crate::sim::scenario::RelTime;
+use crate::faults::Fault;
+use crate::power::{ActionFailure, BlackoutLength};
+use crate::scenario::RelTime;
 
 /// The starting world of a StableVPS simulator.
 #[derive(Debug, Clone, Serialize, Deserialize)]

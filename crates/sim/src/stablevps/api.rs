@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::scenario::KeyScope;
 use super::world::{plan_price, round_eur, SimAction, SimVps, World};
-use crate::sim::http::Reply;
-use crate::sim::power::{take_failure, PowerAction};
+use crate::http::Reply;
+use crate::power::{take_failure, PowerAction};
 
 pub const VPS_LIST: &str = "/api/v1/vps";
 pub const VPS_ONE: &str = "/api/v1/vps/{id}";
@@ -486,9 +486,9 @@ fn create_vps(w: &mut World, call: &Call<'_>) -> (Reply, String, Option<String>)
         status: "active".into(),
         vps_status: "provisioning".into(),
         location,
-        current_period_end: crate::sim::scenario::RelTime::At(next_period_or_now(call.now, call)),
-        current_period_start: Some(crate::sim::scenario::RelTime::At(call.now)),
-        created_at: Some(crate::sim::scenario::RelTime::At(call.now)),
+        current_period_end: crate::scenario::RelTime::At(next_period_or_now(call.now, call)),
+        current_period_start: Some(crate::scenario::RelTime::At(call.now)),
+        created_at: Some(crate::scenario::RelTime::At(call.now)),
         ..Default::default()
     };
     let id = w.add_vps(&account, spec, call.now);

@@ -5,6 +5,7 @@
 //! Independent client implementations are tested against it.
 //!
 //! Layout:
+//! - [`demo`]: the world `vpswatch demo` runs against, and the daemon config for it;
 //! - [`lnvps`]: the fake LNVPS API server, its handle and the `simulate` CLI entry point;
 //! - [`stablevps`]: the fake StableVPS API server (scenario, wallet renewals, RDP listeners);
 //! - [`scenario`]: the starting world and its timeline (TOML/JSON, built-ins);
@@ -19,6 +20,7 @@
 //! - `http`: hyper plumbing shared by the fake servers (bodies, replies, serving).
 
 mod control;
+pub mod demo;
 pub mod faults;
 mod handlers;
 mod http;

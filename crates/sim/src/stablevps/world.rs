@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::scenario::{
     Crash, KeyScope, RenewalFailure, StableScenario, StableTimelineEvent, VpsSpec,
 };
-use crate::sim::faults::FaultSet;
-use crate::sim::power::{self as pw, ActionFailure, Blackout, PowerAction};
-use crate::sim::scenario::after;
+use crate::faults::FaultSet;
+use crate::power::{self as pw, ActionFailure, Blackout, PowerAction};
+use crate::scenario::after;
 
 /// Plan prices in EUR: (monthly, yearly). None = unknown plan (never renews).
 pub fn plan_price(plan_id: &str, billing_cycle: &str) -> Option<f64> {

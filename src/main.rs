@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use vpswatch::logging::{self, LogFormat};
 use vpswatch::notify::email::settings::EmailSettings;
 use vpswatch::notify::email::EmailNotifier;
+#[cfg(feature = "sim")]
 use vpswatch::signal::wait_for_signal;
 use vpswatch::store::StateStore;
 use vpswatch_model::clock::SystemClock;

@@ -204,13 +204,14 @@ async fn dispatch(command: Command) -> ExitCode {
         } => {
             let result = match provider {
                 SimProvider::Lnvps => {
-                    vpswatch_sim::lnvps::run_cli(listen, &scenario, owner, wait_for_signal()).await
+                    vpswatch_sim::cli::serve_lnvps(listen, &scenario, owner, wait_for_signal())
+                        .await
                 }
                 SimProvider::Stablevps if owner.is_some() => Err(anyhow::anyhow!(
                     "--owner is for LNVPS scenarios; StableVPS scenarios name their API keys"
                 )),
                 SimProvider::Stablevps => {
-                    vpswatch_sim::stablevps::run_cli(listen, &scenario, wait_for_signal()).await
+                    vpswatch_sim::cli::serve_stablevps(listen, &scenario, wait_for_signal()).await
                 }
             };
             match result {

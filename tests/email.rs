@@ -948,7 +948,7 @@ async fn invoice_sent_mail_carries_the_bolt11_amount_and_expiry() {
     let s = parse_settings(&email_toml(server.port, ""), &|_| None);
     let clock = Arc::new(ManualClock::new(t0()));
     let run = Running::open(s, &tmp.path().join("state"), clock);
-    let (_, _, bolt11) = vpswatch_sim::renewal::LightningNode::generate()
+    let (_, _, bolt11) = vpswatch_sim::lightning::LightningNode::generate()
         .mint(500_000, t0(), "VM renewal 4")
         .expect("invoice");
     let mut f = facts(

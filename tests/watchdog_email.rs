@@ -2,6 +2,8 @@
 //! produces a firing mail, an action mail and a resolved mail that thread together; a VM
 //! flapping inside the rule's hysteresis produces no mail at all.
 
+#![allow(clippy::expect_used, reason = "test helpers: a panic is a failed test")]
+
 mod common;
 
 use std::net::Ipv4Addr;

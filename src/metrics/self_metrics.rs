@@ -56,6 +56,13 @@ impl AlertMetrics {
     }
 }
 
+// The families are built from the static definitions in `defs` and registered once into
+// a registry of their own; a failure there is a programming error that the unit tests of
+// this module and every daemon test would hit first.
+#[allow(
+    clippy::expect_used,
+    reason = "static metric definitions registered once into a private registry"
+)]
 impl SelfMetrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();

@@ -807,7 +807,7 @@ mod tests {
             .with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
             .single()
             .expect("t");
-        let (hash, _, bolt11) = vpswatch_sim::renewal::LightningNode::generate()
+        let (hash, _, bolt11) = vpswatch_sim::lightning::LightningNode::generate()
             .mint(amount_msat, t, "test")
             .expect("mint");
         let p = api::Payment {

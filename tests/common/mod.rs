@@ -2,6 +2,11 @@
 //! [`Harness`] is one LNVPS account; [`Stack`] is any mix of an LNVPS and a StableVPS
 //! simulator with accounts on either.
 #![allow(dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a panic is a failed test"
+)]
 
 pub mod alertmanager;
 pub mod daemon_process;

@@ -3,21 +3,20 @@
 //! (path id, then query, then JSON body) and ownership is checked before deletion
 //! (403 before 404), as in the real server.
 
-use chrono::{DateTime, Days, Months, Utc};
+use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::http::Reply;
+use super::http::{api_error, internal_error, Reply};
 use super::power::take_failure;
 use super::render;
 use super::routes::{self, Endpoint};
-use super::scenario::IntervalType;
 use super::wire::{
     ApiAccount, ApiExchangeRates, ApiPaymentInfo, ApiPaymentMethod, ApiRenewalQuote, ApiTaxInfo,
-    ApiTemplates, Data, ErrorBody, Paginated,
+    ApiTemplates, Data, Paginated,
 };
-use super::world::{CostPlan, PowerAction, SimVm, World};
+use super::world::{interval_seconds, PowerAction, SimVm, World};
 
 /// Largest renewal, in intervals.
 const MAX_RENEWAL_INTERVALS: u32 = 120;
@@ -38,17 +37,6 @@ type Outcome = Result<Reply, Reply>;
 
 pub fn ok<T: serde::Serialize>(data: T) -> Reply {
     Reply::json(StatusCode::OK, &Data { data })
-}
-
-pub fn api_error(status: StatusCode, msg: &str) -> Reply {
-    Reply::json(status, &ErrorBody { error: msg })
-}
-
-pub fn internal_error() -> Reply {
-    api_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "An internal error occurred",
-    )
 }
 
 /// An error answer for `code` as the real deployment gives it: 500 → the API's
@@ -357,23 +345,6 @@ fn history(world: &World, call: &Call<'_>) -> Outcome {
 }
 
 // ---- renewal quotes -----------------------------------------------------------------
-
-/// Seconds one interval adds, counted from `base` (calendar months for monthly plans).
-pub fn interval_seconds(base: DateTime<Utc>, plan: &CostPlan) -> u64 {
-    let n = plan.interval_amount;
-    let next = match plan.interval_type {
-        IntervalType::Day => base.checked_add_days(Days::new(n)),
-        IntervalType::Month => u32::try_from(n)
-            .ok()
-            .and_then(|m| base.checked_add_months(Months::new(m))),
-        IntervalType::Year => n
-            .checked_mul(12)
-            .and_then(|m| u32::try_from(m).ok())
-            .and_then(|m| base.checked_add_months(Months::new(m))),
-    }
-    .unwrap_or(base);
-    (next - base).num_seconds().max(0) as u64
-}
 
 /// Whether `method` is paid in BTC (lightning is the default for unknown values).
 fn pays_in_btc(method: Option<&str>) -> bool {

@@ -17,6 +17,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
+
+use super::wire::ErrorBody;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -199,4 +201,16 @@ pub fn spawn_ticker(
             }
         }
     })
+}
+
+/// The API's JSON error body (`{"error": ...}`) with `status`.
+pub fn api_error(status: StatusCode, msg: &str) -> Reply {
+    Reply::json(status, &ErrorBody { error: msg })
+}
+
+pub fn internal_error() -> Reply {
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "An internal error occurred",
+    )
 }

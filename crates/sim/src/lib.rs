@@ -5,6 +5,7 @@
 //! Independent client implementations are tested against it.
 //!
 //! Layout:
+//! - [`cli`]: `vpswatch simulate`, one fake provider served until stopped;
 //! - [`demo`]: the world `vpswatch demo` runs against, and the daemon config for it;
 //! - [`lnvps`]: the fake LNVPS API server, its handle and the `simulate` CLI entry point;
 //! - [`stablevps`]: the fake StableVPS API server (scenario, wallet renewals, RDP listeners);
@@ -14,16 +15,20 @@
 //!   that stay dead or need a power cycle, failing actions, API blackouts, boot time;
 //! - `world`: in-memory users, VMs and the lifecycle the real worker runs;
 //! - `handlers`, `routes`, `wire`: the emulated endpoints, route table and JSON shapes;
+//! - [`lightning`]: the node key that signs BOLT11 invoices, auto-renewal records;
 //! - `nip98`: NIP-98 verification exactly as the real server enforces it;
 //! - `ratelimit`: the real server's per-IP fixed-window limiter;
-//! - `control`: the unauthenticated `/_sim/` control API for out-of-process use;
+//! - `control`: what the two `/_sim/` control APIs share (each simulator's own
+//!   endpoints sit beside it);
 //! - `http`: hyper plumbing shared by the fake servers (bodies, replies, serving).
 
+pub mod cli;
 mod control;
 pub mod demo;
 pub mod faults;
 mod handlers;
 mod http;
+pub mod lightning;
 pub mod lnvps;
 pub mod nip98;
 pub mod nwc_wallet;

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::{read_body, serve, spawn_ticker, Body, Reply, JSON};
 use api::{error, Routed};
-use vpswatch_model::clock::{SharedClock, SystemClock};
+use vpswatch_model::clock::SharedClock;
 use world::World;
 
 use super::faults::{self, FaultEffect};
@@ -540,48 +540,4 @@ fn fault_reply(kind: &FaultKind) -> Reply {
             api::status_error(500)
         }
     }
-}
-
-/// Like `println!`, but a closed stdout (a reader that went away) is not a panic.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// Serves `scenario` (a built-in name or a TOML/JSON file) on the system clock until
-/// `stop` resolves (the command line passes Ctrl-C or SIGTERM), after printing the base URL, the keys and the RDP addresses.
-pub async fn run_cli(
-    listen: SocketAddr,
-    scenario: &str,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let scenario = StableScenario::load(scenario)?;
-    let keys: Vec<(String, KeyScope)> = scenario
-        .accounts
-        .iter()
-        .flat_map(|a| a.keys.iter().map(|k| (k.key.clone(), k.scope)))
-        .collect();
-    let sim = StableVpsSim::start(listen, scenario, Arc::new(SystemClock)).await?;
-    outln!("StableVPS simulator listening on {}", sim.base_url());
-    for (key, scope) in keys {
-        outln!("  API key ({}): {key}", scope.as_str());
-    }
-    for v in sim.vpses() {
-        outln!(
-            "  VPS {} {}/{} status={} vpsStatus={} rdp={}",
-            v.id,
-            v.plan_id,
-            v.billing_cycle,
-            v.status,
-            v.vps_status,
-            v.rdp_addr()
-        );
-    }
-    outln!("  control API: {}/_sim/", sim.base_url());
-    outln!("Press Ctrl-C to stop.");
-    stop.await;
-    sim.shutdown_and_wait().await;
-    Ok(())
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use chrono::{DateTime, Days, TimeZone, Utc};
+use chrono::{DateTime, Days, Months, TimeZone, Utc};
 use serde::Serialize;
 
 use super::faults::FaultSet;
@@ -641,11 +641,11 @@ pub struct World {
     timeline: Vec<TimelineEvent>,
     timeline_next: usize,
     /// Signs the renewal invoices (see `sim::renewal`).
-    pub lightning: super::renewal::LightningNode,
+    pub lightning: super::lightning::LightningNode,
     /// The users' saved wallet fails every payment (`?method=nwc`, auto-renewal).
     pub saved_wallet_fails: bool,
     /// Every firing of the server-side auto-renewal, oldest first.
-    pub auto_renew_log: Vec<super::renewal::AutoRenewAttempt>,
+    pub auto_renew_log: Vec<super::lightning::AutoRenewAttempt>,
     /// The whole second the last worker pass ran for, while nothing has changed since
     /// (`None` after any change): a pass is idempotent for a given second, so another
     /// one in the same second is skipped. Without this every request walked every VM,
@@ -675,7 +675,7 @@ impl World {
             next_payment_method_id: 1,
             timeline,
             timeline_next: 0,
-            lightning: super::renewal::LightningNode::generate(),
+            lightning: super::lightning::LightningNode::generate(),
             saved_wallet_fails: false,
             auto_renew_log: Vec::new(),
             pass_valid_at: None,
@@ -1183,4 +1183,21 @@ mod tests {
         assert_ne!(default_ipv4(1), default_ipv4(255));
         assert_eq!(default_ipv4(1), Ipv4Addr::new(127, 1, 0, 1));
     }
+}
+
+/// Seconds one interval adds, counted from `base` (calendar months for monthly plans).
+pub fn interval_seconds(base: DateTime<Utc>, plan: &CostPlan) -> u64 {
+    let n = plan.interval_amount;
+    let next = match plan.interval_type {
+        IntervalType::Day => base.checked_add_days(Days::new(n)),
+        IntervalType::Month => u32::try_from(n)
+            .ok()
+            .and_then(|m| base.checked_add_months(Months::new(m))),
+        IntervalType::Year => n
+            .checked_mul(12)
+            .and_then(|m| u32::try_from(m).ok())
+            .and_then(|m| base.checked_add_months(Months::new(m))),
+    }
+    .unwrap_or(base);
+    (next - base).num_seconds().max(0) as u64
 }

@@ -26,19 +26,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::control;
+mod control;
 use super::handlers::{self, Call};
 use super::http::{read_body, serve, spawn_ticker, Body, Reply, JSON};
 use super::nip98::{sha256_hex, AuthRequest, Verifier};
 use super::ratelimit::{client_ip, RateLimiter};
 use super::routes::{self, Endpoint, Routed};
-use vpswatch_model::clock::{SharedClock, SystemClock};
+use vpswatch_model::clock::SharedClock;
 
 use super::faults::{self, FaultEffect};
 pub use super::faults::{EndpointMatch, Fault, FaultKind};
+pub use super::lightning::{AutoRenewAttempt, AutoRenewOutcome, SettleError};
 use super::power;
 pub use super::power::{ActionFailure, Blackout, BlackoutLength};
-pub use super::renewal::{AutoRenewAttempt, AutoRenewOutcome, SettleError};
 pub use super::scenario::{
     CostPlanSpec, ImageSpec, IntervalType, PaymentMethodSpec, RateLimitSettings, RelTime, Scenario,
     SimSettings, TemplateSpec, TimelineEvent, UsageProfile, UserSpec, VmSpec, VmState,
@@ -71,9 +71,6 @@ pub struct LoggedRequest {
     pub at: DateTime<Utc>,
     pub client_ip: IpAddr,
 }
-
-/// Balance of the wallet `vpswatch simulate` starts (100 000 sats).
-const SIM_WALLET_MSAT: u64 = 100_000_000;
 
 /// Starts simulators.
 pub struct LnvpsSim;
@@ -419,7 +416,7 @@ impl LnvpsSimHandle {
     }
 
     async fn handle_request(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if control::is_control_path(req.uri().path()) {
+        if crate::control::is_control_path(req.uri().path()) {
             return control::handle(self, req).await;
         }
         let routed = routes::route(req.uri().path(), req.method());
@@ -596,58 +593,6 @@ fn fault_reply(kind: &FaultKind) -> Reply {
              <body><h1>LNVPS</h1><p>You need to enable JavaScript to run this app.</p></body></html>\n",
         ),
         // Handled before a reply is built; answer normally if one gets here.
-        FaultKind::Latency(_) | FaultKind::Hang | FaultKind::TruncatedBody => handlers::internal_error(),
+        FaultKind::Latency(_) | FaultKind::Hang | FaultKind::TruncatedBody => super::http::internal_error(),
     }
-}
-
-/// Like `println!`, but a closed stdout (a reader that went away) is not a panic.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// `vpswatch simulate`: serves `scenario` on the system clock until `stop` resolves (the
-/// command line passes Ctrl-C or SIGTERM). Without `owner_pubkey` a throwaway key is generated and its secret printed, so a
-/// local vpswatch can be pointed at the simulator.
-pub async fn run_cli(
-    listen: SocketAddr,
-    scenario: &str,
-    owner_pubkey: Option<String>,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let (owner, generated) = match owner_pubkey {
-        Some(o) => (super::scenario::normalize_pubkey(&o)?, None),
-        None => {
-            let keys = nostr::Keys::generate();
-            (keys.public_key().to_hex(), Some(keys))
-        }
-    };
-    let scenario = Scenario::load(scenario, Some(&owner))?;
-    let vms = scenario.vms.len();
-    let sim = LnvpsSim::start(listen, scenario, Arc::new(SystemClock)).await?;
-    outln!("LNVPS simulator listening on {}", sim.base_url());
-    outln!("  VMs: {vms}, owner pubkey: {owner}");
-    if let Some(keys) = generated {
-        outln!(
-            "  owner secret key (throwaway, generated for this run): {}",
-            keys.secret_key().to_secret_hex()
-        );
-    }
-    outln!("  control API: {}/_sim/", sim.base_url());
-    // A NIP-47 wallet that pays this simulator's invoices, for `[rules.renew]` tests.
-    let relay = SocketAddr::new(listen.ip(), 0);
-    let wallet =
-        super::nwc_wallet::NwcWalletService::start(sim.clone(), relay, SIM_WALLET_MSAT).await?;
-    outln!(
-        "  NWC wallet ({} sats; throwaway, put it in a renew rule's nwc_uri_file): {}",
-        SIM_WALLET_MSAT / 1000,
-        wallet.uri()
-    );
-    outln!("Press Ctrl-C to stop.");
-    stop.await;
-    wallet.shutdown().await;
-    sim.shutdown_and_wait().await;
-    Ok(())
 }

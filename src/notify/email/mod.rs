@@ -130,8 +130,8 @@ store_err!(
     StoreError
 );
 
-/// Alert changes and events kept in memory at most while the state store cannot be
-/// written; beyond this they are dropped (counted as `dropped`).
+/// How many alert changes and events are held in memory while the state store cannot be
+/// written; further ones are dropped (counted as `dropped`).
 pub const HOLD_LIMIT: usize = 1000;
 
 /// A notification that could not be written yet: replayed, in order, once the store

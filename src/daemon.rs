@@ -145,6 +145,11 @@ impl Daemon {
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if let Some(state) = &state {
+            // Reopens the database after an I/O error, so nothing waits for a restart.
+            state.attach_metrics(self_metrics.clone());
+            tasks.spawn(state.clone().keep_open(cancel.child_token()));
+        }
         if let Some(email) = &email {
             tasks.spawn(email.clone().run(cancel.child_token()));
         }
@@ -249,6 +254,7 @@ impl Daemon {
             cache: cache.clone(),
             store: store.clone(),
             journal: journal.clone(),
+            state_db: state.clone(),
         });
         // hardening (issue 7): reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
 use crate::snapshot::SnapshotStore;
+use crate::store::StateStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
 use crate::web_config::limits::{IdleTimeout, ServerLimits, MIN_HEADER_BYTES};
@@ -38,6 +39,8 @@ pub struct WebState {
     pub store: Arc<SnapshotStore>,
     /// The watchdog journal, when the watchdog runs.
     pub journal: Option<Journal>,
+    /// The state database, when something persists (its health is the daemon's).
+    pub state_db: Option<StateStore>,
 }
 
 type Body = ChunksBody;
@@ -115,6 +118,21 @@ fn ready(state: &WebState) -> Response<Body> {
     }
 }
 
+/// 200 while the daemon can do its work. 503 while the state database cannot be written:
+/// the watchdog and renewals cannot journal an action, so they do not act, and alert mails
+/// wait in memory. The body names the reason but not the file or the error (this answer
+/// may be served without authentication); those are in the log.
+fn healthy(state: &WebState) -> Response<Body> {
+    match &state.state_db {
+        Some(db) if !db.writable() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unhealthy: the state database cannot be written (I/O error; reopening it): \
+             the watchdog and renewals do not act and alert mails wait in memory\n",
+        ),
+        _ => text(StatusCode::OK, "Healthy\n"),
+    }
+}
+
 const LANDING: &str = concat!(
     "<!doctype html><html><head><meta charset=\"utf-8\"><title>vpswatch</title></head>",
     "<body><h1>vpswatch ",
@@ -183,7 +201,7 @@ pub fn route<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
     }
     match req.uri().path() {
         "/metrics" => metrics(state, req),
-        "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
+        "/-/healthy" => healthy(state),
         "/-/ready" => ready(state),
         "/" => {
             let mut r = text(StatusCode::OK, LANDING);

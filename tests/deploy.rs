@@ -1442,6 +1442,7 @@ async fn demo_in_prometheus_feeds_every_dashboard_query_and_the_expected_alerts(
         "VpswatchWatchdogStalled",
         "VpswatchWatchdogGaveUp",
         "VpswatchActionFailed",
+        "VpswatchStateStoreUnwritable",
         "VpsDeletionScheduled",
     ];
     let has = |a: &Value, name: &str, labels: &[(&str, &str)]| {

@@ -357,7 +357,7 @@ metric!(
     "vpswatch_alerts_total",
     Counter,
     &["channel", "result"],
-    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), queue_error (could not be queued)."
+    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), queue_error (could not be queued), held (the state store could not be written: kept in memory and queued once it can), dropped (lost: the in-memory hold was full)."
 );
 metric!(
     ALERT_OUTBOX_MESSAGES,
@@ -372,6 +372,20 @@ metric!(
     Gauge,
     &[],
     "When the oldest notification in the outbox was queued (Unix seconds; 0 = outbox empty)."
+);
+metric!(
+    STATE_STORE_WRITABLE,
+    "vpswatch_state_store_writable",
+    Gauge,
+    &[],
+    "1 while the state database (watchdog and renewal journals, alert outbox) takes writes; 0 after an I/O error until it has been reopened: meanwhile the watchdog and renewals do not act."
+);
+metric!(
+    STATE_STORE_ERRORS,
+    "vpswatch_state_store_errors_total",
+    Counter,
+    &[],
+    "I/O errors of the state database, including failed attempts to reopen it."
 );
 // --- hardening: web config reloads (issue 7) ---
 metric!(
@@ -440,6 +454,8 @@ pub const ALL: &[&MetricDef] = &[
     &ALERTS,
     &ALERT_OUTBOX_MESSAGES,
     &ALERT_OUTBOX_OLDEST,
+    &STATE_STORE_WRITABLE,
+    &STATE_STORE_ERRORS,
     &WEB_CONFIG_RELOAD_SUCCESS,
     &WEB_CONFIG_RELOAD_TIMESTAMP,
 ];

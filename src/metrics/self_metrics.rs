@@ -8,7 +8,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use tokio::sync::watch;
 
 use super::defs;
@@ -23,6 +25,8 @@ pub struct SelfMetrics {
     alerts: OnceLock<AlertMetrics>,
     /// Registered on first use: only a daemon with a web config file exports them.
     web_config: OnceLock<WebConfigMetrics>,
+    /// Registered on first use: only a daemon with a state database exports them.
+    state_store: OnceLock<StateStoreMetrics>,
     changes: watch::Sender<u64>,
 }
 
@@ -94,6 +98,7 @@ impl SelfMetrics {
             duration,
             alerts: OnceLock::new(),
             web_config: OnceLock::new(),
+            state_store: OnceLock::new(),
             changes: watch::channel(0).0,
         })
     }
@@ -128,6 +133,29 @@ impl SelfMetrics {
                 outbox_messages,
                 outbox_oldest,
             }
+        })
+    }
+
+    /// The state database's gauges, registered on first call.
+    pub fn state_store_metrics(&self) -> &StateStoreMetrics {
+        self.state_store.get_or_init(|| {
+            let writable = IntGauge::with_opts(Opts::new(
+                defs::STATE_STORE_WRITABLE.name,
+                defs::STATE_STORE_WRITABLE.help,
+            ))
+            .expect("static metric definition is valid");
+            let errors = IntCounter::with_opts(Opts::new(
+                defs::STATE_STORE_ERRORS.name,
+                defs::STATE_STORE_ERRORS.help,
+            ))
+            .expect("static metric definition is valid");
+            for c in [
+                Box::new(writable.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(errors.clone()),
+            ] {
+                self.registry.register(c).expect("registered once");
+            }
+            StateStoreMetrics { writable, errors }
         })
     }
 
@@ -184,6 +212,30 @@ impl SelfMetrics {
         self.requests
             .with_label_values(&[provider, account, endpoint, code])
             .get()
+    }
+}
+
+/// Whether the state database takes writes, and its I/O errors.
+pub struct StateStoreMetrics {
+    writable: IntGauge,
+    errors: IntCounter,
+}
+
+impl StateStoreMetrics {
+    pub fn set_writable(&self, writable: bool) {
+        self.writable.set(i64::from(writable));
+    }
+
+    pub fn count_error(&self) {
+        self.errors.inc();
+    }
+
+    pub fn writable(&self) -> bool {
+        self.writable.get() == 1
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.get()
     }
 }
 

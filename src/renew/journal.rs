@@ -8,7 +8,7 @@
 //! (`GET /payment/{id}`); an invoice in `paying` is never sent to the wallet again.
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{StateStore, StoreError};
@@ -116,31 +116,32 @@ impl RenewalJournal {
     }
 
     pub fn get(&self, account: &str, vm: &str) -> Result<VmRenewal, StoreError> {
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let tx = self.store.db().begin_read().map_err(|x| e(&x))?;
+        let tx = self.store.begin_read()?;
         let table = match tx.open_table(RENEWALS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(VmRenewal::default()),
-            Err(x) => return Err(e(&x)),
+            Err(x) => return Err(self.store.error(x)),
         };
-        match table.get(key(account, vm).as_str()).map_err(|x| e(&x))? {
+        match table
+            .get(key(account, vm).as_str())
+            .map_err(|x| self.store.error(x))?
+        {
             None => Ok(VmRenewal::default()),
-            Some(v) => serde_json::from_slice(v.value()).map_err(|x| e(&x)),
+            Some(v) => serde_json::from_slice(v.value()).map_err(|x| self.store.invalid(x)),
         }
     }
 
     /// Sats paid or reserved on `account` in `month`.
     pub fn spent(&self, account: &str, month: &str) -> Result<u64, StoreError> {
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let tx = self.store.db().begin_read().map_err(|x| e(&x))?;
+        let tx = self.store.begin_read()?;
         let table = match tx.open_table(SPEND) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(x) => return Err(e(&x)),
+            Err(x) => return Err(self.store.error(x)),
         };
         Ok(table
             .get(spend_key(account, month).as_str())
-            .map_err(|x| e(&x))?
+            .map_err(|x| self.store.error(x))?
             .map_or(0, |v| v.value()))
     }
 
@@ -153,29 +154,28 @@ impl RenewalJournal {
         rec: &VmRenewal,
         spend: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let bytes = serde_json::to_vec(rec).map_err(|x| e(&x))?;
-        let tx = self.store.db().begin_write().map_err(|x| e(&x))?;
+        let bytes = serde_json::to_vec(rec).map_err(|x| self.store.invalid(x))?;
+        let tx = self.store.begin_write()?;
         {
-            let mut t = tx.open_table(RENEWALS).map_err(|x| e(&x))?;
+            let mut t = tx.open_table(RENEWALS).map_err(|x| self.store.error(x))?;
             t.insert(key(account, vm).as_str(), bytes.as_slice())
-                .map_err(|x| e(&x))?;
+                .map_err(|x| self.store.error(x))?;
             if let Some((month, delta)) = spend {
-                let mut s = tx.open_table(SPEND).map_err(|x| e(&x))?;
+                let mut s = tx.open_table(SPEND).map_err(|x| self.store.error(x))?;
                 let k = spend_key(account, month);
                 let old = s
                     .get(k.as_str())
-                    .map_err(|x| e(&x))?
+                    .map_err(|x| self.store.error(x))?
                     .map_or(0, |v| v.value());
                 let new = if delta >= 0 {
                     old.saturating_add(delta as u64)
                 } else {
                     old.saturating_sub(delta.unsigned_abs())
                 };
-                s.insert(k.as_str(), new).map_err(|x| e(&x))?;
+                s.insert(k.as_str(), new).map_err(|x| self.store.error(x))?;
             }
         }
-        tx.commit().map_err(|x| e(&x))?;
+        self.store.commit(tx)?;
         Ok(())
     }
 }

@@ -81,6 +81,9 @@ struct Engine {
     in_flight: HashSet<TargetKey>,
     /// Last skip reason per target, so a repeated skip is logged once.
     last_skip: HashMap<TargetKey, String>,
+    /// Whether the last journal write failed, so an outage of the state store (retried
+    /// every round) is logged when it starts and ends, not every round.
+    journal_failing: bool,
     done_tx: mpsc::UnboundedSender<Finished>,
 }
 
@@ -134,6 +137,7 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
         records: Vec::new(),
         in_flight: HashSet::new(),
         last_skip: HashMap::new(),
+        journal_failing: false,
         done_tx,
     };
     // Alerts that were open when vpswatch stopped are announced again; the notifier
@@ -860,12 +864,17 @@ impl Engine {
                 self.dirty.clear();
                 self.removed.clear();
                 self.records.clear();
+                if std::mem::take(&mut self.journal_failing) {
+                    tracing::info!("watchdog journal written again");
+                }
             }
             Err(e) => {
                 // Kept for the next attempt; actions are refused meanwhile (act() commits
                 // first and fails the same way).
                 self.report.count_error("journal");
-                tracing::error!(error = %e, "cannot write the watchdog journal");
+                if !std::mem::replace(&mut self.journal_failing, true) {
+                    tracing::error!(error = %e, "cannot write the watchdog journal; retrying every round, no action until it works");
+                }
             }
         }
     }

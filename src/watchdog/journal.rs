@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::rules::Remedy;
@@ -146,17 +146,16 @@ impl Journal {
 
     /// Loads the state at start-up and closes entries a crash left open.
     pub fn restore(&self, now: DateTime<Utc>) -> Result<Restored, StoreError> {
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let txn = self.store.db().begin_write().map_err(|x| e(&x))?;
+        let txn = self.store.begin_write()?;
         let mut out = Restored {
             next_id: 1,
             ..Restored::default()
         };
         {
-            let mut actions = txn.open_table(ACTIONS).map_err(|x| e(&x))?;
+            let mut actions = txn.open_table(ACTIONS).map_err(|x| self.store.error(x))?;
             let mut open = Vec::new();
-            for row in actions.iter().map_err(|x| e(&x))? {
-                let (k, v) = row.map_err(|x| e(&x))?;
+            for row in actions.iter().map_err(|x| self.store.error(x))? {
+                let (k, v) = row.map_err(|x| self.store.error(x))?;
                 let id = k.value();
                 out.next_id = out.next_id.max(id + 1);
                 let Ok(rec) = serde_json::from_slice::<ActionRecord>(v.value()) else {
@@ -176,11 +175,11 @@ impl Journal {
                 out.interrupted.push(rec.id);
                 actions
                     .insert(rec.id, to_json(&rec).as_slice())
-                    .map_err(|x| e(&x))?;
+                    .map_err(|x| self.store.error(x))?;
             }
-            let targets = txn.open_table(TARGETS).map_err(|x| e(&x))?;
-            for row in targets.iter().map_err(|x| e(&x))? {
-                let (k, v) = row.map_err(|x| e(&x))?;
+            let targets = txn.open_table(TARGETS).map_err(|x| self.store.error(x))?;
+            for row in targets.iter().map_err(|x| self.store.error(x))? {
+                let (k, v) = row.map_err(|x| self.store.error(x))?;
                 let Some(key) = TargetKey::decode(k.value()) else {
                     continue;
                 };
@@ -192,7 +191,7 @@ impl Journal {
                 }
             }
         }
-        txn.commit().map_err(|x| e(&x))?;
+        self.store.commit(txn)?;
         Ok(out)
     }
 
@@ -206,46 +205,50 @@ impl Journal {
         if targets.is_empty() && records.is_empty() {
             return Ok(());
         }
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let txn = self.store.db().begin_write().map_err(|x| e(&x))?;
+        let txn = self.store.begin_write()?;
         {
-            let mut t = txn.open_table(TARGETS).map_err(|x| e(&x))?;
+            let mut t = txn.open_table(TARGETS).map_err(|x| self.store.error(x))?;
             for (key, state) in targets {
                 let k = key.encode();
                 match state {
                     Some(s) => {
                         t.insert(k.as_str(), to_json(s).as_slice())
-                            .map_err(|x| e(&x))?;
+                            .map_err(|x| self.store.error(x))?;
                     }
                     None => {
-                        t.remove(k.as_str()).map_err(|x| e(&x))?;
+                        t.remove(k.as_str()).map_err(|x| self.store.error(x))?;
                     }
                 }
             }
-            let mut a = txn.open_table(ACTIONS).map_err(|x| e(&x))?;
+            let mut a = txn.open_table(ACTIONS).map_err(|x| self.store.error(x))?;
             for rec in records {
                 a.insert(rec.id, to_json(rec).as_slice())
-                    .map_err(|x| e(&x))?;
+                    .map_err(|x| self.store.error(x))?;
                 if rec.id > self.keep_entries {
-                    a.remove(rec.id - self.keep_entries).map_err(|x| e(&x))?;
+                    a.remove(rec.id - self.keep_entries)
+                        .map_err(|x| self.store.error(x))?;
                 }
             }
         }
-        txn.commit().map_err(|x| e(&x))
+        self.store.commit(txn)
     }
 
     /// The newest `limit` entries, newest first.
     pub fn recent(&self, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let txn = self.store.db().begin_read().map_err(|x| e(&x))?;
+        let txn = self.store.begin_read()?;
         let table = match txn.open_table(ACTIONS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(x) => return Err(e(&x)),
+            Err(x) => return Err(self.store.error(x)),
         };
         let mut out = Vec::new();
-        for row in table.iter().map_err(|x| e(&x))?.rev().take(limit) {
-            let (_, v) = row.map_err(|x| e(&x))?;
+        for row in table
+            .iter()
+            .map_err(|x| self.store.error(x))?
+            .rev()
+            .take(limit)
+        {
+            let (_, v) = row.map_err(|x| self.store.error(x))?;
             if let Ok(rec) = serde_json::from_slice::<ActionRecord>(v.value()) {
                 out.push(rec);
             }
@@ -255,14 +258,13 @@ impl Journal {
 
     /// One entry by id.
     pub fn get(&self, id: u64) -> Result<Option<ActionRecord>, StoreError> {
-        let e = |x: &dyn std::fmt::Display| self.store.error(x);
-        let txn = self.store.db().begin_read().map_err(|x| e(&x))?;
+        let txn = self.store.begin_read()?;
         let table = match txn.open_table(ACTIONS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(x) => return Err(e(&x)),
+            Err(x) => return Err(self.store.error(x)),
         };
-        let v = table.get(id).map_err(|x| e(&x))?;
+        let v = table.get(id).map_err(|x| self.store.error(x))?;
         Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
     }
 }

@@ -17,12 +17,12 @@ pub mod outbox;
 pub mod settings;
 pub mod smtp;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use tokio_util::sync::CancellationToken;
 
 use self::compose::{AlertBlock, Composed, MailKind};
@@ -130,6 +130,26 @@ store_err!(
     StoreError
 );
 
+/// How many alert changes and events are held in memory while the state store cannot be
+/// written; further ones are dropped (counted as `dropped`).
+pub const HOLD_LIMIT: usize = 1000;
+
+/// A notification that could not be written yet: replayed, in order, once the store
+/// takes writes again (it is recorded as it would have been, so nothing is mailed twice).
+enum Held {
+    Alert(AlertUpdate),
+    Event(Event),
+}
+
+impl Held {
+    fn what(&self) -> &'static str {
+        match self {
+            Held::Alert(_) => "alert",
+            Held::Event(_) => "event",
+        }
+    }
+}
+
 /// Server-level backoff (connection refused, TLS, auth): in memory, so a restart tries at
 /// once.
 #[derive(Debug, Default)]
@@ -151,6 +171,8 @@ pub struct EmailNotifier {
     /// One delivery round at a time.
     round: tokio::sync::Mutex<()>,
     last_prune: Mutex<Option<DateTime<Utc>>>,
+    /// Notifications waiting for the state store (see [`HOLD_LIMIT`]).
+    held: Mutex<VecDeque<Held>>,
 }
 
 impl std::fmt::Debug for EmailNotifier {
@@ -224,6 +246,7 @@ impl EmailNotifier {
             backoff: Mutex::new(Backoff::default()),
             round: tokio::sync::Mutex::new(()),
             last_prune: Mutex::new(None),
+            held: Mutex::new(VecDeque::new()),
         });
         n.refresh_gauges();
         Ok(n)
@@ -305,7 +328,7 @@ impl EmailNotifier {
         let now = self.clock.now();
         let ks = key_string(&u.key);
         let seed = compose::key_seed(&u.key);
-        let tx = self.store.db().begin_write()?;
+        let tx = self.store.begin_write()?;
         let mut queued = 0;
         {
             let mut alerts = tx.open_table(ALERTS)?;
@@ -413,14 +436,14 @@ impl EmailNotifier {
                 }
             }
         }
-        tx.commit()?;
+        self.store.commit(tx)?;
         Ok(queued)
     }
 
     /// Applies an event; returns how many mails were queued (0 for a repeated id).
     pub fn record_event(&self, e: &Event) -> Result<usize, QueueError> {
         let now = self.clock.now();
-        let tx = self.store.db().begin_write()?;
+        let tx = self.store.begin_write()?;
         {
             let mut events = tx.open_table(EVENTS)?;
             if events.get(e.id.as_str())?.is_some() {
@@ -445,7 +468,7 @@ impl EmailNotifier {
             )?;
             outbox::push(&tx, &entry)?;
         }
-        tx.commit()?;
+        self.store.commit(tx)?;
         Ok(1)
     }
 
@@ -454,9 +477,9 @@ impl EmailNotifier {
         let now = self.clock.now();
         let c = compose::test_mail(&self.settings, now).map_err(QueueError::Compose)?;
         let id = c.message_id.clone();
-        let tx = self.store.db().begin_write()?;
+        let tx = self.store.begin_write()?;
         outbox::push(&tx, &entry_for(c, now))?;
-        tx.commit()?;
+        self.store.commit(tx)?;
         self.queued(1);
         Ok(id)
     }
@@ -467,7 +490,7 @@ impl EmailNotifier {
         let now = self.clock.now();
         // A read first: most ticks have nothing to do and need no write (fsync).
         let (due_alerts, due_groups) = {
-            let tx = self.store.db().begin_read()?;
+            let tx = self.store.begin_read()?;
             let alerts = tx.open_table(ALERTS)?;
             let mut due_alerts = Vec::new();
             for item in alerts.iter()? {
@@ -494,7 +517,7 @@ impl EmailNotifier {
             return Ok(0);
         }
         let interval = chrono_dur(self.settings.repeat_interval);
-        let tx = self.store.db().begin_write()?;
+        let tx = self.store.begin_write()?;
         let mut queued = 0;
         {
             let mut alerts = tx.open_table(ALERTS)?;
@@ -565,7 +588,7 @@ impl EmailNotifier {
                 }
             }
         }
-        tx.commit()?;
+        self.store.commit(tx)?;
         Ok(queued)
     }
 
@@ -759,9 +782,17 @@ impl EmailNotifier {
     /// recorded rather than sent again after the restart.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         loop {
+            // Nothing can be read or written while the state store is being reopened.
+            if !self.store.writable() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(self.tuning.tick) => continue,
+                }
+            }
             let this = self.clone();
             let scheduled = tokio::task::spawn_blocking(move || {
                 let now = this.clock.now();
+                this.release_held();
                 this.prune_if_due(now);
                 this.run_schedules()
             })
@@ -791,22 +822,107 @@ impl EmailNotifier {
     }
 }
 
+impl Drop for EmailNotifier {
+    fn drop(&mut self) {
+        let held = self.held.get_mut().map_or(0, |h| h.len());
+        if held > 0 {
+            tracing::error!(
+                held,
+                "alert mails held in memory are lost: the state store did not take writes again before shutdown"
+            );
+        }
+    }
+}
+
 /// Both calls commit to the state database before returning (one fsync): they block the
 /// calling thread for that long, which is what makes "queued" durable. Async callers
-/// that cannot afford a few milliseconds may call them from `spawn_blocking`.
+/// that cannot afford a few milliseconds may call them from `spawn_blocking`. While the
+/// store cannot be written they return at once and the notification is held in memory
+/// (at most [`HOLD_LIMIT`]) until the sender's task finds the store writable again.
 impl Notify for EmailNotifier {
     fn alert(&self, update: AlertUpdate) {
-        match self.record_alert(&update) {
-            Ok(n) => self.queued(n),
-            Err(e) => self.queue_failed("alert", &e),
-        }
+        self.submit(Held::Alert(update));
     }
 
     fn event(&self, event: Event) {
-        match self.record_event(&event) {
-            Ok(n) => self.queued(n),
-            Err(e) => self.queue_failed("event", &e),
+        self.submit(Held::Event(event));
+    }
+}
+
+impl EmailNotifier {
+    fn record(&self, item: &Held) -> Result<usize, QueueError> {
+        match item {
+            Held::Alert(u) => self.record_alert(u),
+            Held::Event(e) => self.record_event(e),
         }
+    }
+
+    /// Records a notification, or holds it in memory while the store cannot be written.
+    /// Held ones go first, so one alert's changes are recorded in the order they happened.
+    fn submit(&self, item: Held) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.push_back(item);
+        let Some(e) = self.release(&mut held) else {
+            return;
+        };
+        // The new notification is still held (it is last).
+        let metrics = self.metrics.alert_metrics();
+        if held.len() > HOLD_LIMIT {
+            let what = held.pop_back().map_or("alert", |h| h.what());
+            metrics.count(CHANNEL, "dropped", 1);
+            tracing::error!(error = %e, limit = HOLD_LIMIT,
+                "cannot queue the {what} mail and the in-memory hold is full: dropped");
+        } else {
+            metrics.count(CHANNEL, "held", 1);
+            tracing::warn!(error = %e, held = held.len(),
+                "cannot queue the alert mail now: held in memory until the state store takes writes");
+        }
+        self.metrics.changed();
+    }
+
+    /// Records held notifications, oldest first, until the store refuses again.
+    fn release_held(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let before = held.len();
+        if before == 0 {
+            return;
+        }
+        self.release(&mut held);
+        if held.len() < before {
+            tracing::info!(
+                recorded = before - held.len(),
+                still_held = held.len(),
+                "alert mails held in memory while the state store was down are queued"
+            );
+        }
+    }
+
+    /// Records from the front; stops at the first one the store cannot take because it
+    /// is down (returning why). Any other failure is counted and that one is skipped, so
+    /// it cannot block the rest.
+    fn release(&self, held: &mut VecDeque<Held>) -> Option<QueueError> {
+        let mut queued = 0;
+        let mut stopped = None;
+        while let Some(item) = held.front() {
+            match self.record(item) {
+                Ok(n) => queued += n,
+                Err(e @ QueueError::Store(_)) if self.store_down() => {
+                    stopped = Some(e);
+                    break;
+                }
+                Err(e) => self.queue_failed(item.what(), &e),
+            }
+            held.pop_front();
+        }
+        self.queued(queued);
+        stopped
+    }
+
+    /// True when the state store cannot be written. A failure inside a transaction may
+    /// not have been recognised as an I/O error yet; starting one tells (redb then
+    /// answers "previous I/O error", which closes the store for reopening).
+    fn store_down(&self) -> bool {
+        !self.store.writable() || (self.store.begin_write().is_err() && !self.store.writable())
     }
 }
 

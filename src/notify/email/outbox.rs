@@ -7,7 +7,7 @@
 //! newer vpswatch can add fields without migrating the file.
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::notify::{AlertKey, Facts};
@@ -108,18 +108,19 @@ pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-/// Creates the tables so readers never meet a missing one.
+/// Creates the tables so readers never meet a missing one (again after a reopen).
 pub fn init(store: &StateStore) -> Result<(), StoreError> {
-    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
-    {
-        tx.open_table(ALERTS).map_err(|e| store.error(e))?;
-        tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
-        tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
-        tx.open_table(EVENTS).map_err(|e| store.error(e))?;
-        tx.open_table(DIGESTS).map_err(|e| store.error(e))?;
-        tx.open_table(META).map_err(|e| store.error(e))?;
-    }
-    tx.commit().map_err(|e| store.error(e))
+    store.ensure_tables(create_tables)
+}
+
+fn create_tables(tx: &redb::WriteTransaction) -> Result<(), redb::TableError> {
+    tx.open_table(ALERTS)?;
+    tx.open_table(OUTBOX)?;
+    tx.open_table(DELIVERED)?;
+    tx.open_table(EVENTS)?;
+    tx.open_table(DIGESTS)?;
+    tx.open_table(META)?;
+    Ok(())
 }
 
 /// Appends a mail to the outbox inside the caller's transaction.
@@ -140,7 +141,7 @@ pub struct OutboxStats {
 }
 
 pub fn stats(store: &StateStore) -> Result<OutboxStats, StoreError> {
-    let tx = store.db().begin_read().map_err(|e| store.error(e))?;
+    let tx = store.begin_read()?;
     let t = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
     let messages = t.len().map_err(|e| store.error(e))?;
     let oldest = t
@@ -158,7 +159,7 @@ pub fn due(
     ignore_backoff: bool,
     limit: usize,
 ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-    let tx = store.db().begin_read().map_err(|e| store.error(e))?;
+    let tx = store.begin_read()?;
     let t = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
     let mut out = Vec::new();
     for item in t.iter().map_err(|e| store.error(e))? {
@@ -184,7 +185,7 @@ pub fn mark_delivered(
     message_id: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    let tx = store.begin_write()?;
     {
         let mut outbox = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
         outbox.remove(seq).map_err(|e| store.error(e))?;
@@ -193,7 +194,7 @@ pub fn mark_delivered(
             .insert(message_id, ms(at))
             .map_err(|e| store.error(e))?;
     }
-    tx.commit().map_err(|e| store.error(e))
+    store.commit(tx)
 }
 
 /// Records a failed attempt and when to try this mail again.
@@ -203,7 +204,7 @@ pub fn mark_failed(
     error: &str,
     next_attempt: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    let tx = store.begin_write()?;
     {
         let mut outbox = tx.open_table(OUTBOX).map_err(|e| store.error(e))?;
         let current = outbox
@@ -219,12 +220,12 @@ pub fn mark_failed(
                 .map_err(|e| store.error(e))?;
         }
     }
-    tx.commit().map_err(|e| store.error(e))
+    store.commit(tx)
 }
 
 /// Message-IDs the server accepted (tests and operators).
 pub fn delivered_ids(store: &StateStore) -> Result<Vec<String>, StoreError> {
-    let tx = store.db().begin_read().map_err(|e| store.error(e))?;
+    let tx = store.begin_read()?;
     let t = tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
     let mut out = Vec::new();
     for item in t.iter().map_err(|e| store.error(e))? {
@@ -237,12 +238,12 @@ pub fn delivered_ids(store: &StateStore) -> Result<Vec<String>, StoreError> {
 /// Forgets delivered ids and seen event ids older than `before`, so the tables stay small.
 pub fn prune(store: &StateStore, before: DateTime<Utc>) -> Result<(), StoreError> {
     let cutoff = ms(before);
-    let tx = store.db().begin_write().map_err(|e| store.error(e))?;
+    let tx = store.begin_write()?;
     {
         let mut d = tx.open_table(DELIVERED).map_err(|e| store.error(e))?;
         d.retain(|_, t| t >= cutoff).map_err(|e| store.error(e))?;
         let mut ev = tx.open_table(EVENTS).map_err(|e| store.error(e))?;
         ev.retain(|_, t| t >= cutoff).map_err(|e| store.error(e))?;
     }
-    tx.commit().map_err(|e| store.error(e))
+    store.commit(tx)
 }

@@ -357,7 +357,7 @@ metric!(
     "vpswatch_alerts_total",
     Counter,
     &["channel", "result"],
-    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), queue_error (could not be queued)."
+    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), rejected (the server refused the mail, or some of its recipients, for good: set aside, not retried), queue_error (could not be queued)."
 );
 metric!(
     ALERT_OUTBOX_MESSAGES,
@@ -372,6 +372,13 @@ metric!(
     Gauge,
     &[],
     "When the oldest notification in the outbox was queued (Unix seconds; 0 = outbox empty)."
+);
+metric!(
+    ALERT_OUTBOX_REJECTED,
+    "vpswatch_alert_outbox_rejected_messages",
+    Gauge,
+    &[],
+    "Notifications the mail server refused for good, kept aside in the state directory (not retried; the newest 1000 for 30 days)."
 );
 // --- hardening: web config reloads (issue 7) ---
 metric!(
@@ -440,6 +447,7 @@ pub const ALL: &[&MetricDef] = &[
     &ALERTS,
     &ALERT_OUTBOX_MESSAGES,
     &ALERT_OUTBOX_OLDEST,
+    &ALERT_OUTBOX_REJECTED,
     &WEB_CONFIG_RELOAD_SUCCESS,
     &WEB_CONFIG_RELOAD_TIMESTAMP,
 ];

@@ -648,7 +648,8 @@ impl EmailNotifier {
 
     /// Sends what is due (everything with `ignore_backoff`, as `outbox-send` does) in one
     /// SMTP session. A server-level failure (refused, TLS, auth, timeout) ends the round
-    /// and backs off; a mail the server rejects gets its own backoff and the round goes on.
+    /// and backs off; a mail the server refuses for now gets its own backoff, one it
+    /// refuses for good is set aside, and either way the round goes on.
     pub async fn deliver(&self, ignore_backoff: bool) -> DeliveryReport {
         let _round = self.round.lock().await;
         let mut report = DeliveryReport::default();

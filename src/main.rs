@@ -382,6 +382,12 @@ fn print_report(server: &str, r: &vpswatch::notify::email::DeliveryReport) -> Ex
         "delivered {}, failed {}, {} left in the outbox",
         r.delivered, r.failed, r.remaining
     );
+    if r.rejected > 0 {
+        println!(
+            "{} refused for good by the server and set aside (not retried; see the log)",
+            r.rejected
+        );
+    }
     if let Some(e) = &r.error {
         eprintln!("vpswatch: {e}");
     }

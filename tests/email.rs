@@ -22,7 +22,9 @@ use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
 
 mod common;
 
-use common::smtp::{free_port, read_mails, wait_mails, Mail, ServerOpts, SmtpServer, WAIT};
+use common::smtp::{
+    free_port, read_mails, read_refusals, wait_mails, Mail, ServerOpts, SmtpServer, WAIT,
+};
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -487,6 +489,179 @@ async fn digest_window_sends_one_mail_per_account() {
     run.close().await;
 }
 
+// --- What the server refuses -----------------------------------------------------------
+
+/// A recipient the server refuses for now (450, the first time only): the other recipient
+/// has the mail at once, the refused one gets the same mail (same Message-ID) on the
+/// mail's own retry, and nobody gets it twice.
+#[tokio::test]
+async fn a_recipient_refused_for_now_gets_the_mail_on_a_later_attempt() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let maildir = tmp.path().join("mail");
+    std::fs::create_dir_all(&maildir).expect("maildir");
+    let server = SmtpServer::start(
+        &maildir,
+        0,
+        &ServerOpts {
+            args: vec![
+                "--defer-rcpt".into(),
+                "later@example.test".into(),
+                "--defer-times".into(),
+                "1".into(),
+            ],
+            ..ServerOpts::default()
+        },
+    );
+    let s = parse_settings(
+        &email_toml(
+            server.port,
+            "[rule_recipients]\nprobe-ssh = [\"later@example.test\", \"ops@example.test\"]",
+        ),
+        &|_| None,
+    );
+    let run = Running::open(s, &tmp.path().join("state"), Arc::new(SystemClock));
+    run.notifier.alert(update(
+        &key("probe-ssh", "main", "42"),
+        AlertStatus::Firing,
+        Utc::now(),
+    ));
+    let mails = wait_mails(&maildir, 2).await;
+    wait_until("outbox drained", || run.outbox() == 0).await;
+    assert_eq!(mails[0].rcpt_tos, vec!["ops@example.test".to_string()]);
+    assert_eq!(mails[1].rcpt_tos, vec!["later@example.test".to_string()]);
+    assert_eq!(mails[0].message_id(), mails[1].message_id());
+    assert_eq!(read_mails(&maildir).len(), 2);
+    let refusals = read_refusals(&maildir);
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].reply.starts_with("450"), "{refusals:?}");
+    wait_until("counted", || run.count("sent") == 2).await;
+    assert_eq!(run.count("failed_attempt"), 1);
+    assert_eq!(run.count("rejected"), 0);
+    assert!(run.notifier.rejected().expect("rejected").is_empty());
+    run.close().await;
+}
+
+/// Mails the server refuses for good are kept aside with its answer, at most
+/// `keep_rejected` of them (the oldest go first), and forgotten after `remember`.
+#[tokio::test]
+async fn set_aside_mails_are_kept_with_the_answer_and_bounded() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let maildir = tmp.path().join("mail");
+    std::fs::create_dir_all(&maildir).expect("maildir");
+    let server = SmtpServer::start(
+        &maildir,
+        0,
+        &ServerOpts {
+            args: vec!["--reject-data".into(), "vm-down".into()],
+            ..ServerOpts::default()
+        },
+    );
+    let s = parse_settings(&email_toml(server.port, ""), &|_| None);
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = StateStore::open(&tmp.path().join("state")).expect("store");
+    let metrics = SelfMetrics::new();
+    let tuning = Tuning {
+        keep_rejected: 2,
+        ..fast()
+    };
+    let notifier = EmailNotifier::open_with(s, store, clock.clone(), metrics.clone(), tuning)
+        .expect("notifier");
+    let cancel = CancellationToken::new();
+    let run = Running {
+        task: tokio::spawn(notifier.clone().run(cancel.clone())),
+        notifier,
+        metrics,
+        cancel,
+    };
+    for vm in 1..=3 {
+        run.notifier.alert(update(
+            &key("vm-down", "main", &vm.to_string()),
+            AlertStatus::Firing,
+            t0(),
+        ));
+        wait_until("refused and set aside", || run.count("rejected") == vm).await;
+    }
+    wait_until("outbox drained", || run.outbox() == 0).await;
+    let kept = run.notifier.rejected().expect("rejected");
+    let subjects: Vec<String> = kept.iter().map(|r| r.entry.subject.clone()).collect();
+    assert_eq!(
+        subjects,
+        vec![
+            "[FIRING] vm-down · lnvps/main · web-1".to_string(),
+            "[FIRING] vm-down · lnvps/main · web-1".to_string(),
+        ]
+    );
+    let refusals = read_refusals(&maildir);
+    assert_eq!(refusals.len(), 3, "each refused once: {refusals:?}");
+    // The two newest are kept: the first refused mail went.
+    let kept_ids: Vec<&str> = kept.iter().map(|r| r.entry.message_id.as_str()).collect();
+    assert_eq!(
+        kept_ids,
+        vec![
+            refusals[1].message_id.as_str(),
+            refusals[2].message_id.as_str()
+        ]
+    );
+    for r in &kept {
+        assert!(
+            r.reply.contains("554 5.7.1 Message rejected"),
+            "{}",
+            r.reply
+        );
+        assert_eq!(r.entry.env_to, vec!["ops@example.test".to_string()]);
+        assert!(!r.entry.raw.is_empty(), "the whole mail is kept");
+    }
+    assert!(read_mails(&maildir).is_empty());
+    let text = run.exposition();
+    assert!(
+        text.contains("vpswatch_alert_outbox_rejected_messages 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("vpswatch_alerts_total{channel=\"email\",result=\"rejected\"} 3"));
+
+    // Resolved (those mails are refused too), then a month later: forgotten.
+    for vm in 1..=3 {
+        run.notifier.alert(update(
+            &key("vm-down", "main", &vm.to_string()),
+            AlertStatus::Resolved,
+            t0(),
+        ));
+    }
+    wait_until("resolutions refused", || run.count("rejected") == 6).await;
+    assert_eq!(run.notifier.rejected().expect("rejected").len(), 2);
+    clock.advance(chrono::Duration::days(31));
+    wait_until("set-aside mails pruned", || {
+        run.notifier.rejected().expect("rejected").is_empty()
+            && run.metrics.alert_metrics().rejected_messages() == 0
+    })
+    .await;
+    run.close().await;
+}
+
+/// The installation id behind every Message-ID is created once per state directory and
+/// kept there.
+#[tokio::test]
+async fn the_installation_id_is_kept_in_the_state_directory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = parse_settings(&email_toml(free_port(), ""), &|_| None);
+    let clock: SharedClock = Arc::new(ManualClock::new(t0()));
+    let first = Running::open(s.clone(), &tmp.path().join("a"), clock.clone());
+    let id = first.notifier.installation_id().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    first.close().await;
+    let again = Running::open(s.clone(), &tmp.path().join("a"), clock.clone());
+    assert_eq!(
+        again.notifier.installation_id(),
+        id,
+        "kept across a restart"
+    );
+    again.close().await;
+    let other = Running::open(s, &tmp.path().join("b"), clock);
+    assert_ne!(other.notifier.installation_id(), id);
+    other.close().await;
+}
+
 // --- TLS, AUTH and errors --------------------------------------------------------------
 
 struct Tls {
@@ -549,6 +724,7 @@ async fn starttls_with_private_ca_and_auth_delivers() {
         mode: "starttls",
         cert: Some((tls.cert.clone(), tls.key.clone())),
         auth: Some((USER.into(), PASSWORD.into())),
+        ..ServerOpts::default()
     };
     let server = SmtpServer::start(&maildir, 0, &opts);
 
@@ -608,6 +784,7 @@ async fn implicit_tls_delivers() {
         mode: "tls",
         cert: Some((tls.cert.clone(), tls.key.clone())),
         auth: Some((USER.into(), PASSWORD.into())),
+        ..ServerOpts::default()
     };
     let server = SmtpServer::start(&maildir, 0, &opts);
     let s = tls_settings(server.port, &tls, true, "tls", PASSWORD);
@@ -712,6 +889,7 @@ fn test_email_wrong_password_is_clear_and_secret_free() {
             mode: "starttls",
             cert: Some((tls.cert.clone(), tls.key.clone())),
             auth: Some((USER.into(), PASSWORD.into())),
+            ..ServerOpts::default()
         },
     );
     let pass_file = tmp.path().join("smtp.pass");

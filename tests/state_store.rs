@@ -20,14 +20,14 @@ use common::daemon_process::{free_port, KillOnDrop};
 use common::smtp::{read_mails, Mail, ServerOpts, SmtpServer};
 use common::Exposition;
 use tokio_util::sync::CancellationToken;
-use vpswatch::clock::SystemClock;
 use vpswatch::metrics::SelfMetrics;
 use vpswatch::notify::email::settings::{self, EmailSettings};
 use vpswatch::notify::email::{EmailNotifier, Tuning, HOLD_LIMIT};
 use vpswatch::notify::{AlertKey, AlertStatus, AlertUpdate, Facts, Notify};
 use vpswatch::provider::ProviderKind;
-use vpswatch::sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 use vpswatch::store::StateStore;
+use vpswatch_model::clock::SystemClock;
+use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 
 const T: Duration = Duration::from_secs(60);
 

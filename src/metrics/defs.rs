@@ -357,7 +357,7 @@ metric!(
     "vpswatch_alerts_total",
     Counter,
     &["channel", "result"],
-    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), queue_error (could not be queued), held (the state store could not be written: kept in memory and queued once it can), dropped (lost: the in-memory hold was full)."
+    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), rejected (the server refused the mail, or some of its recipients, for good: set aside, not retried), queue_error (could not be queued), held (the state store could not be written: kept in memory and queued once it can), dropped (lost: the in-memory hold was full)."
 );
 metric!(
     ALERT_OUTBOX_MESSAGES,
@@ -386,6 +386,13 @@ metric!(
     Counter,
     &[],
     "I/O errors of the state database, including failed attempts to reopen it."
+);
+metric!(
+    ALERT_OUTBOX_REJECTED,
+    "vpswatch_alert_outbox_rejected_messages",
+    Gauge,
+    &[],
+    "Notifications the mail server refused for good, kept aside in the state directory (not retried; the newest 1000 for 30 days)."
 );
 // --- hardening: web config reloads (issue 7) ---
 metric!(
@@ -456,6 +463,7 @@ pub const ALL: &[&MetricDef] = &[
     &ALERT_OUTBOX_OLDEST,
     &STATE_STORE_WRITABLE,
     &STATE_STORE_ERRORS,
+    &ALERT_OUTBOX_REJECTED,
     &WEB_CONFIG_RELOAD_SUCCESS,
     &WEB_CONFIG_RELOAD_TIMESTAMP,
 ];

@@ -35,6 +35,7 @@ pub struct AlertMetrics {
     alerts: IntCounterVec,
     outbox_messages: IntGauge,
     outbox_oldest: Gauge,
+    outbox_rejected: IntGauge,
 }
 
 impl AlertMetrics {
@@ -57,6 +58,16 @@ impl AlertMetrics {
 
     pub fn outbox_messages(&self) -> u64 {
         u64::try_from(self.outbox_messages.get()).unwrap_or(0)
+    }
+
+    /// Sets how many mails the server refused for good are kept aside.
+    pub fn set_rejected(&self, messages: u64) {
+        self.outbox_rejected
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    pub fn rejected_messages(&self) -> u64 {
+        u64::try_from(self.outbox_rejected.get()).unwrap_or(0)
     }
 }
 
@@ -121,10 +132,16 @@ impl SelfMetrics {
                 defs::ALERT_OUTBOX_OLDEST.help,
             ))
             .expect("static metric definition is valid");
+            let outbox_rejected = IntGauge::with_opts(Opts::new(
+                defs::ALERT_OUTBOX_REJECTED.name,
+                defs::ALERT_OUTBOX_REJECTED.help,
+            ))
+            .expect("static metric definition is valid");
             for c in [
                 Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
                 Box::new(outbox_messages.clone()),
                 Box::new(outbox_oldest.clone()),
+                Box::new(outbox_rejected.clone()),
             ] {
                 self.registry.register(c).expect("registered once");
             }
@@ -132,6 +149,7 @@ impl SelfMetrics {
                 alerts,
                 outbox_messages,
                 outbox_oldest,
+                outbox_rejected,
             }
         })
     }

@@ -22,6 +22,8 @@ pub struct ServerOpts {
     pub mode: &'static str,
     pub cert: Option<(PathBuf, PathBuf)>,
     pub auth: Option<(String, String)>,
+    /// More arguments for `server.py`, e.g. `--reject-rcpt bad@localhost`.
+    pub args: Vec<String>,
 }
 
 /// One aiosmtpd process; killed on drop.
@@ -53,6 +55,7 @@ impl SmtpServer {
         if let Some((user, pass)) = &opts.auth {
             cmd.arg("--user").arg(user).env("SMTP_TEST_PASSWORD", pass);
         }
+        cmd.args(&opts.args);
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start {} (aiosmtpd: Debian package python3-aiosmtpd; scripts/test installs it): {e}",
@@ -222,6 +225,32 @@ pub fn read_mails(dir: &Path) -> Vec<Mail> {
                     })
                     .unwrap_or_default(),
                 data: v["data"].as_str().unwrap_or_default().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// One refusal the server answered (`--reject-*`, `--defer-*`): stage `RCPT` or `DATA`,
+/// the reply, and the recipient or the Message-ID.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub stage: String,
+    pub reply: String,
+    pub rcpt: String,
+    pub message_id: String,
+}
+
+pub fn read_refusals(dir: &Path) -> Vec<Refusal> {
+    let text = std::fs::read_to_string(dir.join("refusals.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            Refusal {
+                stage: s("stage"),
+                reply: s("reply"),
+                rcpt: s("rcpt"),
+                message_id: s("message_id"),
             }
         })
         .collect()

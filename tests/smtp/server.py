@@ -5,6 +5,13 @@ writes every accepted message to --maildir as one JSON file (envelope + raw data
 answering 250, so a test that saw the 250 can read the file. Modes: plain ("none"),
 STARTTLS required ("starttls") or TLS from the first byte ("tls"). With --user, AUTH is
 required and checked against the password in the SMTP_TEST_PASSWORD environment variable.
+
+Refusals, for tests of what the client does with them: --reject-rcpt ADDR answers 550 to
+RCPT TO ADDR and --defer-rcpt ADDR 450; --reject-data TEXT answers 554 to the end of DATA
+of a message whose content contains TEXT and --defer-data TEXT 451. Each option may repeat.
+With --defer-times N a deferral applies only the first N times for its address or text
+(default: always). Every refusal is appended to <maildir>/refusals.log as a JSON line
+{"stage", "reply", "rcpt" or "message_id"}, so a test can count the attempts.
 """
 
 import argparse
@@ -18,12 +25,70 @@ import warnings
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
+def header(content, name):
+    for line in content.split("\r\n"):
+        if not line:
+            break
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
 class Recorder:
-    def __init__(self, maildir):
+    def __init__(self, maildir, args):
         self.maildir = maildir
         self.count = 0
+        self.args = args
+        self.deferred = {}
+
+    def refuse(self, reply, **what):
+        with open(os.path.join(self.maildir, "refusals.log"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(reply=reply, **what)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return reply
+
+    def defer_now(self, key):
+        limit = self.args.defer_times
+        n = self.deferred.get(key, 0)
+        if limit and n >= limit:
+            return False
+        self.deferred[key] = n + 1
+        return True
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.args.reject_rcpt:
+            return self.refuse(
+                "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address,
+                stage="RCPT",
+                rcpt=address,
+            )
+        if address in self.args.defer_rcpt and self.defer_now(("rcpt", address)):
+            return self.refuse(
+                "450 4.2.1 <%s>: Mailbox busy, try again later" % address,
+                stage="RCPT",
+                rcpt=address,
+            )
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        content = envelope.original_content.decode("utf-8", "replace")
+        message_id = header(content, "Message-ID")
+        for text in self.args.reject_data:
+            if text in content:
+                return self.refuse(
+                    "554 5.7.1 Message rejected: content matches a test rule",
+                    stage="DATA",
+                    message_id=message_id,
+                )
+        for text in self.args.defer_data:
+            if text in content and self.defer_now(("data", text)):
+                return self.refuse(
+                    "451 4.3.0 Temporary failure, try again later",
+                    stage="DATA",
+                    message_id=message_id,
+                )
         self.count += 1
         name = "%d-%06d" % (os.getpid(), self.count)
         tmp = os.path.join(self.maildir, "." + name + ".tmp")
@@ -71,6 +136,11 @@ async def main():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--user")
+    p.add_argument("--reject-rcpt", action="append", default=[])
+    p.add_argument("--defer-rcpt", action="append", default=[])
+    p.add_argument("--reject-data", action="append", default=[])
+    p.add_argument("--defer-data", action="append", default=[])
+    p.add_argument("--defer-times", type=int, default=0)
     args = p.parse_args()
 
     ctx = None
@@ -80,7 +150,7 @@ async def main():
     auth = None
     if args.user:
         auth = Authenticator(args.user, os.environ["SMTP_TEST_PASSWORD"])
-    handler = Recorder(args.maildir)
+    handler = Recorder(args.maildir, args)
 
     def factory():
         return SMTP(

@@ -53,11 +53,20 @@ pub struct AlertBlock<'a> {
 }
 
 /// A stable Message-ID: the same inputs always give the same id, so re-rendering after a
-/// restart cannot fork a thread.
-pub fn message_id(settings: &EmailSettings, tag: &str, seed: &str) -> String {
-    let hash = Sha256::digest(seed.as_bytes());
+/// restart cannot fork a thread. `installation` (random, kept in the state directory)
+/// makes it unique across installations: two vpswatch instances see the same event ids
+/// (`action-1-ok`), and a mail client that de-duplicates by Message-ID would otherwise
+/// hide one of the two mails.
+pub fn message_id(settings: &EmailSettings, installation: &str, tag: &str, seed: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(installation.as_bytes());
+    h.update([0x1f]);
+    h.update(seed.as_bytes());
     let domain = settings.from.email.domain();
-    format!("<vpswatch.{tag}.{}@{domain}>", &hex::encode(hash)[..24])
+    format!(
+        "<vpswatch.{tag}.{}@{domain}>",
+        &hex::encode(h.finalize())[..32]
+    )
 }
 
 /// The part of a seed that names an alert.
@@ -334,9 +343,13 @@ pub fn digest_mail(
 }
 
 /// The message `vpswatch test-email` sends.
-pub fn test_mail(settings: &EmailSettings, at: DateTime<Utc>) -> Result<Composed, String> {
+pub fn test_mail(
+    settings: &EmailSettings,
+    installation: &str,
+    at: DateTime<Utc>,
+) -> Result<Composed, String> {
     let stamp = at.timestamp_nanos_opt().unwrap_or_default().to_string();
-    let id = message_id(settings, "test", &stamp);
+    let id = message_id(settings, installation, "test", &stamp);
     let body = Body {
         headline: "vpswatch test message".into(),
         paragraphs: vec![

@@ -5,9 +5,11 @@
 //! commit as the lifecycle change, then return: the caller may commit its own state
 //! knowing the mail cannot be lost. A background task ([`EmailNotifier::run`]) sends
 //! reminders for alerts that keep firing, closes digest windows, and delivers the outbox
-//! over SMTP, retrying with backoff while the server is unreachable. A mail leaves the
-//! outbox in the commit right after the server's 250; see the README for the one window
-//! in which SMTP only allows at-least-once.
+//! over SMTP, retrying with backoff while the server is unreachable. Each mail has its
+//! own fate: a mail (or a recipient) the server refuses for good is set aside and
+//! counted, one it refuses for now waits its own backoff, and neither holds the others
+//! back. A mail leaves the outbox in the commit right after the server's verdict; see the
+//! README for the one window in which SMTP only allows at-least-once.
 //!
 //! Time decisions (reminders, digest windows, backoff) use the injected clock so tests
 //! can run hours of reminders in seconds; only the task's polling tick uses real time.
@@ -28,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use self::compose::{AlertBlock, Composed, MailKind};
 use self::outbox::{
     decode, encode, key_string, AlertRecord, DigestGroup, DigestItem, OutboxEntry, OutboxStats,
-    ALERTS, DIGESTS, EVENTS,
+    RejectedEntry, Settlement, ALERTS, DIGESTS, EVENTS,
 };
 use self::settings::EmailSettings;
-use self::smtp::{Session, SmtpFailure};
+use self::smtp::{Delivery, Refusal, Session, SmtpFailure, Verdict};
 use crate::metrics::SelfMetrics;
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, Facts, Notify};
 use crate::store::{StateStore, StoreError};
@@ -75,8 +77,10 @@ pub struct Tuning {
     pub retry_max: Duration,
     /// Mails sent per round (one SMTP session).
     pub batch: usize,
-    /// How long delivered Message-IDs and seen event ids are remembered.
+    /// How long delivered Message-IDs, seen event ids and set-aside mails are remembered.
     pub remember: Duration,
+    /// At most this many set-aside (permanently rejected) mails are kept; the oldest go.
+    pub keep_rejected: usize,
 }
 
 impl Default for Tuning {
@@ -87,6 +91,7 @@ impl Default for Tuning {
             retry_max: Duration::from_secs(600),
             batch: 500,
             remember: Duration::from_secs(30 * 24 * 3600),
+            keep_rejected: 1000,
         }
     }
 }
@@ -96,6 +101,8 @@ impl Default for Tuning {
 pub struct DeliveryReport {
     pub delivered: usize,
     pub failed: usize,
+    /// Mails (or some of their recipients) the server refused for good: set aside.
+    pub rejected: usize,
     pub remaining: u64,
     /// The server's answer per delivered mail (Message-ID, reply).
     pub accepted: Vec<(String, String)>,
@@ -162,6 +169,8 @@ struct Backoff {
 pub struct EmailNotifier {
     settings: EmailSettings,
     store: StateStore,
+    /// This state directory's random id, mixed into every Message-ID.
+    installation: String,
     clock: SharedClock,
     metrics: Arc<SelfMetrics>,
     tuning: Tuning,
@@ -234,10 +243,11 @@ impl EmailNotifier {
         metrics: Arc<SelfMetrics>,
         tuning: Tuning,
     ) -> Result<Arc<EmailNotifier>, StoreError> {
-        outbox::init(&store)?;
+        let installation = outbox::init(&store)?;
         let n = Arc::new(EmailNotifier {
             settings,
             store,
+            installation,
             clock,
             metrics,
             tuning,
@@ -270,6 +280,21 @@ impl EmailNotifier {
         outbox::delivered_ids(&self.store)
     }
 
+    /// Mails the server refused for good, oldest first (kept for `Tuning::remember`, at
+    /// most `Tuning::keep_rejected`).
+    pub fn rejected(&self) -> Result<Vec<RejectedEntry>, StoreError> {
+        outbox::rejected(&self.store)
+    }
+
+    /// This state directory's installation id (mixed into every Message-ID).
+    pub fn installation_id(&self) -> &str {
+        &self.installation
+    }
+
+    fn message_id(&self, tag: &str, seed: &str) -> String {
+        compose::message_id(&self.settings, &self.installation, tag, seed)
+    }
+
     fn crash_if(&self, point: CrashPoint) {
         if self.crash == Some(point) {
             eprintln!("vpswatch: {CRASH_ENV}={point:?}: aborting on purpose");
@@ -280,9 +305,9 @@ impl EmailNotifier {
     fn refresh_gauges(&self) {
         match outbox::stats(&self.store) {
             Ok(s) => {
-                self.metrics
-                    .alert_metrics()
-                    .set_outbox(s.messages, s.oldest.map(unix_seconds));
+                let m = self.metrics.alert_metrics();
+                m.set_outbox(s.messages, s.oldest.map(unix_seconds));
+                m.set_rejected(s.rejected);
                 self.metrics.changed();
             }
             Err(e) => tracing::error!(error = %e, "cannot read the alert outbox"),
@@ -345,8 +370,7 @@ impl EmailNotifier {
                             .get(gk.as_str())?
                             .and_then(|g| decode(g.value()))
                             .unwrap_or_else(|| DigestGroup {
-                                message_id: compose::message_id(
-                                    &self.settings,
+                                message_id: self.message_id(
                                     "digest",
                                     &format!("{gk}\u{1f}{}", outbox::ms(now)),
                                 ),
@@ -370,11 +394,8 @@ impl EmailNotifier {
                             reminders_sent: 0,
                         }
                     } else {
-                        let id = compose::message_id(
-                            &self.settings,
-                            "firing",
-                            &format!("{seed}\u{1f}{}", outbox::ms(u.at)),
-                        );
+                        let id =
+                            self.message_id("firing", &format!("{seed}\u{1f}{}", outbox::ms(u.at)));
                         let entry = self.compose_alert(
                             MailKind::Firing,
                             block(&u.key, &u.facts, u.at),
@@ -418,8 +439,7 @@ impl EmailNotifier {
                         }
                     }
                     if !in_digest {
-                        let id = compose::message_id(
-                            &self.settings,
+                        let id = self.message_id(
                             "resolved",
                             &format!("{seed}\u{1f}{}", outbox::ms(rec.since)),
                         );
@@ -454,7 +474,7 @@ impl EmailNotifier {
             let rec: Option<AlertRecord> = alerts
                 .get(key_string(&e.key).as_str())?
                 .and_then(|g| decode(g.value()));
-            let id = compose::message_id(&self.settings, "event", &e.id);
+            let id = self.message_id("event", &e.id);
             let (since, root) = match &rec {
                 Some(r) => (r.since, Some(r.thread_root.as_str())),
                 None => (e.at, None),
@@ -475,7 +495,8 @@ impl EmailNotifier {
     /// Queues the `test-email` message (to check the whole outbox path).
     pub fn queue_test(&self) -> Result<String, QueueError> {
         let now = self.clock.now();
-        let c = compose::test_mail(&self.settings, now).map_err(QueueError::Compose)?;
+        let c = compose::test_mail(&self.settings, &self.installation, now)
+            .map_err(QueueError::Compose)?;
         let id = c.message_id.clone();
         let tx = self.store.begin_write()?;
         outbox::push(&tx, &entry_for(c, now))?;
@@ -533,8 +554,7 @@ impl EmailNotifier {
                     continue;
                 }
                 let n = rec.reminders_sent + 1;
-                let id = compose::message_id(
-                    &self.settings,
+                let id = self.message_id(
                     "reminder",
                     &format!(
                         "{}\u{1f}{}\u{1f}{n}",
@@ -651,7 +671,8 @@ impl EmailNotifier {
 
     /// Sends what is due (everything with `ignore_backoff`, as `outbox-send` does) in one
     /// SMTP session. A server-level failure (refused, TLS, auth, timeout) ends the round
-    /// and backs off; a mail the server rejects gets its own backoff and the round goes on.
+    /// and backs off; a mail the server refuses for now gets its own backoff, one it
+    /// refuses for good is set aside, and either way the round goes on.
     pub async fn deliver(&self, ignore_backoff: bool) -> DeliveryReport {
         let _round = self.round.lock().await;
         let mut report = DeliveryReport::default();
@@ -693,61 +714,45 @@ impl EmailNotifier {
                 return;
             }
         };
-        for (seq, entry) in due {
+        let total = due.len();
+        for (i, (seq, entry)) in due.into_iter().enumerate() {
             match session
                 .send(&entry.env_from, &entry.env_to, &entry.raw)
                 .await
             {
-                Ok(response) => {
-                    // The server has the mail: record that before anything else.
-                    self.crash_if(CrashPoint::Accepted);
-                    let accepted_at = self.clock.now();
-                    let store = self.store.clone();
-                    let id = entry.message_id.clone();
-                    let committed = tokio::task::spawn_blocking(move || {
-                        outbox::mark_delivered(&store, seq, &id, accepted_at)
-                    })
-                    .await;
-                    match committed {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, message_id = %entry.message_id,
-                                "mail accepted but not recorded: it will be sent again")
-                        }
-                        Err(e) => tracing::error!(error = %e, "outbox writer failed"),
+                Ok(delivery) => self.settle(seq, &entry, delivery, report).await,
+                Err(f) => {
+                    // The server or the connection failed, not this message: the round
+                    // ends. A failure in the middle of this message still gives it its own
+                    // backoff, so a mail that makes the server drop the connection cannot
+                    // hold the others back; a refused sender is the same for every mail.
+                    if !matches!(f, SmtpFailure::SenderRejected { .. }) {
+                        let s = Settlement {
+                            at: self.clock.now(),
+                            accepted: false,
+                            retry_to: entry.env_to.clone(),
+                            error: Some(f.to_string()),
+                            next_attempt: Some(
+                                self.clock.now()
+                                    + chrono_dur(self.backoff_after(entry.attempts + 1)),
+                            ),
+                            aside: None,
+                        };
+                        self.commit_settlement(seq, &entry, s).await;
                     }
-                    let reply = smtp::describe_response(&response);
-                    tracing::info!(message_id = %entry.message_id, subject = %entry.subject,
-                        reply = %reply, "alert mail accepted");
-                    metrics.count(CHANNEL, "sent", 1);
-                    report.delivered += 1;
-                    report.accepted.push((entry.message_id.clone(), reply));
-                    self.refresh_gauges();
-                }
-                Err(f) if f.is_server_problem() || !session.is_usable() => {
                     metrics.count(CHANNEL, "failed_attempt", 1);
                     self.metrics.changed();
                     report.failed += 1;
-                    self.server_failed(&f, 1);
+                    self.server_failed(&f, total - i);
                     report.error = Some(f);
                     return;
                 }
-                Err(f) => {
-                    metrics.count(CHANNEL, "failed_attempt", 1);
-                    report.failed += 1;
-                    let attempts = entry.attempts + 1;
-                    let next = self.clock.now() + chrono_dur(self.backoff_after(attempts));
-                    tracing::warn!(message_id = %entry.message_id, subject = %entry.subject,
-                        attempts, error = %f, "alert mail not accepted; will retry");
-                    let store = self.store.clone();
-                    let text = f.to_string();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        outbox::mark_failed(&store, seq, &text, next)
-                    })
-                    .await;
-                    self.metrics.changed();
-                    report.error = Some(f);
-                }
+            }
+            if let Some(f) = session.broken().cloned() {
+                // The message is settled, but the connection did not survive the reset.
+                self.server_failed(&f, total - i - 1);
+                report.error = Some(f);
+                return;
             }
         }
         self.backoff
@@ -755,6 +760,120 @@ impl EmailNotifier {
             .unwrap_or_else(|e| e.into_inner())
             .failures = 0;
         session.close().await;
+    }
+
+    /// Records and reports the server's verdict on one mail. Each mail keeps its own fate:
+    /// accepted recipients have it, recipients refused for good (5xx) are set aside with
+    /// the server's answer and never retried, and recipients refused for now (4xx) stay in
+    /// the outbox with this mail's own backoff. Nothing here stops the round.
+    async fn settle(
+        &self,
+        seq: u64,
+        entry: &OutboxEntry,
+        d: Delivery,
+        report: &mut DeliveryReport,
+    ) {
+        let metrics = self.metrics.alert_metrics();
+        let describe = |list: &[Refusal]| {
+            list.iter()
+                .map(|r| format!("{}: {}", r.recipient, r.reply))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let refused: Vec<String> = d.refused.iter().map(|r| r.recipient.clone()).collect();
+        let deferred: Vec<String> = d.deferred.iter().map(|r| r.recipient.clone()).collect();
+        let mut aside = (!refused.is_empty()).then(|| (refused.clone(), describe(&d.refused)));
+        let mut accepted = None;
+        let (retry_to, retry_error) = match d.verdict {
+            Verdict::Accepted(response) => {
+                // The server has the mail: record that before anything else.
+                self.crash_if(CrashPoint::Accepted);
+                accepted = Some(smtp::describe_response(&response));
+                (deferred, describe(&d.deferred))
+            }
+            Verdict::NoRecipient => (deferred, describe(&d.deferred)),
+            Verdict::Refused(f) if f.is_permanent() => {
+                // The message itself is refused: it is set aside for all its recipients.
+                aside = Some((entry.env_to.clone(), f.to_string()));
+                (Vec::new(), String::new())
+            }
+            Verdict::Refused(f) => {
+                let again = entry
+                    .env_to
+                    .iter()
+                    .filter(|a| !refused.contains(a))
+                    .cloned()
+                    .collect();
+                (again, f.to_string())
+            }
+        };
+        let now = self.clock.now();
+        let attempts = entry.attempts + 1;
+        let retry = !retry_to.is_empty();
+        let s = Settlement {
+            at: now,
+            accepted: accepted.is_some(),
+            next_attempt: retry.then(|| now + chrono_dur(self.backoff_after(attempts))),
+            error: retry.then(|| retry_error.clone()),
+            retry_to: retry_to.clone(),
+            aside: aside.clone(),
+        };
+        let committed = self.commit_settlement(seq, entry, s).await;
+        if let Some(reply) = accepted {
+            if !committed {
+                tracing::error!(message_id = %entry.message_id,
+                    "mail accepted but not recorded: it will be sent again");
+            }
+            tracing::info!(message_id = %entry.message_id, subject = %entry.subject,
+                reply = %reply, "alert mail accepted");
+            metrics.count(CHANNEL, "sent", 1);
+            report.delivered += 1;
+            report.accepted.push((entry.message_id.clone(), reply));
+        }
+        if let Some((to, reply)) = aside {
+            tracing::warn!(message_id = %entry.message_id, subject = %entry.subject,
+                recipients = %to.join(", "), reply = %reply,
+                "alert mail rejected by the server for good: set aside, not retried");
+            metrics.count(CHANNEL, "rejected", 1);
+            report.rejected += 1;
+            report.error = Some(SmtpFailure::Rejected {
+                reply,
+                permanent: true,
+            });
+        }
+        if retry {
+            tracing::warn!(message_id = %entry.message_id, subject = %entry.subject,
+                recipients = %retry_to.join(", "), attempts, error = %retry_error,
+                "alert mail not accepted; will retry");
+            metrics.count(CHANNEL, "failed_attempt", 1);
+            report.failed += 1;
+            report.error = Some(SmtpFailure::Rejected {
+                reply: retry_error,
+                permanent: false,
+            });
+        }
+        self.refresh_gauges();
+    }
+
+    /// Commits a settlement; false (logged) when the store refused it.
+    async fn commit_settlement(&self, seq: u64, entry: &OutboxEntry, s: Settlement) -> bool {
+        let store = self.store.clone();
+        let entry = entry.clone();
+        let keep = self.tuning.keep_rejected;
+        let id = entry.message_id.clone();
+        match tokio::task::spawn_blocking(move || outbox::settle(&store, seq, &entry, &s, keep))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, message_id = %id, "cannot record the delivery attempt");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox writer failed");
+                false
+            }
+        }
     }
 
     fn server_failed(&self, f: &SmtpFailure, waiting: usize) {
@@ -772,8 +891,10 @@ impl EmailNotifier {
             return;
         }
         *last = Some(now);
-        if let Err(e) = outbox::prune(&self.store, now - chrono_dur(self.tuning.remember)) {
-            tracing::warn!(error = %e, "cannot prune the email tables");
+        match outbox::prune(&self.store, now - chrono_dur(self.tuning.remember)) {
+            // Set-aside mails may have expired: the gauge follows.
+            Ok(()) => self.refresh_gauges(),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the email tables"),
         }
     }
 
@@ -932,10 +1053,14 @@ pub async fn send_test(
     settings: &EmailSettings,
     now: DateTime<Utc>,
 ) -> Result<String, SmtpFailure> {
-    let mail =
-        compose::test_mail(settings, now).map_err(|detail| SmtpFailure::BadMessage { detail })?;
+    // Sent once and never retried: a fresh random id keeps its Message-ID unique.
+    let once = format!("{:032x}", rand::random::<u128>());
+    let mail = compose::test_mail(settings, &once, now)
+        .map_err(|detail| SmtpFailure::BadMessage { detail })?;
     let mut session = Session::open(settings).await?;
-    let response = session.send(&mail.env_from, &mail.env_to, &mail.raw).await;
+    let delivery = session.send(&mail.env_from, &mail.env_to, &mail.raw).await;
     session.close().await;
-    response.map(|r| smtp::describe_response(&r))
+    delivery
+        .and_then(Delivery::into_result)
+        .map(|r| smtp::describe_response(&r))
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use lettre::address::{Address, Envelope};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 
 use super::settings::{EmailSettings, Security};
@@ -75,6 +76,12 @@ pub enum SmtpFailure {
         reply: String,
         permanent: bool,
     },
+    /// The server refused the envelope sender (MAIL FROM): the same for every message, so
+    /// a problem of the configuration or the account, not of one message.
+    SenderRejected {
+        server: String,
+        reply: String,
+    },
     /// The connection broke or could not be made (DNS, reset, unreadable reply).
     Network {
         server: String,
@@ -97,6 +104,16 @@ impl SmtpFailure {
         )
     }
 
+    /// True when retrying the same message cannot help: a 5xx answer about it, or a
+    /// stored message that cannot be sent as it is.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SmtpFailure::Rejected { permanent, .. } => *permanent,
+            SmtpFailure::BadMessage { .. } => true,
+            _ => false,
+        }
+    }
+
     /// A short, stable word for logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -108,6 +125,7 @@ impl SmtpFailure {
             SmtpFailure::AuthFailed { .. } => "auth_failed",
             SmtpFailure::AuthUnsupported { .. } => "auth_unsupported",
             SmtpFailure::Rejected { .. } => "rejected",
+            SmtpFailure::SenderRejected { .. } => "sender_rejected",
             SmtpFailure::Network { .. } => "network",
             SmtpFailure::BadMessage { .. } => "bad_message",
         }
@@ -160,6 +178,11 @@ impl fmt::Display for SmtpFailure {
                 f,
                 "the server rejected the message{}: {reply}",
                 if *permanent { "" } else { " for now" }
+            ),
+            SmtpFailure::SenderRejected { server, reply } => write!(
+                f,
+                "{server} refused the sender address (MAIL FROM): {reply} (check email.from, \
+                 and email.username if the server only relays for logged-in users)"
             ),
             SmtpFailure::Network {
                 server,
@@ -321,10 +344,75 @@ async fn step<T>(
     }
 }
 
+/// A recipient the server refused, with its answer (`550 5.1.1 …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub recipient: String,
+    pub reply: String,
+}
+
+/// The server's verdict on one message for the recipients it accepted.
+#[derive(Debug)]
+pub enum Verdict {
+    /// `250` to the content: every accepted recipient has the mail.
+    Accepted(Response),
+    /// No recipient was accepted, so no content was sent.
+    NoRecipient,
+    /// The server refused the message itself (`Rejected`, at `DATA` or after the content),
+    /// or the stored message cannot be sent as it is (`BadMessage`).
+    Refused(SmtpFailure),
+}
+
+/// What one SMTP transaction did with one message: the verdict, and the recipients the
+/// server refused for good (5xx to `RCPT TO`) or for now (4xx).
+#[derive(Debug)]
+pub struct Delivery {
+    pub verdict: Verdict,
+    pub refused: Vec<Refusal>,
+    pub deferred: Vec<Refusal>,
+}
+
+impl Delivery {
+    fn refused(f: SmtpFailure) -> Delivery {
+        Delivery {
+            verdict: Verdict::Refused(f),
+            refused: Vec::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// The server's `250` if it took the message for every recipient; otherwise why not.
+    pub fn into_result(self) -> Result<Response, SmtpFailure> {
+        let Delivery {
+            verdict,
+            refused,
+            deferred,
+        } = self;
+        match verdict {
+            Verdict::Refused(f) => Err(f),
+            Verdict::Accepted(r) if refused.is_empty() && deferred.is_empty() => Ok(r),
+            Verdict::Accepted(_) | Verdict::NoRecipient => {
+                let text = refused
+                    .iter()
+                    .chain(&deferred)
+                    .map(|r| format!("{}: {}", r.recipient, r.reply))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Err(SmtpFailure::Rejected {
+                    reply: format!("recipient refused: {text}"),
+                    permanent: deferred.is_empty(),
+                })
+            }
+        }
+    }
+}
+
 /// An open, ready (encrypted and logged-in as configured) SMTP connection.
 pub struct Session<'a> {
     settings: &'a EmailSettings,
     conn: AsyncSmtpConnection,
+    /// Why the connection cannot be used any more (network error, timeout, 421).
+    broken: Option<SmtpFailure>,
 }
 
 impl<'a> Session<'a> {
@@ -378,28 +466,185 @@ impl<'a> Session<'a> {
                 return Err(e);
             }
         }
-        Ok(Session { settings, conn })
+        Ok(Session {
+            settings,
+            conn,
+            broken: None,
+        })
     }
 
-    /// Sends one stored message; `Ok` carries the server's acceptance (250 to DATA).
+    /// Sends one stored message, command by command rather than with lettre's `send`
+    /// (which gives up on the connection at the first negative answer): a recipient the
+    /// server refuses is reported while the others still get the mail, and after a
+    /// refused message `RSET` keeps the session usable for the next one.
+    ///
+    /// `Ok` carries the server's verdict on this message; `Err` means the server or the
+    /// connection failed (network error, timeout, `421`, the sender refused), which says
+    /// nothing about this message.
     pub async fn send(
         &mut self,
         env_from: &str,
         env_to: &[String],
         raw: &[u8],
-    ) -> Result<Response, SmtpFailure> {
-        let envelope = envelope(env_from, env_to)?;
-        step(self.settings, Stage::Send, self.conn.send(&envelope, raw)).await
+    ) -> Result<Delivery, SmtpFailure> {
+        let (envelope, params) = match envelope(env_from, env_to)
+            .and_then(|e| self.mail_parameters(&e, raw).map(|p| (e, p)))
+        {
+            Ok(v) => v,
+            Err(f) => return Ok(Delivery::refused(f)),
+        };
+        let r = step(
+            self.settings,
+            Stage::Send,
+            self.conn
+                .command(Mail::new(envelope.from().cloned(), params)),
+        )
+        .await;
+        match self.checked(r) {
+            Ok(_) => {}
+            Err(SmtpFailure::Rejected { reply, .. }) => {
+                self.reset().await;
+                return Err(SmtpFailure::SenderRejected {
+                    server: self.settings.server(),
+                    reply,
+                });
+            }
+            Err(f) => return Err(f),
+        }
+        let mut accepted = 0usize;
+        let mut refused = Vec::new();
+        let mut deferred = Vec::new();
+        for to in envelope.to() {
+            let r = step(
+                self.settings,
+                Stage::Send,
+                self.conn.command(Rcpt::new(to.clone(), vec![])),
+            )
+            .await;
+            match self.checked(r) {
+                Ok(_) => accepted += 1,
+                Err(SmtpFailure::Rejected { reply, permanent }) => {
+                    let list = if permanent {
+                        &mut refused
+                    } else {
+                        &mut deferred
+                    };
+                    list.push(Refusal {
+                        recipient: to.to_string(),
+                        reply,
+                    });
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        let verdict = if accepted == 0 {
+            Verdict::NoRecipient
+        } else {
+            match self.data(raw).await {
+                Ok(r) => Verdict::Accepted(r),
+                Err(f @ SmtpFailure::Rejected { .. }) => Verdict::Refused(f),
+                Err(f) => return Err(f),
+            }
+        };
+        if !matches!(verdict, Verdict::Accepted(_)) {
+            self.reset().await;
+        }
+        Ok(Delivery {
+            verdict,
+            refused,
+            deferred,
+        })
+    }
+
+    /// `DATA` and the content; `Ok` is the final `250`.
+    async fn data(&mut self, raw: &[u8]) -> Result<Response, SmtpFailure> {
+        let r = step(self.settings, Stage::Send, self.conn.command(Data)).await;
+        self.checked(r)?;
+        let r = step(self.settings, Stage::Send, self.conn.message(raw)).await;
+        self.checked(r)
+    }
+
+    /// `MAIL FROM` parameters the message needs, or why this server cannot take it.
+    fn mail_parameters(
+        &self,
+        envelope: &Envelope,
+        raw: &[u8],
+    ) -> Result<Vec<MailParameter>, SmtpFailure> {
+        let info = self.conn.server_info();
+        let mut params = Vec::new();
+        let non_ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Err(SmtpFailure::BadMessage {
+                    detail: "an address is not ASCII and the server does not offer SMTPUTF8".into(),
+                });
+            }
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        if !raw.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Err(SmtpFailure::BadMessage {
+                    detail: "the message is not 7-bit ASCII and the server does not offer \
+                             8BITMIME"
+                        .into(),
+                });
+            }
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        Ok(params)
+    }
+
+    /// Passes a negative answer about the message through; anything else (network error,
+    /// timeout, an unreadable reply, `421` closing the channel) leaves the connection in
+    /// an unknown state, so the session is marked broken.
+    fn checked<T>(&mut self, r: Result<T, SmtpFailure>) -> Result<T, SmtpFailure> {
+        match r {
+            Err(SmtpFailure::Rejected { reply, .. }) if reply.starts_with("421") => {
+                let f = SmtpFailure::Network {
+                    server: self.settings.server(),
+                    stage: Stage::Send,
+                    detail: format!("the server is closing the connection: {reply}"),
+                };
+                self.broken = Some(f.clone());
+                Err(f)
+            }
+            Err(f @ SmtpFailure::Rejected { .. }) => Err(f),
+            Err(f) => {
+                self.broken = Some(f.clone());
+                Err(f)
+            }
+            ok => ok,
+        }
+    }
+
+    /// Ends a transaction the server did not complete, so the next message starts clean.
+    async fn reset(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        let r = step(self.settings, Stage::Send, self.conn.command(Rset)).await;
+        if let Err(f) = self.checked(r) {
+            self.broken.get_or_insert(f);
+        }
     }
 
     /// False once the connection is unusable.
     pub fn is_usable(&self) -> bool {
-        !self.conn.has_broken()
+        self.broken.is_none() && !self.conn.has_broken()
+    }
+
+    /// Why the connection became unusable, if it did.
+    pub fn broken(&self) -> Option<&SmtpFailure> {
+        self.broken.as_ref()
     }
 
     /// Says goodbye (best effort: the mails are already accepted).
     pub async fn close(mut self) {
-        if self.conn.has_broken() {
+        if !self.is_usable() {
             return;
         }
         let _ = tokio::time::timeout(self.settings.timeout, self.conn.quit()).await;

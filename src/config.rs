@@ -24,6 +24,7 @@ use crate::secret::{self, Secret};
 use crate::watchdog::maintenance::MaintenanceConfig;
 use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
 use crate::web_config::limits::{ServerLimits, MIN_HEADER_BYTES};
+use crate::{bounded_file, redact};
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
@@ -390,35 +391,100 @@ impl Config {
     }
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file (a regular file of at most
+/// [`bounded_file::CONFIG`]'s size).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: file.clone(),
+    let text = bounded_file::read_text(path, bounded_file::CONFIG).map_err(|e| ConfigError {
+        file: redact::path(path),
         problems: vec![Problem {
             path: String::new(),
             message: format!("cannot read the file: {e}"),
         }],
     })?;
-    parse(&text, &file, &|name| std::env::var(name).ok())
+    parse(&text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
 }
 
 /// Parses and validates configuration text. `env` looks up environment variables (a
 /// parameter so tests need not touch the process environment).
+///
+/// Every problem and warning has passed through [`redact`]: whatever of the text it
+/// quotes is capped and free of key material.
 pub fn parse(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let err = |problems| ConfigError {
-        file: file.to_string(),
-        problems,
+    let clean = |problems: Vec<Problem>| -> Vec<Problem> {
+        problems
+            .into_iter()
+            .map(|p| Problem {
+                path: redact::key_path(&p.path),
+                message: redact::message(&p.message),
+            })
+            .collect()
     };
+    match parse_unredacted(text, env) {
+        Ok(mut config) => {
+            config.warnings = clean(std::mem::take(&mut config.warnings));
+            Ok(config)
+        }
+        Err(problems) => Err(ConfigError {
+            file: redact::path(Path::new(file)),
+            problems: clean(problems),
+        }),
+    }
+}
+
+/// Where a TOML syntax error is and what it is, without the parser's snippet of the
+/// offending line (it would show whatever was written there, a pasted key included):
+/// line, column, the key being written and the table it is in.
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return format!("not valid TOML: {}", one_line(e.message()));
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let mut place = format!("line {line_no}, column {column}");
+    // The key on the offending line, when it has one: `name = …`.
+    if let Some((key, _)) = line.split_once('=') {
+        let key = key.trim();
+        if !key.is_empty()
+            && !key.starts_with('[')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c))
+        {
+            place.push_str(&format!(", key {}", redact::value(key)));
+        }
+    }
+    // The table it belongs to: the last header above it.
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    if let Some(h) = header {
+        let h = h.split('#').next().unwrap_or(h).trim();
+        place.push_str(&format!(" in {}", redact::value(h)));
+    }
+    format!("not valid TOML at {place}: {}", one_line(e.message()))
+}
+
+fn parse_unredacted(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Problem>> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        err(vec![Problem {
+        vec![Problem {
             path: String::new(),
-            message: format!("not valid TOML: {}", one_line(&e.to_string())),
-        }])
+            message: toml_syntax_error(text, &e),
+        }]
     })?;
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -464,7 +530,7 @@ pub fn parse(
         raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
 
     let Some(mut g) = globals else {
-        return Err(err(problems));
+        return Err(problems);
     };
     for (key, d) in [
         ("probes.interval", g.probes.interval),
@@ -595,7 +661,7 @@ pub fn parse(
             stablevps_plans,
             warnings,
         }),
-        _ => Err(err(problems)),
+        _ => Err(problems),
     }
 }
 
@@ -782,7 +848,7 @@ fn validate_account(
                 format!(
                     "plain http is only allowed to loopback addresses (credentials would \
                      travel unencrypted to {})",
-                    u.host_str().unwrap_or("?")
+                    redact::value(u.host_str().unwrap_or("?"))
                 ),
             );
             None

@@ -5,6 +5,7 @@
 //! Clients know nothing of metrics; the web layer only reads.
 
 pub mod alloc_tuning;
+pub mod bounded_file;
 pub mod config;
 pub mod daemon;
 pub mod logging;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod notify;
 pub mod poll;
 pub mod provider;
+pub mod redact;
 pub mod renew;
 pub mod secret;
 pub mod signal;

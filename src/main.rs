@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use vpswatch::logging::{self, LogFormat};
 use vpswatch::notify::email::settings::EmailSettings;
 use vpswatch::notify::email::EmailNotifier;
+use vpswatch::redact;
 #[cfg(feature = "sim")]
 use vpswatch::signal::wait_for_signal;
 use vpswatch::store::StateStore;
@@ -242,7 +243,7 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
         .map(std::path::Path::to_path_buf)
         .or_else(|| match &cfg {
             Ok(c) => c.web.config_file.clone(),
-            Err(_) => std::fs::read_to_string(file)
+            Err(_) => vpswatch::bounded_file::read_text(file, vpswatch::bounded_file::CONFIG)
                 .ok()
                 .and_then(|t| t.parse::<toml::Table>().ok())
                 .and_then(|t| {
@@ -254,17 +255,19 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
         });
     let web = web_file.as_ref().map(|w| vpswatch::web_config::load(w));
     if let Some(Err(e)) = &web {
-        eprintln!("{e}");
+        for line in e.to_string().lines() {
+            eprintln!("{}", redact::message(line));
+        }
     }
     let (Ok(cfg), None | Some(Ok(_))) = (&cfg, &web) else {
         return ExitCode::from(2);
     };
+    let shown = redact::path(file);
     for w in &cfg.warnings {
-        println!("warning: {}: {}: {}", file.display(), w.path, w.message);
+        println!("warning: {shown}: {}: {}", w.path, w.message);
     }
     println!(
-        "{}: OK ({} account{}, {} rule{}{})",
-        file.display(),
+        "{shown}: OK ({} account{}, {} rule{}{})",
         cfg.accounts.len(),
         if cfg.accounts.len() == 1 { "" } else { "s" },
         cfg.watchdog.rules.len(),
@@ -274,7 +277,7 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
             "s"
         },
         match &cfg.email {
-            Some(e) => format!("; email via {}", e.server()),
+            Some(e) => format!("; email via {}", redact::value(&e.server())),
             None => String::new(),
         }
     );
@@ -290,7 +293,11 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
         );
     }
     if let (Some(path), Some(Ok(w))) = (&web_file, &web) {
-        println!("{}: OK ({})", path.display(), w.summary());
+        println!(
+            "{}: OK ({})",
+            redact::path(path),
+            redact::message(&w.summary())
+        );
     }
     ExitCode::SUCCESS
 }
@@ -306,7 +313,7 @@ fn email_config(
     match cfg.email.clone() {
         Some(s) => Ok((cfg, s)),
         None => {
-            eprintln!("{}: no [email] section configured", file.display());
+            eprintln!("{}: no [email] section configured", redact::path(file));
             Err(ExitCode::from(2))
         }
     }

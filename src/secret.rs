@@ -1,9 +1,13 @@
 //! Secrets: loaded from a file or an environment variable, kept in a wrapper whose
 //! `Debug` prints `[redacted]`, and never echoed in error messages (a message names the
-//! file or variable, never its content).
+//! file or variable, never its content, and even the name goes through
+//! [`crate::redact`] in case a key was pasted where its path belongs). Secret files are
+//! read with [`bounded_file::SECRET`]'s limit and must be regular files.
 
 use std::fmt;
 use std::path::Path;
+
+use crate::bounded_file;
 
 /// A value that must not be printed.
 #[derive(Clone)]
@@ -69,8 +73,8 @@ pub fn load_one(
             format!("missing: set {file_key} (a file holding the secret) or {env_key} (an environment variable name)"),
         )),
         (Some(path), None) => {
-            let shown = path.display().to_string();
-            let text = std::fs::read_to_string(path)
+            let shown = shown_path(path);
+            let text = bounded_file::read_text(path, bounded_file::SECRET)
                 .map_err(|e| (file_key, format!("cannot read {shown}: {e}")))?;
             let warning = loose_permissions(path);
             let text = text.trim().to_string();
@@ -80,12 +84,42 @@ pub fn load_one(
             Ok((text, SecretSource::File(shown, file_key), warning))
         }
         (None, Some(var)) => {
+            let shown = shown_variable(var);
             let text = env(var)
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
-                .ok_or((env_key, format!("environment variable {var} is not set or empty")))?;
-            Ok((text, SecretSource::Env(var.to_string(), env_key), None))
+                .ok_or_else(|| {
+                    (
+                        env_key,
+                        format!("environment variable {shown} is not set or empty"),
+                    )
+                })?;
+            Ok((text, SecretSource::Env(shown, env_key), None))
         }
+    }
+}
+
+/// A secret file's path for messages. Only shown when it is plainly a path (absolute, or
+/// naming something that exists): a password pasted into a `*_file` key looks like a
+/// relative path to a missing file, and no pattern tells a password from a file name.
+fn shown_path(path: &Path) -> String {
+    if path.is_absolute() || path.symlink_metadata().is_ok() {
+        crate::redact::path(path)
+    } else {
+        "<a relative path, not shown in case it is a pasted secret; use an absolute path>".into()
+    }
+}
+
+/// A variable name for messages, shown only when it is one (letters, digits, `_`): a
+/// password pasted into a `*_env` key is usually not.
+fn shown_variable(var: &str) -> String {
+    let is_name = var.len() <= crate::redact::VALUE_CAP
+        && var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if is_name {
+        crate::redact::value(var)
+    } else {
+        "<not a variable name, not shown in case it is a pasted secret>".into()
     }
 }
 
@@ -96,7 +130,7 @@ fn loose_permissions(path: &Path) -> Option<String> {
     (mode & 0o077 != 0).then(|| {
         format!(
             "{} is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
+            crate::redact::path(path),
             mode & 0o777
         )
     })

@@ -539,3 +539,222 @@ fn journal_size_is_configurable_and_must_be_positive() {
         "at least 1",
     );
 }
+
+// ---- Bounded reads of the configuration and the files it names ---------------------
+
+/// Peak resident memory a refused file may cost the binary; far above what `check-config`
+/// needs (~15 MiB), far below what reading /dev/zero reaches in a second.
+const MAX_PEAK_KIB: u64 = 128 * 1024;
+
+/// How the binary ended: exit code, stderr, and the highest VmHWM seen while it ran.
+struct Watched {
+    code: Option<i32>,
+    stderr: String,
+    peak_kib: u64,
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the real binary and watches it: it must exit within a generous deadline and
+/// stay under [`MAX_PEAK_KIB`]; past either it is killed (so a regression cannot take the
+/// test host's memory) and the test fails.
+fn run_watched(args: &[&std::ffi::OsStr]) -> Watched {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vpswatch");
+    let mut pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = vm_hwm_kib(child.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if peak_kib > MAX_PEAK_KIB || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vpswatch {args:?} killed after {:?}: still running, peak RSS {peak_kib} KiB \
+                 (limit {MAX_PEAK_KIB} KiB)",
+                start.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Watched {
+        code: status.code(),
+        stderr: reader.join().expect("stderr reader"),
+        peak_kib,
+    }
+}
+
+fn make_fifo(path: &std::path::Path) {
+    let made = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// `check-config` and `run` given /dev/zero, a FIFO with no writer, a directory and a
+/// 2 MiB file as the configuration: each refused at once (exit 2) with the file and the
+/// limit named, without reading it into memory or blocking on it.
+#[test]
+fn oversized_and_special_config_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("config.fifo");
+    make_fifo(&fifo);
+    let big = dir.path().join("big.toml");
+    // Valid TOML all along (a comment), so only the size can be the problem.
+    std::fs::write(&big, format!("# {}\n", "x".repeat(2 * 1024 * 1024))).expect("write");
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+    for (file, why) in [
+        (std::path::Path::new("/dev/zero"), "character device"),
+        (link.as_path(), "character device"),
+        (fifo.as_path(), "FIFO"),
+        (dir.path(), "directory"),
+        (big.as_path(), "larger than 1 MiB"),
+    ] {
+        for command in [
+            vec!["check-config".as_ref(), file.as_os_str()],
+            vec!["run".as_ref(), "--config".as_ref(), file.as_os_str()],
+        ] {
+            let w = run_watched(&command);
+            assert_eq!(w.code, Some(2), "{command:?}: {}", w.stderr);
+            let shown = file.display().to_string();
+            assert!(
+                w.stderr.contains(&shown) && w.stderr.contains(why),
+                "{command:?}: {}",
+                w.stderr
+            );
+            assert!(
+                w.stderr.contains("1 MiB"),
+                "the limit is named: {}",
+                w.stderr
+            );
+            assert!(w.peak_kib < MAX_PEAK_KIB, "{command:?}: {} KiB", w.peak_kib);
+        }
+    }
+}
+
+/// Every `*_file` key pointing at /dev/zero, then at a 100 KiB file: exit 2 at once,
+/// each problem under its key path with the limit (secret files 64 KiB; `ca_file`, a
+/// certificate bundle, 1 MiB, so it gets a 2 MiB file).
+#[test]
+fn secret_and_certificate_files_are_read_with_a_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |secret: &std::path::Path, ca: &std::path::Path| {
+        format!(
+            r#"
+[[accounts]]
+name = "ln"
+provider = "lnvps"
+base_url = "http://127.0.0.1:1"
+nsec_file = {secret:?}
+
+[[accounts]]
+name = "sv"
+provider = "stablevps"
+base_url = "http://127.0.0.1:1"
+api_key_file = {secret:?}
+write_api_key_file = {secret:?}
+
+[[rules]]
+name = "renew"
+condition = "expires_within"
+within = "3d"
+action = "renew"
+[rules.match]
+provider = "lnvps"
+[rules.renew]
+mode = "nwc"
+nwc_uri_file = {secret:?}
+max_per_renewal_sats = 1000
+max_per_month_sats = 3000
+
+[email]
+smtp_host = "127.0.0.1"
+username = "u"
+password_file = {secret:?}
+ca_file = {ca:?}
+from = "vpswatch@example.test"
+to = ["ops@example.test"]
+"#
+        )
+    };
+    let keys = [
+        "accounts[0].nsec_file",
+        "accounts[1].api_key_file",
+        "accounts[1].write_api_key_file",
+        "rules[0].renew.nwc_uri_file",
+        "email.password_file",
+        "email.ca_file",
+    ];
+    // A 100 KiB key file: a key line padded with spaces, so the old code would have
+    // read it and complained about the content rather than the size.
+    let big_secret = dir.path().join("big.key");
+    std::fs::write(
+        &big_secret,
+        format!("{HEX_KEY}{}", " ".repeat(100 * 1024 - HEX_KEY.len())),
+    )
+    .expect("write");
+    let big_ca = dir.path().join("big.pem");
+    std::fs::write(&big_ca, " ".repeat(2 * 1024 * 1024)).expect("write");
+    let zero = std::path::Path::new("/dev/zero");
+    for (secret, ca, why) in [
+        (zero, zero, "character device"),
+        (big_secret.as_path(), big_ca.as_path(), "larger than"),
+    ] {
+        let file = dir.path().join("vpswatch.toml");
+        std::fs::write(&file, config(secret, ca)).expect("write");
+        for command in [
+            vec!["check-config".as_ref(), file.as_os_str()],
+            vec!["run".as_ref(), "--config".as_ref(), file.as_os_str()],
+        ] {
+            let w = run_watched(&command);
+            assert_eq!(w.code, Some(2), "{command:?}: {}", w.stderr);
+            assert!(w.peak_kib < MAX_PEAK_KIB, "{command:?}: {} KiB", w.peak_kib);
+            for key in keys {
+                let limit = if key == "email.ca_file" {
+                    "1 MiB"
+                } else {
+                    "64 KiB"
+                };
+                assert!(
+                    w.stderr
+                        .lines()
+                        .any(|l| l.contains(&format!("{key}: cannot read"))
+                            && l.contains(why)
+                            && l.contains(limit)),
+                    "{command:?}: no {why:?} / {limit} problem at {key}:\n{}",
+                    w.stderr
+                );
+            }
+        }
+    }
+    // A symlink to a regular key file is fine.
+    let key = dir.path().join("real.key");
+    std::fs::write(&key, HEX_KEY).expect("write");
+    let link = dir.path().join("link.key");
+    std::os::unix::fs::symlink(&key, &link).expect("symlink");
+    let text = GOOD.replace(
+        "nsec_env = \"LNVPS_KEY\"",
+        &format!("nsec_file = {:?}", link.display().to_string()),
+    );
+    config::parse(&text, "test.toml", &no_env).expect("a link to a key file loads");
+}

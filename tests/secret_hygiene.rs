@@ -740,3 +740,138 @@ fn loose_key_files_draw_a_warning_naming_the_file() {
     let config = vpswatch::config::parse(&text, "t.toml", &|_| None).expect("valid");
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
+
+/// Whether `text` holds `secret` or any 12-character piece of it (a truncated echo leaks
+/// too).
+fn holds_part_of(text: &str, secret: &str) -> bool {
+    let chars: Vec<char> = secret.chars().collect();
+    chars
+        .windows(12)
+        .any(|w| text.contains(&w.iter().collect::<String>()))
+}
+
+/// Keys pasted where they do not belong, each echoed by an error before: the path field
+/// (`nsec_file = "nsec1…"`), the variable name field (`nsec_env = "<64 hex>"`), an
+/// unquoted value in the TOML parser's snippet, a value in serde's type error, API keys
+/// and a password in the same places; and a 900 KB `name`. `check-config` and `run`
+/// must name the key path or line and echo neither the key nor more than 64 characters
+/// of any value.
+#[test]
+fn config_errors_never_echo_key_material() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = nostr::Keys::generate();
+    let nsec = keys.secret_key().to_bech32().expect("bech32");
+    let hex = keys.secret_key().to_secret_hex();
+    let account = "[[accounts]]\nname = \"a\"\nprovider = \"lnvps\"\n";
+    let stable = "[[accounts]]\nname = \"s\"\nprovider = \"stablevps\"\n";
+    let long_name = "x".repeat(900_000);
+    let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+        (
+            "key in nsec_file",
+            format!("{account}nsec_file = {nsec:?}\n"),
+            Some(&nsec),
+            "accounts[0].nsec_file",
+        ),
+        (
+            "hex key in nsec_env",
+            format!("{account}nsec_env = {hex:?}\n"),
+            Some(&hex),
+            "accounts[0].nsec_env",
+        ),
+        (
+            "unquoted key in the TOML snippet",
+            format!("{account}nsec = {nsec}\n"),
+            Some(&nsec),
+            "line 4, column 8, key nsec",
+        ),
+        (
+            "key in a type error",
+            format!("poll_interval = {nsec:?}\n{account}nsec_env = \"K\"\n"),
+            Some(&nsec),
+            "poll_interval",
+        ),
+        (
+            "hex key in a type error",
+            format!("{account}nsec_env = \"K\"\nprobe_port = {hex:?}\n"),
+            Some(&hex),
+            "accounts[0].probe_port",
+        ),
+        (
+            "API key in api_key_file",
+            format!("{stable}api_key_file = {READ_KEY:?}\n"),
+            Some(READ_KEY),
+            "accounts[0].api_key_file",
+        ),
+        (
+            "API key in api_key_env",
+            format!("{stable}api_key_env = {WRITE_KEY:?}\n"),
+            Some(WRITE_KEY),
+            "accounts[0].api_key_env",
+        ),
+        (
+            "unquoted password in the TOML snippet",
+            format!(
+                "{account}nsec_env = \"K\"\n[email]\nsmtp_host = \"127.0.0.1\"\n\
+                 password = {SMTP_PASSWORD}\n"
+            ),
+            Some(SMTP_PASSWORD),
+            "line 7, column 12, key password",
+        ),
+        (
+            "password in password_file",
+            format!(
+                "{account}nsec_env = \"K\"\n[email]\nsmtp_host = \"127.0.0.1\"\n\
+                 username = \"u\"\npassword_file = {SMTP_PASSWORD:?}\n\
+                 from = \"a@example.test\"\nto = [\"b@example.test\"]\n"
+            ),
+            Some(SMTP_PASSWORD),
+            "email.password_file",
+        ),
+        (
+            "password in password_env",
+            format!(
+                "{account}nsec_env = \"K\"\n[email]\nsmtp_host = \"127.0.0.1\"\n\
+                 username = \"u\"\npassword_env = {SMTP_PASSWORD:?}\n\
+                 from = \"a@example.test\"\nto = [\"b@example.test\"]\n"
+            ),
+            Some(SMTP_PASSWORD),
+            "email.password_env",
+        ),
+        (
+            "a 900 KB name",
+            format!("[[accounts]]\nname = {long_name:?}\nprovider = \"lnvps\"\nnsec_env = \"K\"\n"),
+            None,
+            "accounts[0].name",
+        ),
+    ];
+    let file = dir.path().join("vpswatch.toml");
+    let cfg = file.display().to_string();
+    for (what, text, secret, key) in &cases {
+        std::fs::write(&file, text).expect("write");
+        for args in [
+            vec!["check-config", cfg.as_str()],
+            vec!["run", "--config", cfg.as_str()],
+        ] {
+            let (code, out, err) = vpswatch(&args);
+            let all = format!("{out}{err}");
+            assert_eq!(code, 2, "{what}, {args:?}: {all}");
+            assert!(
+                all.contains(key),
+                "{what}, {args:?}: {key} not named: {all}"
+            );
+            assert!(
+                !secret.is_some_and(|s| holds_part_of(&all, s)),
+                "{what}, {args:?}: the value is echoed: {all}"
+            );
+            assert!(
+                !all.contains(&"x".repeat(65)) && all.len() < 4096,
+                "{what}, {args:?}: an echo is not capped ({} bytes)",
+                all.len()
+            );
+        }
+    }
+    // The long value is shown capped, with its size.
+    std::fs::write(&file, &cases[cases.len() - 1].1).expect("write");
+    let (_, _, err) = vpswatch(&["check-config", &cfg]);
+    assert!(err.contains("(900000 bytes)"), "{err}");
+}

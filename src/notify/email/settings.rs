@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::config::{read_section, Problem};
 use crate::secret::{self, Secret};
+use crate::{bounded_file, redact};
 
 /// How the connection to the SMTP server is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -176,8 +177,9 @@ pub fn from_toml(
             warnings.push(Problem {
                 path: "email.security".into(),
                 message: format!(
-                    "mail to {host} travels unencrypted; \"none\" is only sensible for a relay \
-                     on this host"
+                    "mail to {} travels unencrypted; \"none\" is only sensible for a relay \
+                     on this host",
+                    redact::value(&host)
                 ),
             });
         }
@@ -200,8 +202,9 @@ pub fn from_toml(
                 problem(
                     "username".into(),
                     format!(
-                        "the SMTP password would travel unencrypted to {host}: use \
-                         security = \"starttls\" or \"tls\""
+                        "the SMTP password would travel unencrypted to {}: use \
+                         security = \"starttls\" or \"tls\"",
+                        redact::value(&host)
                     ),
                 );
             }
@@ -234,11 +237,11 @@ pub fn from_toml(
 
     let ca_pem = match &raw.ca_file {
         None => None,
-        Some(path) => match std::fs::read(path) {
+        Some(path) => match bounded_file::read(path, bounded_file::CERTIFICATES) {
             Err(e) => {
                 problem(
                     "ca_file".into(),
-                    format!("cannot read {}: {e}", path.display()),
+                    format!("cannot read {}: {e}", redact::path(path)),
                 );
                 None
             }
@@ -252,7 +255,7 @@ pub fn from_toml(
                         "ca_file".into(),
                         format!(
                             "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-                            path.display()
+                            redact::path(path)
                         ),
                     );
                     None

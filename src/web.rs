@@ -1,10 +1,11 @@
 //! The HTTP side (hyper): `/metrics` from the cached rendering, `/-/healthy`, `/-/ready`
 //! and a landing page. Handlers only read shared state; nothing here calls a provider.
 //!
-//! Every connection passes through the limits of `web_config::limits` (connection cap,
-//! head deadline, idle timeout, size limits) and the web config in force (TLS, basic
+//! Every connection passes through the limits of `web_config::limits` (a connection cap
+//! that makes room by closing the connection cheapest to lose, a head deadline counted
+//! from accept, an idle timeout, size limits) and the web config in force (TLS, basic
 //! auth, headers; see `web_config`), so a slow or hostile client costs bounded memory,
-//! time and connection slots.
+//! time and connection slots, and cannot keep a fresh client waiting.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,14 +19,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
 use crate::snapshot::SnapshotStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
-use crate::web_config::limits::{IdleTimeout, ServerLimits, MIN_HEADER_BYTES};
+use crate::web_config::limits::{
+    ConnectionSlot, ConnectionTable, IdleTimeout, ServerLimits, MIN_HEADER_BYTES,
+};
 use crate::web_config::live::LiveWebConfig;
 use crate::web_config::WebConfig;
 
@@ -296,18 +299,13 @@ pub async fn serve_with(
     cancel: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let table = ConnectionTable::new(limits.max_connections);
     let limits = Arc::new(limits);
+    let (mut last_warning, mut made_room) = (None::<Instant>, 0u64);
     loop {
-        // Wait for a free slot before accepting: excess clients queue in the kernel's
-        // backlog instead of costing memory here.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+        // Always accept: at the cap the table closes the connection that is cheapest to
+        // lose, so sockets that never send a request cannot leave a fresh client waiting
+        // in the kernel's accept queue behind them.
         let (stream, _peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -320,17 +318,31 @@ pub async fn serve_with(
                 }
             },
         };
+        let (slot, evicted) = table.admit();
+        if let Some(stage) = evicted {
+            made_room += 1;
+            tracing::debug!(closed = stage.as_str(), "closed a connection to make room");
+            // Once a minute at most: a flood must not flood the log too.
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    closed = made_room,
+                    "connection limit reached; closing the connections cheapest to lose \
+                     (without a request first, then idle ones) to make room"
+                );
+                last_warning = Some(Instant::now());
+                made_room = 0;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             state: state.clone(),
             web: web.clone(),
             limits: limits.clone(),
             watcher: graceful.watcher(),
+            slot,
         };
-        tokio::spawn(async move {
-            conn.run(stream).await;
-            drop(permit);
-        });
+        tokio::spawn(conn.run(stream));
     }
     drop(listener);
     tokio::select! {
@@ -347,24 +359,43 @@ struct Connection {
     web: Arc<LiveWebConfig>,
     limits: Arc<ServerLimits>,
     watcher: hyper_util::server::graceful::Watcher,
+    /// Its place in the connection table (freed when the connection ends).
+    slot: Arc<ConnectionSlot>,
 }
 
 impl Connection {
+    /// Serves the connection until it ends, is closed to make room for a new one, or has
+    /// not completed its first request head within the head deadline counted from accept
+    /// (a TLS handshake, an HTTP/2 preface or a silent socket all count against it).
     async fn run(self, stream: tokio::net::TcpStream) {
+        let head_deadline = Instant::now() + self.limits.header_read_timeout;
+        let slot = self.slot.clone();
+        let evicted = slot.evicted();
+        let no_head = async {
+            tokio::time::sleep_until(head_deadline).await;
+            if slot.head_seen() {
+                // Later heads are hyper's (HTTP/1) or the idle timeout's business.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = self.handshake_and_serve(stream) => {}
+            _ = evicted => tracing::debug!("connection closed to make room for a new one"),
+            _ = no_head => tracing::debug!("no complete request head within header_read_timeout"),
+        }
+    }
+
+    async fn handshake_and_serve(self, stream: tokio::net::TcpStream) {
         let cfg = self.web.load();
         let io = IdleTimeout::new(stream, self.limits.idle_timeout);
         match &cfg.tls {
             None => self.serve(io, cfg.http2).await,
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-                // The handshake shares the request-head deadline: a client that trickles
-                // its ClientHello is cut off like one that trickles its headers.
-                match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(io))
-                    .await
-                {
-                    Ok(Ok(tls_stream)) => self.serve(tls_stream, cfg.http2).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                // The handshake's time limit is the head deadline of `run`.
+                match acceptor.accept(io).await {
+                    Ok(tls_stream) => self.serve(tls_stream, cfg.http2).await,
+                    Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
                 }
             }
         }
@@ -389,12 +420,16 @@ impl Connection {
         if !http2 {
             builder = builder.http1_only();
         }
-        let (st, web) = (self.state.clone(), self.web.clone());
+        let (st, web, slot) = (self.state.clone(), self.web.clone(), self.slot.clone());
         let service = service_fn(move |req: Request<Incoming>| {
+            // Counted from the moment the head is complete until the response body has
+            // been handed over in full, so the table knows busy from idle.
+            let request = slot.request_started();
             let (st, web, limits) = (st.clone(), web.clone(), limits.clone());
             async move {
                 let cfg = web.load();
-                Ok::<_, Infallible>(handle(&st, &cfg, &limits, req).await)
+                let response = handle(&st, &cfg, &limits, req).await;
+                Ok::<_, Infallible>(response.map(|body| body.tracked(request)))
             }
         });
         let conn = builder

@@ -112,6 +112,15 @@ impl Pki {
 
     /// A client trusting the test CA, optionally presenting a certificate.
     fn client(&self, identity: Option<&(String, String)>) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(self.client_config(identity))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client")
+    }
+
+    /// The TLS side of [`Pki::client`].
+    fn client_config(&self, identity: Option<&(String, String)>) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(c.expect("ca pem")).expect("ca");
@@ -132,11 +141,7 @@ impl Pki {
                 builder.with_client_auth_cert(chain, key).expect("identity")
             }
         };
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client")
+        config
     }
 }
 
@@ -630,4 +635,52 @@ http_server_config:
         "{err}"
     );
     assert!(err.contains("basic_auth_users.alice"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tls_connection_without_a_request_is_closed_at_the_head_deadline_from_accept() {
+    let pki = pki();
+    let web =
+        pki.write_config("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n");
+    // The default limits: a 10 s head deadline, a 2 min idle timeout.
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let head = vpswatch::web_config::limits::ServerLimits::default().header_read_timeout;
+    let addr = s.daemon.addr;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(None)));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    // Handshake at once, or 8 s after connecting; then no request at all.
+    let silent_after = |delay: Duration| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            use tokio::io::AsyncReadExt;
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let started = std::time::Instant::now();
+            tokio::time::sleep(delay).await;
+            let mut tls = connector.connect(name, tcp).await.expect("handshake");
+            let mut buf = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut buf)).await;
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "still open 60 s after the handshake ({delay:?} after connecting)"
+            );
+            started.elapsed()
+        }
+    };
+    let (at_once, late) = tokio::join!(
+        silent_after(Duration::ZERO),
+        silent_after(Duration::from_secs(8))
+    );
+    for (what, after) in [("at once", at_once), ("after 8 s", late)] {
+        assert!(
+            after >= head - Duration::from_millis(500),
+            "handshake {what}: closed early, {after:?} after connecting"
+        );
+        // From accept, the handshake included: not 10 s after a late handshake, and far
+        // from the 2 min idle timeout.
+        assert!(
+            after < head + Duration::from_secs(5),
+            "handshake {what}: closed {after:?} after connecting"
+        );
+    }
+    s.shutdown().await;
 }

@@ -457,11 +457,14 @@ async fn live_reload_applies_changes_and_keeps_the_last_good_file() {
     })
     .await;
     // Turning TLS on applies to new connections of the same listener.
-    pki.write_config("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n");
+    pki.write_config(&format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{}",
+        auth_yaml(&quick_hash("third"))
+    ));
     let tls = pki.client(None);
     let https = s.url("https", "/metrics");
     wait_for("TLS is switched on", T, || async {
-        status(&tls, &https, None)
+        status(&tls, &https, Some(("prometheus", "third")))
             .await
             .is_some_and(|r| r.status() == 200)
     })
@@ -683,4 +686,189 @@ async fn a_tls_connection_without_a_request_is_closed_at_the_head_deadline_from_
         );
     }
     s.shutdown().await;
+}
+
+/// The real binary serving `web` (reloaded every 100 ms), its log in a file.
+struct Binary {
+    _child: common::daemon_process::KillOnDrop,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Binary {
+    fn start(pki: &Pki, web: &Path) -> Binary {
+        // For the test's own clients.
+        vpswatch::daemon::install_crypto_provider();
+        let port = common::daemon_process::free_port();
+        let toml = pki.path("vpswatch.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "poll_interval = \"1h\"\nstate_dir = {:?}\n[web]\nlisten_address = \"127.0.0.1:{port}\"\n\
+                 config_file = {:?}\nconfig_reload_interval = \"100ms\"\n\
+                 [[accounts]]\nname = \"main\"\nprovider = \"lnvps\"\nbase_url = \"http://127.0.0.1:9\"\n\
+                 nsec_env = \"WEB_RELOAD_NSEC\"\n",
+                pki.path("state").display().to_string(),
+                web.display().to_string()
+            ),
+        )
+        .expect("write");
+        let log = pki.path("vpswatch.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+            .args(["--log.level", "warn", "run", "--config"])
+            .arg(&toml)
+            .env(
+                "WEB_RELOAD_NSEC",
+                nostr::Keys::generate().secret_key().to_secret_hex(),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start vpswatch");
+        Binary {
+            _child: common::daemon_process::KillOnDrop(child),
+            port,
+            log,
+        }
+    }
+
+    fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `vpswatch_web_config_last_reload_successful` as seen by `client` with `creds`.
+    async fn reload_metric(&self, client: &reqwest::Client, creds: (&str, &str)) -> Option<f64> {
+        let r = status(client, &self.url("https", "/metrics"), Some(creds)).await?;
+        reload_metric(&r.text().await.ok()?)
+    }
+}
+
+/// Plain HTTP gets no HTTP answer from a TLS port.
+async fn plain_http_refused(url: &str) -> bool {
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    plain.get(url).send().await.is_err()
+}
+
+#[tokio::test]
+async fn an_emptied_web_config_does_not_switch_tls_or_basic_auth_off() {
+    let pki = pki();
+    let web = pki.write_config(&format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{}",
+        auth_yaml(&quick_hash("pw"))
+    ));
+    let d = Binary::start(&pki, &web);
+    let c = pki.client(None);
+    wait_for("the daemon serves TLS with basic auth", T, || async {
+        d.reload_metric(&c, ("prometheus", "pw")).await == Some(1.0)
+    })
+    .await;
+
+    // `: > web.yml`, as a non-atomic rewrite leaves the file for a moment.
+    std::fs::File::create(&web).expect("truncate");
+    wait_for("the reload of the empty file is refused", T, || async {
+        d.reload_metric(&c, ("prometheus", "pw")).await == Some(0.0)
+    })
+    .await;
+    let log = d.log();
+    let file = web.display().to_string();
+    for want in [
+        format!("{file}: tls_server_config: missing: this would switch TLS off"),
+        format!("{file}: basic_auth_users: missing or empty: this would switch basic auth off"),
+    ] {
+        assert!(log.contains(&want), "no {want:?} in the log:\n{log}");
+    }
+    assert!(
+        plain_http_refused(&d.url("http", "/api/v1/actions")).await,
+        "plain HTTP answered after the file was emptied"
+    );
+    for path in ["/api/v1/actions", "/metrics", "/-/healthy"] {
+        let r = status(&c, &d.url("https", path), None)
+            .await
+            .expect("TLS answer");
+        assert_eq!(r.status(), 401, "{path} without credentials");
+    }
+
+    // The file written in full again is applied: the refusal blocks nothing else.
+    pki.write_config(&format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{}",
+        auth_yaml(&quick_hash("pw2"))
+    ));
+    wait_for("the rewritten file is applied", T, || async {
+        d.reload_metric(&c, ("prometheus", "pw2")).await == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_cannot_drop_basic_auth_or_weaken_client_certificates() {
+    let pki = pki();
+    let mtls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+                client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n";
+    let web = pki.write_config(&format!("{mtls}{}", auth_yaml(&quick_hash("pw"))));
+    let d = Binary::start(&pki, &web);
+    let c = pki.client(Some(&pki.client));
+    wait_for("the daemon serves mTLS with basic auth", T, || async {
+        d.reload_metric(&c, ("prometheus", "pw")).await == Some(1.0)
+    })
+    .await;
+    let file = web.display().to_string();
+
+    // Only basic auth removed (TLS and client certificates unchanged): refused.
+    pki.write_config(mtls);
+    wait_for("dropping basic auth is refused", T, || async {
+        d.reload_metric(&c, ("prometheus", "pw")).await == Some(0.0)
+    })
+    .await;
+    let want = format!("{file}: basic_auth_users: missing or empty");
+    assert!(d.log().contains(&want), "{}", d.log());
+    assert!(!d.log().contains("tls_server_config"), "{}", d.log());
+    let r = status(&c, &d.url("https", "/metrics"), None)
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401, "basic auth was dropped");
+
+    // Client certificates from required to optional, basic auth kept: refused too.
+    pki.write_config(&format!(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n{}",
+        auth_yaml(&quick_hash("pw"))
+    ));
+    let want = format!(
+        "{file}: tls_server_config.client_auth_type: VerifyClientCertIfGiven would weaken \
+         the client certificate check from RequireAndVerifyClientCert"
+    );
+    wait_for("weakening client certificates is refused", T, || async {
+        d.log().contains(&want)
+    })
+    .await;
+    assert!(
+        status(
+            &pki.client(None),
+            &d.url("https", "/-/healthy"),
+            Some(("prometheus", "pw"))
+        )
+        .await
+        .is_none(),
+        "served a client without a certificate"
+    );
+
+    // Changing what is protected, keeping the protection, is applied.
+    pki.write_config(&format!("{mtls}{}", auth_yaml(&quick_hash("pw2"))));
+    wait_for("a new password is applied", T, || async {
+        d.reload_metric(&c, ("prometheus", "pw2")).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        status(&c, &d.url("https", "/metrics"), Some(("prometheus", "pw")))
+            .await
+            .map(|r| r.status().as_u16()),
+        Some(401)
+    );
 }

@@ -8,6 +8,7 @@
 //! time and connection slots, and cannot keep a fresh client waiting.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use crate::metrics::MetricsCache;
 use crate::snapshot::SnapshotStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
+use crate::web_config::auth::Denied;
 use crate::web_config::limits::{
     ConnectionSlot, ConnectionTable, IdleTimeout, ServerLimits, MIN_HEADER_BYTES,
 };
@@ -216,6 +218,19 @@ fn unauthorized() -> Response<Body> {
     r
 }
 
+/// The `429 Too Many Requests` answer to an address over its budget of password checks.
+fn throttled(wait: Duration) -> Response<Body> {
+    // Whole seconds, rounded up: Retry-After has no fractions.
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("Too many password checks from this address; retry in {secs} s\n"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+    r
+}
+
 fn too_large(limit: u64) -> Response<Body> {
     let mut r = text(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -234,9 +249,10 @@ async fn handle(
     st: &WebState,
     cfg: &WebConfig,
     limits: &ServerLimits,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let mut r = handle_inner(st, cfg, limits, req).await;
+    let mut r = handle_inner(st, cfg, limits, client, req).await;
     for (name, value) in &cfg.headers {
         r.headers_mut().insert(name.clone(), value.clone());
     }
@@ -247,6 +263,7 @@ async fn handle_inner(
     st: &WebState,
     cfg: &WebConfig,
     limits: &ServerLimits,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let limit = limits.max_request_body_bytes;
@@ -261,13 +278,20 @@ async fn handle_inner(
     if let Some(auth) = &cfg.auth {
         let exempt = cfg.healthy_without_auth && req.uri().path() == "/-/healthy";
         if !exempt {
-            if let Err(why) = auth.check(req.headers().get(header::AUTHORIZATION)).await {
+            if let Err(why) = auth
+                .check(req.headers().get(header::AUTHORIZATION), client)
+                .await
+            {
                 tracing::debug!(
                     path = req.uri().path(),
+                    %client,
                     reason = why.as_str(),
                     "unauthorized request"
                 );
-                return unauthorized();
+                return match why {
+                    Denied::Throttled(wait) => throttled(wait),
+                    _ => unauthorized(),
+                };
             }
         }
     }
@@ -306,7 +330,7 @@ pub async fn serve_with(
         // Always accept: at the cap the table closes the connection that is cheapest to
         // lose, so sockets that never send a request cannot leave a fresh client waiting
         // in the kernel's accept queue behind them.
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -341,6 +365,7 @@ pub async fn serve_with(
             limits: limits.clone(),
             watcher: graceful.watcher(),
             slot,
+            client: peer.ip(),
         };
         tokio::spawn(conn.run(stream));
     }
@@ -361,6 +386,7 @@ struct Connection {
     watcher: hyper_util::server::graceful::Watcher,
     /// Its place in the connection table (freed when the connection ends).
     slot: Arc<ConnectionSlot>,
+    client: IpAddr,
 }
 
 impl Connection {
@@ -420,7 +446,12 @@ impl Connection {
         if !http2 {
             builder = builder.http1_only();
         }
-        let (st, web, slot) = (self.state.clone(), self.web.clone(), self.slot.clone());
+        let (st, web, slot, client) = (
+            self.state.clone(),
+            self.web.clone(),
+            self.slot.clone(),
+            self.client,
+        );
         let service = service_fn(move |req: Request<Incoming>| {
             // Counted from the moment the head is complete until the response body has
             // been handed over in full, so the table knows busy from idle.
@@ -428,7 +459,7 @@ impl Connection {
             let (st, web, limits) = (st.clone(), web.clone(), limits.clone());
             async move {
                 let cfg = web.load();
-                let response = handle(&st, &cfg, &limits, req).await;
+                let response = handle(&st, &cfg, &limits, client, req).await;
                 Ok::<_, Infallible>(response.map(|body| body.tracked(request)))
             }
         });

@@ -872,3 +872,129 @@ async fn a_reload_cannot_drop_basic_auth_or_weaken_client_certificates() {
         Some(401)
     );
 }
+
+/// A client whose connections come from `ip` (any address of 127.0.0.0/8 is local).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_from_one_address_are_throttled_without_bcrypt() {
+    use vpswatch::web_config::auth::{CHECK_BURST, CHECK_PERIOD};
+    let pki = pki();
+    let (user, hash) = HTPASSWD_LINE.split_once(':').expect("htpasswd line");
+    // Two users with real cost-10 hashes (what htpasswd writes).
+    let ops_hash = bcrypt::hash("ops-password", 10)
+        .expect("hash")
+        .replacen("$2b$", "$2y$", 1);
+    let web = pki.write_config(&format!(
+        "basic_auth_users:\n  {user}: '{hash}'\n  ops: '{ops_hash}'\n"
+    ));
+    let s = Served::start(&web, Duration::from_secs(3600)).await;
+    let url = s.url("http", "/metrics");
+    let auth = s.daemon.web_config.load().auth.clone().expect("basic auth");
+
+    // The good client shares its address with the attacker, and is cached.
+    let attacker = client_from("127.0.0.2");
+    let r = status(&attacker, &url, Some((user, PASSWORD)))
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+
+    // 200 clients sending wrong passwords from that address, each again and again.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let verifications_before = auth.verifications();
+    let attack_started = std::time::Instant::now();
+    let flood: Vec<_> = (0..200)
+        .map(|i| {
+            // One client, up to 200 connections at once.
+            let (c, url, stop) = (attacker.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some(r) =
+                        status(&c, &url, Some(("prometheus", &format!("guess{i}")))).await
+                    else {
+                        continue;
+                    };
+                    let retry = r.headers().get("retry-after").is_some();
+                    seen.push((r.status().as_u16(), retry));
+                    // Paced so the test's own clients leave the server CPU (2,000
+                    // requests a second in all).
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                seen
+            })
+        })
+        .collect();
+    wait_for("the flood is throttled", T, || async {
+        auth.verifications() >= verifications_before + u64::from(CHECK_BURST)
+    })
+    .await;
+
+    // Meanwhile: the cached client, from the attacker's own address, is served…
+    let mut cached = Vec::new();
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let r = status(&attacker, &url, Some((user, PASSWORD)))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 200, "the cached client was refused");
+        cached.push(t.elapsed());
+    }
+    // …and a client from another address gets its first, uncached, check.
+    let t = std::time::Instant::now();
+    let r = status(
+        &client_from("127.0.0.3"),
+        &url,
+        Some(("ops", "ops-password")),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status(), 200, "another address was throttled");
+    let uncached = t.elapsed();
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for task in flood {
+        answers.extend(task.await.expect("attacker"));
+    }
+    let attack = attack_started.elapsed();
+    let ran = auth.verifications() - verifications_before;
+    let refused = answers.iter().filter(|(code, _)| *code == 401).count();
+    let throttled = answers.iter().filter(|(code, _)| *code == 429).count();
+    cached.sort();
+    eprintln!(
+        "{} wrong passwords in {attack:?}: {refused} checked (401), {throttled} throttled (429); \
+         bcrypt ran {ran} times; cached p50 {:?} p99 {:?}; uncached from another address {uncached:?}",
+        answers.len(),
+        cached[cached.len() / 2],
+        cached[cached.len() * 99 / 100],
+    );
+    assert_eq!(
+        refused + throttled,
+        answers.len(),
+        "only 401 and 429 expected"
+    );
+    assert!(
+        answers.iter().all(|(code, retry)| *code != 429 || *retry),
+        "429 without Retry-After"
+    );
+    // The address's budget: a burst, then one per period (one spare for rounding); the
+    // other address's check and nothing else ran bcrypt.
+    let budget = u64::from(CHECK_BURST) + attack.as_secs() / CHECK_PERIOD.as_secs() + 1;
+    assert!(
+        refused as u64 <= budget,
+        "{refused} wrong passwords checked, budget {budget}"
+    );
+    assert!(
+        ran <= budget + 1,
+        "bcrypt ran {ran} times, budget {budget} + 1"
+    );
+    assert!(throttled > refused, "the flood was hardly throttled");
+    s.shutdown().await;
+}

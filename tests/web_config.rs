@@ -998,3 +998,79 @@ async fn wrong_passwords_from_one_address_are_throttled_without_bcrypt() {
     assert!(throttled > refused, "the flood was hardly throttled");
     s.shutdown().await;
 }
+
+/// `vpswatch check-config <toml> --web.config.file <web>`: exit code and stderr, or
+/// `None` when it did not finish within 60 s (it is killed).
+fn check_config_within(toml: &Path, web: &Path) -> Option<(i32, String)> {
+    let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
+    let err = toml.with_extension("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .arg("check-config")
+        .arg(toml)
+        .arg("--web.config.file")
+        .arg(web)
+        .env("VPSWATCH_TEST_UNUSED", nsec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("run vpswatch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let text = std::fs::read_to_string(&err).unwrap_or_default();
+            return Some((status.code().unwrap_or(-1), text));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn deep_nesting_and_files_that_are_not_regular_are_refused() {
+    let pki = pki();
+    let toml = pki.path("vpswatch.toml");
+    std::fs::write(
+        &toml,
+        "[[accounts]]\nname = \"main\"\nprovider = \"lnvps\"\nnsec_env = \"VPSWATCH_TEST_UNUSED\"\n",
+    )
+    .expect("write");
+
+    // 100,000 levels of flow nesting in 200 KB.
+    let deep = pki.write_config(&format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)));
+    let (code, err) = check_config_within(&toml, &deep).expect("check-config finished");
+    assert_eq!(code, 2, "{err}");
+    let want = format!(
+        "{}: refused before parsing: 100000 '[' or '{{' characters",
+        deep.display()
+    );
+    assert!(err.contains(&want), "no {want:?} in:\n{err}");
+
+    // A device, a FIFO (opening it would wait for a writer) and a directory.
+    let fifo = pki.path("web-fifo.yml");
+    let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for web in [Path::new("/dev/zero"), fifo.as_path(), pki.dir.path()] {
+        let (code, err) = check_config_within(&toml, web)
+            .unwrap_or_else(|| panic!("check-config of {} did not finish", web.display()));
+        assert_eq!(code, 2, "{err}");
+        let want = format!(
+            "{}: cannot read the file: not a regular file",
+            web.display()
+        );
+        assert!(err.contains(&want), "no {want:?} in:\n{err}");
+    }
+    // A certificate path naming a device is refused the same way, under its key.
+    let web =
+        pki.write_config("tls_server_config:\n  cert_file: /dev/zero\n  key_file: server.key\n");
+    let (code, err) = check_config_within(&toml, &web).expect("finished");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tls_server_config.cert_file: cannot read /dev/zero: not a regular file"),
+        "{err}"
+    );
+}

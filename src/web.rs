@@ -218,6 +218,9 @@ fn unauthorized() -> Response<Body> {
     r
 }
 
+/// How long an address over its budget of password checks waits for its `429`.
+const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// The `429 Too Many Requests` answer to an address over its budget of password checks.
 fn throttled(wait: Duration) -> Response<Body> {
     // Whole seconds, rounded up: Retry-After has no fractions.
@@ -289,7 +292,13 @@ async fn handle_inner(
                     "unauthorized request"
                 );
                 return match why {
-                    Denied::Throttled(wait) => throttled(wait),
+                    Denied::Throttled(wait) => {
+                        // A pause before the answer: a client that waits for each answer
+                        // (most guessing scripts) is held to one guess a second per
+                        // connection instead of flooding the server with cheap 429s.
+                        tokio::time::sleep(THROTTLE_PAUSE).await;
+                        throttled(wait.saturating_sub(THROTTLE_PAUSE))
+                    }
                     _ => unauthorized(),
                 };
             }

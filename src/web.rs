@@ -1,12 +1,14 @@
 //! The HTTP side (hyper): `/metrics` from the cached rendering, `/-/healthy`, `/-/ready`
 //! and a landing page. Handlers only read shared state; nothing here calls a provider.
 //!
-//! Every connection passes through the limits of `web_config::limits` (connection cap,
-//! head deadline, idle timeout, size limits) and the web config in force (TLS, basic
+//! Every connection passes through the limits of `web_config::limits` (a connection cap
+//! that makes room by closing the connection cheapest to lose, a head deadline counted
+//! from accept, an idle timeout, size limits) and the web config in force (TLS, basic
 //! auth, headers; see `web_config`), so a slow or hostile client costs bounded memory,
-//! time and connection slots.
+//! time and connection slots, and cannot keep a fresh client waiting.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
@@ -26,7 +28,10 @@ use crate::snapshot::SnapshotStore;
 use crate::store::StateStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
-use crate::web_config::limits::{IdleTimeout, ServerLimits, MIN_HEADER_BYTES};
+use crate::web_config::auth::Denied;
+use crate::web_config::limits::{
+    ConnectionSlot, ConnectionTable, IdleTimeout, ServerLimits, MIN_HEADER_BYTES,
+};
 use crate::web_config::live::LiveWebConfig;
 use crate::web_config::WebConfig;
 
@@ -231,6 +236,22 @@ fn unauthorized() -> Response<Body> {
     r
 }
 
+/// How long an address over its budget of password checks waits for its `429`.
+const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The `429 Too Many Requests` answer to an address over its budget of password checks.
+fn throttled(wait: Duration) -> Response<Body> {
+    // Whole seconds, rounded up: Retry-After has no fractions.
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("Too many password checks from this address; retry in {secs} s\n"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+    r
+}
+
 fn too_large(limit: u64) -> Response<Body> {
     let mut r = text(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,9 +270,10 @@ async fn handle(
     st: &WebState,
     cfg: &WebConfig,
     limits: &ServerLimits,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let mut r = handle_inner(st, cfg, limits, req).await;
+    let mut r = handle_inner(st, cfg, limits, client, req).await;
     for (name, value) in &cfg.headers {
         r.headers_mut().insert(name.clone(), value.clone());
     }
@@ -262,6 +284,7 @@ async fn handle_inner(
     st: &WebState,
     cfg: &WebConfig,
     limits: &ServerLimits,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let limit = limits.max_request_body_bytes;
@@ -276,13 +299,26 @@ async fn handle_inner(
     if let Some(auth) = &cfg.auth {
         let exempt = cfg.healthy_without_auth && req.uri().path() == "/-/healthy";
         if !exempt {
-            if let Err(why) = auth.check(req.headers().get(header::AUTHORIZATION)).await {
+            if let Err(why) = auth
+                .check(req.headers().get(header::AUTHORIZATION), client)
+                .await
+            {
                 tracing::debug!(
                     path = req.uri().path(),
+                    %client,
                     reason = why.as_str(),
                     "unauthorized request"
                 );
-                return unauthorized();
+                return match why {
+                    Denied::Throttled(wait) => {
+                        // A pause before the answer: a client that waits for each answer
+                        // (most guessing scripts) is held to one guess a second per
+                        // connection instead of flooding the server with cheap 429s.
+                        tokio::time::sleep(THROTTLE_PAUSE).await;
+                        throttled(wait.saturating_sub(THROTTLE_PAUSE))
+                    }
+                    _ => unauthorized(),
+                };
             }
         }
     }
@@ -314,19 +350,14 @@ pub async fn serve_with(
     cancel: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let table = ConnectionTable::new(limits.max_connections);
     let limits = Arc::new(limits);
+    let (mut last_warning, mut made_room) = (None::<Instant>, 0u64);
     loop {
-        // Wait for a free slot before accepting: excess clients queue in the kernel's
-        // backlog instead of costing memory here.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, _peer) = tokio::select! {
+        // Always accept: at the cap the table closes the connection that is cheapest to
+        // lose, so sockets that never send a request cannot leave a fresh client waiting
+        // in the kernel's accept queue behind them.
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -338,17 +369,32 @@ pub async fn serve_with(
                 }
             },
         };
+        let (slot, evicted) = table.admit();
+        if let Some(stage) = evicted {
+            made_room += 1;
+            tracing::debug!(closed = stage.as_str(), "closed a connection to make room");
+            // Once a minute at most: a flood must not flood the log too.
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    closed = made_room,
+                    "connection limit reached; closing the connections cheapest to lose \
+                     (without a request first, then idle ones) to make room"
+                );
+                last_warning = Some(Instant::now());
+                made_room = 0;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             state: state.clone(),
             web: web.clone(),
             limits: limits.clone(),
             watcher: graceful.watcher(),
+            slot,
+            client: peer.ip(),
         };
-        tokio::spawn(async move {
-            conn.run(stream).await;
-            drop(permit);
-        });
+        tokio::spawn(conn.run(stream));
     }
     drop(listener);
     tokio::select! {
@@ -365,24 +411,44 @@ struct Connection {
     web: Arc<LiveWebConfig>,
     limits: Arc<ServerLimits>,
     watcher: hyper_util::server::graceful::Watcher,
+    /// Its place in the connection table (freed when the connection ends).
+    slot: Arc<ConnectionSlot>,
+    client: IpAddr,
 }
 
 impl Connection {
+    /// Serves the connection until it ends, is closed to make room for a new one, or has
+    /// not completed its first request head within the head deadline counted from accept
+    /// (a TLS handshake, an HTTP/2 preface or a silent socket all count against it).
     async fn run(self, stream: tokio::net::TcpStream) {
+        let head_deadline = Instant::now() + self.limits.header_read_timeout;
+        let slot = self.slot.clone();
+        let evicted = slot.evicted();
+        let no_head = async {
+            tokio::time::sleep_until(head_deadline).await;
+            if slot.head_seen() {
+                // Later heads are hyper's (HTTP/1) or the idle timeout's business.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = self.handshake_and_serve(stream) => {}
+            _ = evicted => tracing::debug!("connection closed to make room for a new one"),
+            _ = no_head => tracing::debug!("no complete request head within header_read_timeout"),
+        }
+    }
+
+    async fn handshake_and_serve(self, stream: tokio::net::TcpStream) {
         let cfg = self.web.load();
         let io = IdleTimeout::new(stream, self.limits.idle_timeout);
         match &cfg.tls {
             None => self.serve(io, cfg.http2).await,
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-                // The handshake shares the request-head deadline: a client that trickles
-                // its ClientHello is cut off like one that trickles its headers.
-                match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(io))
-                    .await
-                {
-                    Ok(Ok(tls_stream)) => self.serve(tls_stream, cfg.http2).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                // The handshake's time limit is the head deadline of `run`.
+                match acceptor.accept(io).await {
+                    Ok(tls_stream) => self.serve(tls_stream, cfg.http2).await,
+                    Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
                 }
             }
         }
@@ -407,12 +473,21 @@ impl Connection {
         if !http2 {
             builder = builder.http1_only();
         }
-        let (st, web) = (self.state.clone(), self.web.clone());
+        let (st, web, slot, client) = (
+            self.state.clone(),
+            self.web.clone(),
+            self.slot.clone(),
+            self.client,
+        );
         let service = service_fn(move |req: Request<Incoming>| {
+            // Counted from the moment the head is complete until the response body has
+            // been handed over in full, so the table knows busy from idle.
+            let request = slot.request_started();
             let (st, web, limits) = (st.clone(), web.clone(), limits.clone());
             async move {
                 let cfg = web.load();
-                Ok::<_, Infallible>(handle(&st, &cfg, &limits, req).await)
+                let response = handle(&st, &cfg, &limits, client, req).await;
+                Ok::<_, Infallible>(response.map(|body| body.tracked(request)))
             }
         });
         let conn = builder

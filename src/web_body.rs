@@ -2,7 +2,8 @@
 //!
 //! `/metrics` hands out the cached exposition's chunks (one reference-count increment);
 //! every other answer is a single chunk. The exact length is known up front, so HTTP/1
-//! responses carry `Content-Length` rather than chunked encoding.
+//! responses carry `Content-Length` rather than chunked encoding. [`Tracked`] holds a
+//! value for as long as the body is being sent.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -66,6 +67,43 @@ impl Body for ChunksBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A response body that keeps `guard` alive until the body has been sent in full (or
+/// the connection ended): the server learns when a request is really finished.
+#[derive(Debug)]
+pub struct Tracked<G> {
+    body: ChunksBody,
+    _guard: G,
+}
+
+impl ChunksBody {
+    pub fn tracked<G>(self, guard: G) -> Tracked<G> {
+        Tracked {
+            body: self,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> Body for Tracked<G> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

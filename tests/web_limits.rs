@@ -1,8 +1,9 @@
 //! The HTTP server's resource limits against hostile clients, over raw TCP: a slowloris
 //! client (one header byte at a time) is cut off at the head deadline, a silent
-//! connection at the same deadline, oversized heads get 431 and oversized bodies 413,
-//! and connections beyond `max_connections` wait until a slot frees. Meanwhile a normal
-//! scrape is answered.
+//! connection at the same deadline counted from accept (also with the default limits),
+//! oversized heads get 431 and oversized bodies 413, and a new client at
+//! `max_connections` is served at once, the connection cheapest to lose making room —
+//! even with the cap full of silent sockets and a thousand more arriving.
 
 mod common;
 
@@ -155,28 +156,203 @@ async fn oversized_requests_are_refused() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn connections_beyond_the_cap_wait_for_a_slot() {
-    let h = start(2).await;
-    let addr = h.daemon.addr;
-    // Two idle connections take both slots (until the head deadline frees them).
-    let a = TcpStream::connect(addr).await.expect("connect");
-    let b = TcpStream::connect(addr).await.expect("connect");
-    let started = Instant::now();
-    let mut c = TcpStream::connect(addr)
+/// A daemon with the default `[web]` limits (10 s head deadline, 2 min idle timeout,
+/// 256 connections).
+async fn start_default() -> Harness {
+    Harness::start_tweaked(
+        |owner| Scenario::load("demo", Some(owner)).expect("scenario"),
+        "",
+        Arc::new(SystemClock),
+        Arc::new(LogNotifier),
+        |c| assert_eq!(c.web.limits, ServerLimits::default()),
+    )
+    .await
+}
+
+/// One request on a connection kept open: the status line of the answer.
+async fn request_on(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
-        .expect("the kernel queues it");
+        .expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answers used here are short and carry Content-Length; the head and body
+    // arrive together.
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether the server has closed `s` (a read sees EOF or an error within 50 ms).
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn at_the_cap_a_connection_without_a_request_makes_room() {
+    // Default head deadline (10 s): only eviction can serve the new client sooner.
+    let h = Harness::start_tweaked(
+        |owner| Scenario::load("demo", Some(owner)).expect("scenario"),
+        "",
+        Arc::new(SystemClock),
+        Arc::new(LogNotifier),
+        |c| c.web.limits.max_connections = 2,
+    )
+    .await;
+    let addr = h.daemon.addr;
+    // An older keep-alive connection that has been served, and a newer silent one.
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(request_on(&mut kept, "/-/healthy").await, "HTTP/1.1 200 OK");
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let mut c = TcpStream::connect(addr).await.expect("connect");
     c.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
-    let (resp, _) = read_until_closed(&mut c, Duration::from_secs(10)).await;
+    let (resp, _) = read_until_closed(&mut c, Duration::from_secs(30)).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
-    // It was served only once a slot freed: when the idle ones hit the deadline.
     assert!(
-        started.elapsed() >= HEAD_DEADLINE - Duration::from_millis(50),
-        "served while both slots were taken ({:?})",
+        started.elapsed() < Duration::from_secs(5),
+        "served only after {:?}: it waited for a slot to free by itself",
         started.elapsed()
     );
-    drop((a, b));
+    // The silent one made room, though newer; the served one is still open.
+    let (_, silent_closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(
+        silent_closed,
+        "the silent connection was not the one closed"
+    );
+    assert!(
+        !closed(&mut kept).await,
+        "the served keep-alive connection was closed"
+    );
+    assert_eq!(request_on(&mut kept, "/metrics").await, "HTTP/1.1 200 OK");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_default_head_deadline() {
+    let h = start_default().await;
+    let addr = h.daemon.addr;
+    let head_deadline = ServerLimits::default().header_read_timeout;
+    let started = Instant::now();
+    // Nothing at all; an HTTP/2 preface and then nothing; one byte of a head.
+    let mut sockets = Vec::new();
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"G"] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(first).await.expect("write");
+        sockets.push(s);
+    }
+    let waits = sockets.iter_mut().map(|s| async move {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(60)).await;
+        (closed, started.elapsed())
+    });
+    for (i, (closed, after)) in futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(closed, "connection {i} still open after 60 s");
+        // Closed by the head deadline (not earlier), long before the 2 min idle timeout.
+        assert!(
+            after >= head_deadline - Duration::from_millis(500),
+            "connection {i} closed early: {after:?}"
+        );
+        assert!(
+            after < head_deadline + Duration::from_secs(15),
+            "connection {i} closed late: {after:?}"
+        );
+    }
+    h.shutdown().await;
+}
+
+/// Raises this process's open-file limit to what the test needs (client and, in
+/// process, server sockets).
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur < want {
+        lim.rlim_cur = want.min(lim.rlim_max);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    assert!(
+        lim.rlim_cur >= want,
+        "open-file limit {} below {want}",
+        lim.rlim_cur
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_client_is_served_within_a_second_with_the_cap_full_of_silent_sockets() {
+    let limits = ServerLimits::default();
+    raise_fd_limit(4 * (limits.max_connections as u64 + 1000) + 256);
+    let h = start_default().await;
+    let addr = h.daemon.addr;
+    let started = Instant::now();
+    // The cap's worth of sockets that never send a byte…
+    let mut silent = Vec::new();
+    for _ in 0..limits.max_connections {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // …and 1,000 more arriving while a fresh client asks.
+    let mut more = Some(tokio::spawn(async move {
+        let connects = (0..1000).map(|_| TcpStream::connect(addr));
+        futures_util::future::join_all(connects).await
+    }));
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let mut took = Vec::new();
+    for round in 0..6 {
+        if let (3, Some(more)) = (round, more.take()) {
+            let more = more.await.expect("connects");
+            let ok = more.iter().filter(|c| c.is_ok()).count();
+            assert!(ok >= 900, "only {ok} of 1,000 extra connections were made");
+            silent.extend(more.into_iter().flatten());
+        }
+        for path in ["/-/healthy", "/metrics"] {
+            let t = Instant::now();
+            let r = fresh.get(h.url(path)).send().await.expect("answered");
+            assert_eq!(r.status(), 200, "{path}");
+            r.bytes().await.expect("body");
+            took.push((path, t.elapsed()));
+        }
+    }
+    // All of it within the silent sockets' head deadline: served because they made room,
+    // not because they timed out.
+    assert!(
+        started.elapsed() < limits.header_read_timeout,
+        "the test took {:?}; the head deadline may have freed the slots",
+        started.elapsed()
+    );
+    eprintln!("fresh requests with the cap full: {took:?}");
+    for (path, t) in &took {
+        assert!(
+            *t < Duration::from_secs(1),
+            "{path} took {t:?} with the cap full"
+        );
+    }
+    drop(silent);
     h.shutdown().await;
 }

@@ -2,26 +2,39 @@
 //! at once, how long a client may take to send its request head (slowloris), how long a
 //! connection may sit without any byte moving, and how large a request may be.
 //!
-//! hyper enforces the head deadline and size for HTTP/1; [`IdleTimeout`] closes any
-//! connection (HTTP/1, HTTP/2, TLS or not) on which no byte moved for `idle_timeout`,
-//! which also bounds a client that stops reading its response.
+//! The server closes a connection that has not sent a complete first request head within
+//! `header_read_timeout` of being accepted (the TLS handshake included); hyper enforces
+//! the same deadline for each later HTTP/1 head, and the head size. [`IdleTimeout`]
+//! closes any connection (HTTP/1, HTTP/2, TLS or not) on which no byte moved for
+//! `idle_timeout`, which also bounds a client that stops reading its response.
+//!
+//! [`ConnectionTable`] holds the `max_connections` cap. A new client is always accepted:
+//! at the cap the connection that is cheapest to lose is closed to make room (one that
+//! has not finished its first request head, else the longest idle, else the longest
+//! busy), so silent or trickling sockets can delay a fresh scrape by nothing, and can
+//! never keep it waiting in the kernel's accept queue.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Limits of the HTTP server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerLimits {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Connections served at once; a new one beyond this closes the connection that is
+    /// cheapest to lose (see [`ConnectionTable`]).
     pub max_connections: usize,
-    /// Time allowed for a request head (HTTP/1) and for the TLS handshake, from the
-    /// moment the server waits for it. Also ends an idle HTTP/1 keep-alive connection.
+    /// Time allowed for the first request head from the moment the connection is
+    /// accepted (TLS handshake included), and for each later HTTP/1 head from the moment
+    /// the server waits for it. Also ends an idle HTTP/1 keep-alive connection.
     pub header_read_timeout: Duration,
     /// A connection on which no byte moves in either direction for this long is closed.
     pub idle_timeout: Duration,
@@ -164,6 +177,179 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<I> {
     }
 }
 
+/// Where a connection is in its life, in the order connections are closed to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Accepted, first request head not complete yet (TLS handshake, HTTP/2 preface or
+    /// head still coming): nothing has been served, so nothing is lost by closing it.
+    Opening,
+    /// Between requests (keep-alive): the client reconnects when it needs to.
+    Idle,
+    /// A request is being answered.
+    Busy,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Opening => "without a complete request head",
+            Stage::Idle => "idle",
+            Stage::Busy => "busy",
+        }
+    }
+}
+
+struct Entry {
+    stage: Stage,
+    /// When the connection entered its stage.
+    since: Instant,
+    in_flight: usize,
+    close: CancellationToken,
+}
+
+/// The connections being served, at most `cap` of them.
+pub struct ConnectionTable {
+    cap: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    conns: HashMap<u64, Entry>,
+}
+
+impl ConnectionTable {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap.max(1),
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connections currently counted against the cap.
+    pub fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers a newly accepted connection. At the cap, first closes the connection that
+    /// is cheapest to lose: the lowest [`Stage`], and within it the one that has been in
+    /// that stage longest. Returns the new connection's slot and the stage of the one
+    /// closed, if any.
+    pub fn admit(self: &Arc<Self>) -> (Arc<ConnectionSlot>, Option<Stage>) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut evicted = None;
+        while inner.conns.len() >= self.cap {
+            let victim = inner
+                .conns
+                .iter()
+                .min_by_key(|(_, e)| (e.stage, e.since))
+                .map(|(id, _)| *id);
+            let Some(id) = victim else { break };
+            if let Some(e) = inner.conns.remove(&id) {
+                e.close.cancel();
+                evicted = Some(e.stage);
+            }
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let close = CancellationToken::new();
+        inner.conns.insert(
+            id,
+            Entry {
+                stage: Stage::Opening,
+                since: now,
+                in_flight: 0,
+                close: close.clone(),
+            },
+        );
+        let slot = Arc::new(ConnectionSlot {
+            table: self.clone(),
+            id,
+            close,
+        });
+        (slot, evicted)
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.lock().conns.get_mut(&id) {
+            f(e);
+        }
+    }
+}
+
+/// One connection's place in the [`ConnectionTable`]; freed when dropped.
+pub struct ConnectionSlot {
+    table: Arc<ConnectionTable>,
+    id: u64,
+    close: CancellationToken,
+}
+
+impl ConnectionSlot {
+    /// Completes when the connection has been chosen to make room for a new one.
+    pub fn evicted(&self) -> WaitForCancellationFutureOwned {
+        self.close.clone().cancelled_owned()
+    }
+
+    /// Whether a complete request head has arrived on this connection.
+    pub fn head_seen(&self) -> bool {
+        let inner = self.table.lock();
+        inner
+            .conns
+            .get(&self.id)
+            .is_none_or(|e| e.stage != Stage::Opening)
+    }
+
+    /// A request head arrived: the connection is busy until the returned guard (kept
+    /// with the response body) is dropped.
+    pub fn request_started(&self) -> RequestGuard {
+        self.table.update(self.id, |e| {
+            e.in_flight += 1;
+            if e.stage != Stage::Busy {
+                e.stage = Stage::Busy;
+                e.since = Instant::now();
+            }
+        });
+        RequestGuard {
+            table: self.table.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.table.lock().conns.remove(&self.id);
+    }
+}
+
+/// One request in flight; the connection turns idle when its last one is dropped.
+pub struct RequestGuard {
+    table: Arc<ConnectionTable>,
+    id: u64,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.table.update(self.id, |e| {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            if e.in_flight == 0 {
+                e.stage = Stage::Idle;
+                e.since = Instant::now();
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +385,40 @@ mod tests {
         assert!(waited >= idle - Duration::from_millis(10), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         writer.abort();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_cheapest_connection_makes_room() {
+        let table = ConnectionTable::new(3);
+        let (busy, _) = table.admit();
+        let (idle, _) = table.admit();
+        let (opening, _) = table.admit();
+        let _request = busy.request_started();
+        drop(idle.request_started());
+        assert_eq!(table.len(), 3);
+        assert!(busy.head_seen() && idle.head_seen() && !opening.head_seen());
+
+        // The newest connection, but the only one without a request: closed first.
+        let (fourth, evicted) = table.admit();
+        assert_eq!(evicted, Some(Stage::Opening));
+        assert!(opening.close.is_cancelled());
+        assert_eq!(table.len(), 3);
+        // Without one, the longest idle; the busy ones last, the longest busy first.
+        let _fourth_request = fourth.request_started();
+        let (fifth, evicted) = table.admit();
+        assert_eq!(evicted, Some(Stage::Idle));
+        assert!(idle.close.is_cancelled());
+        let _fifth_request = fifth.request_started();
+        let (_sixth, evicted) = table.admit();
+        assert_eq!(evicted, Some(Stage::Busy));
+        assert!(busy.close.is_cancelled(), "the longest busy goes first");
+        assert!(!fourth.close.is_cancelled() && !fifth.close.is_cancelled());
+
+        // A slot dropped frees its place; an evicted one is not counted twice.
+        assert_eq!(table.len(), 3);
+        drop((opening, busy, idle));
+        assert_eq!(table.len(), 3);
+        drop(fourth);
+        assert_eq!(table.len(), 2);
     }
 }

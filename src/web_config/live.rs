@@ -5,6 +5,11 @@
 //! headers — and the listener is never closed. A bad load keeps the last good
 //! configuration, logs every problem once (not once per poll), and sets
 //! `vpswatch_web_config_last_reload_successful` to 0.
+//!
+//! A reload may add or change TLS, client-certificate checks and basic auth, but never
+//! switch off or weaken what is in force: a file that would (an empty file from a
+//! non-atomic rewrite looks exactly like "plain HTTP, no auth") is refused like a broken
+//! one. Dropping protection takes a restart, a deliberate act.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,8 +19,9 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::tls::ClientAuth;
 use super::WebConfig;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Problem};
 use crate::metrics::SelfMetrics;
 use vpswatch_model::clock::SharedClock;
 
@@ -116,12 +122,81 @@ impl LiveWebConfig {
         watched.files = files;
         match result {
             Ok(config) => {
+                let dropped = weakened(&self.current.load(), &config);
+                if !dropped.is_empty() {
+                    return Reload::Failed(ConfigError {
+                        file: source.path.display().to_string(),
+                        problems: dropped,
+                    });
+                }
                 self.current.store(Arc::new(config));
                 Reload::Applied
             }
             Err(e) => Reload::Failed(e),
         }
     }
+}
+
+fn client_auth_rank(c: ClientAuth) -> u8 {
+    match c {
+        ClientAuth::None => 0,
+        ClientAuth::VerifyIfGiven => 1,
+        ClientAuth::RequireAndVerify => 2,
+    }
+}
+
+/// What `new` would switch off or weaken of the protection `old` has in force, each as a
+/// problem naming the key and what a restart would be needed for.
+fn weakened(old: &WebConfig, new: &WebConfig) -> Vec<Problem> {
+    const RESTART: &str = "a live reload never removes protection in force; if this is \
+                           meant, restart vpswatch to apply it";
+    let mut problems = Vec::new();
+    if let Some(old_tls) = &old.tls {
+        match &new.tls {
+            None => problems.push(Problem {
+                path: "tls_server_config".into(),
+                message: format!(
+                    "missing: this would switch TLS off (plain HTTP){}; {RESTART}",
+                    if old_tls.client_auth == ClientAuth::None {
+                        String::new()
+                    } else {
+                        format!(
+                            " and drop the client certificate check ({})",
+                            old_tls.client_auth.as_str()
+                        )
+                    }
+                ),
+            }),
+            Some(new_tls)
+                if client_auth_rank(new_tls.client_auth)
+                    < client_auth_rank(old_tls.client_auth) =>
+            {
+                problems.push(Problem {
+                    path: "tls_server_config.client_auth_type".into(),
+                    message: format!(
+                        "{} would weaken the client certificate check from {}; {RESTART}",
+                        new_tls.client_auth.as_str(),
+                        old_tls.client_auth.as_str()
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(old_auth) = &old.auth {
+        if new.auth.is_none() {
+            problems.push(Problem {
+                path: "basic_auth_users".into(),
+                message: format!(
+                    "missing or empty: this would switch basic auth off (now {} user{}); \
+                     {RESTART}",
+                    old_auth.user_count(),
+                    if old_auth.user_count() == 1 { "" } else { "s" }
+                ),
+            });
+        }
+    }
+    problems
 }
 
 /// Watches the file until cancelled: polls every `interval`, and reloads at once on

@@ -179,6 +179,17 @@ pub fn load_tracked(path: &Path) -> (Result<WebConfig, ConfigError>, Vec<PathBuf
 /// directory of the config file, as the exporter toolkit does). Files read are appended
 /// to `deps`.
 pub fn parse(text: &str, base: &Path, deps: &mut Vec<PathBuf>) -> Result<WebConfig, Vec<Problem>> {
+    let flow = flow_collections(text);
+    if flow > MAX_FLOW_COLLECTIONS {
+        return Err(vec![Problem {
+            path: String::new(),
+            message: format!(
+                "refused before parsing: {flow} '[' or '{{' characters, at most \
+                 {MAX_FLOW_COLLECTIONS} accepted (flow collections nest that deep at most; \
+                 a web config needs a handful)"
+            ),
+        }]);
+    }
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
         vec![Problem {
             path: String::new(),
@@ -320,6 +331,18 @@ fn check_headers(raw: &BTreeMap<String, String>, problems: &mut Vec<Problem>) ->
     out
 }
 
+/// `[` and `{` a web config may contain, nested or not. The YAML parser's time grows with
+/// the square of the flow nesting depth (100,000 levels in 200 KB: minutes of CPU); the
+/// count bounds that depth from above with a scan that cannot be fooled by quoting, and
+/// a web config needs a handful. Block nesting needs no such guard: its depth costs
+/// indentation, and the parser stops at its recursion limit early.
+pub const MAX_FLOW_COLLECTIONS: usize = 64;
+
+/// Counts the characters that can open a flow collection, quoted or not.
+fn flow_collections(text: &str) -> usize {
+    text.bytes().filter(|b| matches!(b, b'[' | b'{')).count()
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -329,13 +352,23 @@ fn one_line(s: &str) -> String {
 /// memory).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Reads at most [`MAX_FILE_BYTES`] of a file; more is an error.
+/// Reads at most [`MAX_FILE_BYTES`] of a regular file; more, or anything else (a FIFO, a
+/// device, a directory), is an error.
 pub(crate) fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO would wait for a writer; without blocking, its type can be checked.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO, device or directory is refused)",
+        ));
+    }
     let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut out)?;
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut out)?;
     if out.len() as u64 > MAX_FILE_BYTES {
         return Err(std::io::Error::other(format!(
             "larger than {MAX_FILE_BYTES} bytes"
@@ -431,6 +464,48 @@ mod tests {
         );
         let p = problems("- a\n- b\n");
         assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let p = problems(&deep);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(": refused before parsing: 100000 '['"),
+            "{p:?}"
+        );
+        // Quoting does not hide brackets from the count.
+        let quoted = format!("a: \"{}\"\n", "]".repeat(10) + &"[".repeat(100));
+        assert!(problems(&quoted)[0].contains("refused before parsing"));
+        // A handful is fine.
+        let mut deps = Vec::new();
+        let c = parse(
+            "http_server_config: {http2: false, headers: {X-Frame-Options: deny}}\n",
+            Path::new("."),
+            &mut deps,
+        )
+        .expect("valid");
+        assert!(!c.http2);
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let err = read_limited(Path::new("/dev/zero")).expect_err("a device");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = read_limited(dir.path()).expect_err("a directory");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read_limited(&fifo).expect_err("a FIFO");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.yml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).expect("write");
+        let err = read_limited(&big).expect_err("too large");
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

@@ -1102,6 +1102,23 @@ impl World {
     }
 }
 
+/// Seconds one interval adds, counted from `base` (calendar months for monthly plans).
+pub fn interval_seconds(base: DateTime<Utc>, plan: &CostPlan) -> u64 {
+    let n = plan.interval_amount;
+    let next = match plan.interval_type {
+        IntervalType::Day => base.checked_add_days(Days::new(n)),
+        IntervalType::Month => u32::try_from(n)
+            .ok()
+            .and_then(|m| base.checked_add_months(Months::new(m))),
+        IntervalType::Year => n
+            .checked_mul(12)
+            .and_then(|m| u32::try_from(m).ok())
+            .and_then(|m| base.checked_add_months(Months::new(m))),
+    }
+    .unwrap_or(base);
+    (next - base).num_seconds().max(0) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1183,21 +1200,4 @@ mod tests {
         assert_ne!(default_ipv4(1), default_ipv4(255));
         assert_eq!(default_ipv4(1), Ipv4Addr::new(127, 1, 0, 1));
     }
-}
-
-/// Seconds one interval adds, counted from `base` (calendar months for monthly plans).
-pub fn interval_seconds(base: DateTime<Utc>, plan: &CostPlan) -> u64 {
-    let n = plan.interval_amount;
-    let next = match plan.interval_type {
-        IntervalType::Day => base.checked_add_days(Days::new(n)),
-        IntervalType::Month => u32::try_from(n)
-            .ok()
-            .and_then(|m| base.checked_add_months(Months::new(m))),
-        IntervalType::Year => n
-            .checked_mul(12)
-            .and_then(|m| u32::try_from(m).ok())
-            .and_then(|m| base.checked_add_months(Months::new(m))),
-    }
-    .unwrap_or(base);
-    (next - base).num_seconds().max(0) as u64
 }

@@ -7,6 +7,11 @@
 //!
 //! `cargo bench --bench exporter`; knobs: BENCH_VMS (1000), BENCH_SECONDS per round (5),
 //! BENCH_CONNECTIONS (8), BENCH_ROUNDS (2, A/B interleaved plain/gzip).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark: a panic is a failed run"
+)]
 
 #[path = "common/mod.rs"]
 mod common;

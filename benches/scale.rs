@@ -25,6 +25,11 @@
 //! `cargo bench --bench scale`; knobs: BENCH_SIZES ("1x10,10x10,10x100,100x100,100x1000"),
 //! BENCH_PROVIDERS ("lnvps,stablevps"), BENCH_FLOOR_SECS (20), BENCH_MAX_RPM (9000),
 //! BENCH_ENCODE_REPS (5).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark: a panic is a failed run"
+)]
 
 #[path = "common/mod.rs"]
 mod common;

@@ -29,6 +29,11 @@
 //! `cargo bench --bench soak`; knobs: BENCH_SOAK_SECS, BENCH_SOAK_HOURS, BENCH_SOAK_VMS
 //! (100), BENCH_SOAK_HANGS_PER_HOUR, BENCH_SOAK_SAMPLE_SECS, BENCH_SOAK_JOURNAL_ENTRIES (40:
 //! `[watchdog] journal_entries`, small so that the cap is reached within the day).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark: a panic is a failed run"
+)]
 
 #[path = "common/heap.rs"]
 mod heap;

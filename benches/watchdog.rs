@@ -7,6 +7,11 @@
 //!
 //! `cargo bench --bench watchdog`; knobs: BENCH_TRIALS (5), BENCH_FOR_SECS (6),
 //! BENCH_PROBE_MS (1000).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark: a panic is a failed run"
+)]
 
 #[path = "common/mod.rs"]
 mod common;

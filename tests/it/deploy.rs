@@ -19,6 +19,7 @@
 //! Missing tools fail the tests with the Debian package to install (`bash .ci/run`
 //! installs them); only systemd-analyze is optional, as the unit's checks need systemd.
 
+use crate::common::free_port;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -69,13 +70,6 @@ fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn client() -> reqwest::Client {

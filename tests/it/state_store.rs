@@ -7,18 +7,17 @@
 //! And the bound of that memory: at most `HOLD_LIMIT` notifications are held, the rest
 //! are counted as dropped.
 
-mod common;
-
+use crate::common::free_port;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::daemon_process::KillOnDrop;
+use crate::common::smtp::{read_mails, Mail, ServerOpts, SmtpServer};
+use crate::common::Exposition;
 use chrono::Utc;
-use common::daemon_process::{free_port, KillOnDrop};
-use common::smtp::{read_mails, Mail, ServerOpts, SmtpServer};
-use common::Exposition;
 use tokio_util::sync::CancellationToken;
 use vpswatch::metrics::SelfMetrics;
 use vpswatch::notify::email::settings::{self, EmailSettings};

@@ -1,14 +1,13 @@
 //! `kill -9` of the real binary right after it sent a reboot: the restarted daemon reads
 //! the journal, keeps the cooldown, and sends no second action to the still-dead VM.
 
-mod common;
-
+use crate::common::free_port;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon_process::{free_port, spawn_run, KillOnDrop};
-use common::{wait_for, Exposition};
+use crate::common::daemon_process::{spawn_run, KillOnDrop};
+use crate::common::{wait_for, Exposition};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 

@@ -10,18 +10,16 @@
 //!
 //! Also: key files readable by group or others draw a warning naming the file.
 //!
-//! Its own test binary because the log capture is process-wide.
+//! The log capture is process-wide (`common::log_capture`).
 
-mod common;
-
-use std::io::Write;
+use crate::common::free_port;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{wait_for, wait_metrics_at, Exposition};
 use base64::Engine;
-use common::{wait_for, wait_metrics_at, Exposition};
 use nostr::ToBech32;
 use vpswatch::daemon::Daemon;
 use vpswatch_model::clock::SystemClock;
@@ -36,47 +34,6 @@ const T: Duration = Duration::from_secs(30);
 const READ_KEY: &str = "svps_live_5ec2e7a11ce0000000000000000000000000d00d";
 const WRITE_KEY: &str = "svps_live_f0ff5ec2e7b0b0000000000000000000000000beef";
 const SMTP_PASSWORD: &str = "smtp-Pa55w0rd-never-logged-7f3a9c";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The global capture, installed once for this test binary.
-fn capture() -> Capture {
-    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
-    CAPTURE
-        .get_or_init(|| {
-            let capture = Capture::default();
-            let writer = capture.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .try_init()
-                .expect("the only subscriber in this test binary");
-            capture
-        })
-        .clone()
-}
 
 /// Every form a secret could leak in.
 fn encodings(secret: &[u8]) -> Vec<String> {
@@ -162,13 +119,6 @@ struct World {
     secrets: Secrets,
     vm_port: u16,
     rdp_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn write_secret(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
@@ -381,7 +331,7 @@ timeout = "1s"
                 .sum()
         };
         for (kind, code) in kinds {
-            let before = Exposition::parse(&common::scrape(http, addr).await);
+            let before = Exposition::parse(&crate::common::scrape(http, addr).await);
             let (ln0, sv0) = (
                 count(&before, "lnvps", code),
                 count(&before, "stablevps", code),
@@ -401,7 +351,7 @@ timeout = "1s"
         }
         // NIP-98 clock skew, both ways.
         for skew in [90, -90] {
-            let before = Exposition::parse(&common::scrape(http, addr).await);
+            let before = Exposition::parse(&crate::common::scrape(http, addr).await);
             let ln0 = count(&before, "lnvps", "401");
             self.lnvps.set_clock_skew(skew);
             wait_metrics_at(http, addr, "skew counted", T, |e| {
@@ -523,7 +473,7 @@ to = ["b@example.test"]
 
 #[tokio::test]
 async fn no_secret_leaks_in_process() {
-    let capture = capture();
+    let capture = crate::common::log_capture::capture();
     let w = World::start(1).await;
     let text = w.config("127.0.0.1:0");
     let config = vpswatch::config::parse(&text, "hygiene.toml", &|_| None)

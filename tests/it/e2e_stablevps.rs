@@ -4,14 +4,14 @@
 //! leave the last good values with the failure visible, and an LNVPS and a StableVPS
 //! account must poll independently.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{
+    stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_FULL2, SVPS_READ,
+};
 use chrono::{DateTime, Months, TimeZone, Utc};
-use common::{stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_FULL2, SVPS_READ};
 use vpswatch::provider::stablevps::builtin_plans;
 use vpswatch::provider::{ProviderError, VmAction};
 use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};

@@ -3,13 +3,12 @@
 //! the journaled renewal by looking the payment up and never asks the wallet again, even
 //! though the VM is still inside the rule's window.
 
-mod common;
-
+use crate::common::free_port;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon_process::{free_port, spawn_run, KillOnDrop};
-use common::{wait_for, Exposition};
+use crate::common::daemon_process::{spawn_run, KillOnDrop};
+use crate::common::{wait_for, Exposition};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, RelTime, Scenario, VmSpec};
 use vpswatch_sim::nwc_wallet::{NwcWalletService, WalletFailure};

@@ -2,14 +2,10 @@
 //! [`Harness`] is one LNVPS account; [`Stack`] is any mix of an LNVPS and a StableVPS
 //! simulator with accounts on either.
 #![allow(dead_code)]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers: a panic is a failed test"
-)]
 
 pub mod alertmanager;
 pub mod daemon_process;
+pub mod log_capture;
 pub mod smtp;
 
 use std::future::Future;
@@ -24,6 +20,14 @@ use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario};
 use vpswatch_sim::stablevps::{StableScenario, StableVpsSim, StableVpsSimHandle};
 
 pub const LOOPBACK_ANY: &str = "127.0.0.1:0";
+
+/// A TCP port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
 
 /// A daemon polling one LNVPS account on a simulator.
 pub struct Harness {
@@ -487,16 +491,26 @@ impl RecordingNotifier {
     }
 }
 
+/// The demo world's machines listen on fixed addresses and ports (127.1.0.x:2222,
+/// 127.2.x.y:3389), so one demo at a time runs in this test binary: hold this while one
+/// runs, in-process or as `vpswatch demo`.
+pub async fn demo_slot() -> tokio::sync::MutexGuard<'static, ()> {
+    static SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SLOT.lock().await
+}
+
 /// The demo world and a daemon against it, in-process: what `vpswatch demo` runs, on a
 /// clock the test controls.
 pub struct DemoRun {
     pub world: vpswatch_sim::demo::DemoWorld,
     pub daemon: Daemon,
     _state_dir: tempfile::TempDir,
+    _slot: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl DemoRun {
     pub async fn start(clock: SharedClock) -> DemoRun {
+        let slot = demo_slot().await;
         vpswatch::daemon::install_crypto_provider();
         let world = vpswatch_sim::demo::DemoWorld::start(clock.clone())
             .await
@@ -514,6 +528,7 @@ impl DemoRun {
             world,
             daemon,
             _state_dir: state_dir,
+            _slot: slot,
         }
     }
 

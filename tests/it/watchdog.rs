@@ -3,13 +3,12 @@
 //! checks one invariant of DESIGN.md §5. Time is scaled (probes every 100 ms, `for` under
 //! a second) instead of slept through.
 
-mod common;
-
+use crate::common::free_port;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Exposition, Harness, RecordingNotifier};
+use crate::common::{Exposition, Harness, RecordingNotifier};
 use vpswatch::notify::{AlertStatus, Notify};
 use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmSpec, VmState};
@@ -40,13 +39,6 @@ patience = "10s"
 {extra}
 "#
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 impl Wd {
@@ -480,7 +472,7 @@ async fn a_restart_mid_cooldown_sends_no_extra_action() {
     })
     .await;
     wd.h.sim.update_vm(1, |v| v.hung = true);
-    common::wait_for("the reboot", T, || async { wd.calls(1, "/restart") == 1 }).await;
+    crate::common::wait_for("the reboot", T, || async { wd.calls(1, "/restart") == 1 }).await;
     wd.h.sim.update_vm(1, |v| v.hung = true);
     wd.h.wait_metrics("next rung held back by the cooldown", T, |e| {
         actions(e, "1", "skipped_cooldown") >= 1.0
@@ -493,7 +485,7 @@ async fn a_restart_mid_cooldown_sends_no_extra_action() {
     h.daemon.shutdown().await;
     let secret = h.keys.secret_key().to_secret_hex();
     let config = vpswatch::config::parse(
-        &common::config_text(&sim.base_url(), &globals),
+        &crate::common::config_text(&sim.base_url(), &globals),
         "test",
         &|n| (n == "TEST_NSEC").then(|| secret.clone()),
     )
@@ -636,7 +628,7 @@ async fn a_maintenance_window_holds_actions_back_and_counts_the_skip() {
 
 #[tokio::test]
 async fn a_matching_alertmanager_silence_holds_actions_back_until_it_ends() {
-    let am = common::alertmanager::Alertmanager::start().await;
+    let am = crate::common::alertmanager::Alertmanager::start().await;
     let rules = format!(
         "[watchdog]\nalertmanager_url = \"{}\"\nsilence_refresh = \"100ms\"\n{}",
         am.url,

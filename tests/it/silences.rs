@@ -17,9 +17,7 @@ use serde_json::{json, Value};
 
 use vpswatch::watchdog::silences::{SilenceChecker, SilenceError};
 
-mod common;
-
-use common::alertmanager::{free_port, Alertmanager};
+use crate::common::alertmanager::{free_port, Alertmanager};
 
 fn eq(name: &str, value: &str) -> Value {
     json!({ "name": name, "value": value, "isRegex": false, "isEqual": true })

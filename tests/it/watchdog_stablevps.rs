@@ -3,12 +3,10 @@
 //! account holding a full-scope key; an account polling with a read-only key reports the
 //! action as disabled and never sends a write.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Exposition, Stack, StackSpec};
+use crate::common::{Exposition, Stack, StackSpec};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::stablevps::{AccountSpec, KeyScope, KeySpec, StableScenario, VpsSpec};
 
@@ -37,8 +35,8 @@ async fn hung_vps_is_rebooted_with_the_write_key_and_never_by_a_read_only_accoun
     let scenario = StableScenario {
         accounts: vec![AccountSpec {
             keys: vec![
-                key(common::SVPS_FULL, KeyScope::Full),
-                key(common::SVPS_READ, KeyScope::Read),
+                key(crate::common::SVPS_FULL, KeyScope::Full),
+                key(crate::common::SVPS_READ, KeyScope::Read),
             ],
             ..AccountSpec::default()
         }],
@@ -135,7 +133,7 @@ api_key_env = "SVPS_READ"
         writes
             .iter()
             .all(|r| r.key_prefix.as_deref().is_some_and(|p| {
-                common::SVPS_FULL.starts_with(p) && !common::SVPS_READ.starts_with(p)
+                crate::common::SVPS_FULL.starts_with(p) && !crate::common::SVPS_READ.starts_with(p)
             })),
         "{writes:?}"
     );

@@ -4,15 +4,12 @@
 //! error or warning and no action error. Also: the "actions disabled" line is logged
 //! once per account, however often it is hit.
 //!
-//! Its own test binary because the log capture is process-wide.
+//! The log capture is process-wide (`common::log_capture`).
 
-mod common;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_READ};
+use crate::common::{stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_READ};
 use vpswatch::provider::VmAction;
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::stablevps::{
@@ -21,29 +18,6 @@ use vpswatch_sim::stablevps::{
 };
 
 const T: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Successful `GET /api/v1/vps/:id` answers served so far (each carries a password).
 fn detail_answers(sim: &vpswatch_sim::stablevps::StableVpsSimHandle) -> usize {
@@ -55,14 +29,7 @@ fn detail_answers(sim: &vpswatch_sim::stablevps::StableVpsSimHandle) -> usize {
 
 #[tokio::test]
 async fn rdp_passwords_and_keys_never_leak() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .try_init()
-        .expect("the only subscriber in this test binary");
+    let capture = crate::common::log_capture::capture();
 
     let key = |k: &str, scope| KeySpec {
         key: k.into(),
@@ -106,7 +73,7 @@ async fn rdp_passwords_and_keys_never_leak() {
     let sim = s.svps().clone();
     let ids: Vec<String> = sim.vpses().into_iter().map(|v| v.id).collect();
 
-    common::wait_for("per-VPS answers with passwords were read", T, || {
+    crate::common::wait_for("per-VPS answers with passwords were read", T, || {
         let sim = sim.clone();
         async move { detail_answers(&sim) >= 12 }
     })
@@ -183,7 +150,7 @@ async fn rdp_passwords_and_keys_never_leak() {
 
     // A few more polls after all that.
     let so_far = detail_answers(&sim);
-    common::wait_for("more polls", T, || {
+    crate::common::wait_for("more polls", T, || {
         let sim = sim.clone();
         async move { detail_answers(&sim) >= so_far + 6 }
     })

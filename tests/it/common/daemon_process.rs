@@ -13,13 +13,6 @@ impl Drop for KillOnDrop {
 }
 
 /// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// `vpswatch run --config <config>` with the Nostr key in env var `nsec_var`.
 pub fn spawn_run(config: &std::path::Path, nsec_var: &str, nsec: &str) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))

@@ -2,12 +2,10 @@
 //! real HTTP. /metrics must equal the simulator's state and follow it; faults must leave
 //! the last good values with the failure visible; recovery must bring it back.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_for, Exposition, Harness};
+use crate::common::{wait_for, Exposition, Harness};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmState};
 

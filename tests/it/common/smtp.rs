@@ -92,11 +92,6 @@ impl Drop for SmtpServer {
 }
 
 /// A port nobody listens on right now (bound, then released).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 // ---------------------------------------------------------------------------------------
 // Delivered mails
 // ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ impl Drop for Alertmanager {
     }
 }
 
-pub use super::daemon_process::free_port;
+pub use super::free_port;
 
 pub fn client() -> reqwest::Client {
     vpswatch::daemon::install_crypto_provider();

@@ -4,13 +4,11 @@
 //! in the account's error), the daemon keeps serving, and the server sees the client
 //! stop reading at about `max_response_bytes`.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::wait_metrics_at;
+use crate::common::wait_metrics_at;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use vpswatch::daemon::Daemon;

@@ -2,16 +2,12 @@
 //! produces a firing mail, an action mail and a resolved mail that thread together; a VM
 //! flapping inside the rule's hysteresis produces no mail at all.
 
-#![allow(clippy::expect_used, reason = "test helpers: a panic is a failed test")]
-
-mod common;
-
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::smtp::{read_mails, Mail, ServerOpts, SmtpServer};
-use common::Harness;
+use crate::common::smtp::{read_mails, Mail, ServerOpts, SmtpServer};
+use crate::common::Harness;
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{Scenario, VmSpec};
 
@@ -179,7 +175,7 @@ action = "reboot"
     while Instant::now() < until {
         s.h.sim.set_hung(1, true);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let e = common::Exposition::parse(&s.h.metrics().await);
+        let e = crate::common::Exposition::parse(&s.h.metrics().await);
         if e.get("vps_probe_success", &[("vm", "1")]) == Some(0.0) {
             failures_seen += 1;
         }

@@ -2,13 +2,11 @@
 //! the VMs' public IPv4s; only running VMs are probed; a VM whose port stops answering
 //! (a hung VM) shows as failing; a VM that stops disappears from the probe series.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Harness;
+use crate::common::Harness;
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{Scenario, VmSpec, VmState};
 

@@ -8,6 +8,7 @@
 //! Time-sensitive tests run the simulator on a `ManualClock`, so the ±60 s window and
 //! expiry are exact; waiting is always polling with a deadline.
 
+use crate::common::free_port;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1572,13 +1573,6 @@ async fn shutdown_stops_serving() {
 // ---- watchdog steps: crash, hang, dead guests, failing actions, blackout, boot time ---
 
 /// A port number free on loopback; the simulator opens it on each VM's own address.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 async fn port_open(addr: SocketAddr) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,

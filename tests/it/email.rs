@@ -3,6 +3,7 @@
 //! restart from the same state directory, crash points in a separate process, STARTTLS
 //! with a private certificate and AUTH, and the precise errors of `test-email`.
 
+use crate::common::free_port;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,10 +21,8 @@ use vpswatch::provider::ProviderKind;
 use vpswatch::store::StateStore;
 use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
 
-mod common;
-
-use common::smtp::{
-    free_port, read_mails, read_refusals, wait_mails, Mail, ServerOpts, SmtpServer, WAIT,
+use crate::common::smtp::{
+    read_mails, read_refusals, wait_mails, Mail, ServerOpts, SmtpServer, WAIT,
 };
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

@@ -5,17 +5,16 @@
 //! refused for now waits its own backoff. And Message-IDs: unique per installation,
 //! unchanged across an SMTP outage and a restart.
 
-mod common;
-
+use crate::common::free_port;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon_process::{free_port, KillOnDrop};
-use common::smtp::{read_mails, read_refusals, Mail, ServerOpts, SmtpServer};
-use common::Exposition;
+use crate::common::daemon_process::KillOnDrop;
+use crate::common::smtp::{read_mails, read_refusals, Mail, ServerOpts, SmtpServer};
+use crate::common::Exposition;
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 use vpswatch_sim::scenario::VmState;

@@ -5,12 +5,10 @@
 //! `max_connections` is served at once, the connection cheapest to lose making room —
 //! even with the cap full of silent sockets and a thousand more arriving.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Harness;
+use crate::common::Harness;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vpswatch::notify::LogNotifier;

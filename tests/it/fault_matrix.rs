@@ -14,13 +14,12 @@
 //! 200 ms, requests time out after 300 ms, probes every 100 ms. The matrix is printed
 //! (run with `--nocapture` to see it) and mirrored in the README's Security section.
 
-mod common;
-
+use crate::common::free_port;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{wait_for, wait_metrics_at, Exposition, SVPS_FULL};
+use crate::common::{wait_for, wait_metrics_at, Exposition, SVPS_FULL};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -260,13 +259,6 @@ struct Matrix {
     daemon: Daemon,
     http: reqwest::Client,
     _state: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn config_text(provider: &str, base_url: &str, probe_port: u16, state_dir: &str) -> String {

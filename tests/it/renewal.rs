@@ -6,14 +6,12 @@
 //! call is in flight, after the wallet paid and before `is_paid` was recorded) and starts
 //! a new daemon on the same state directory.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use common::{wait_for, RecordingNotifier};
+use crate::common::{wait_for, RecordingNotifier};
 use vpswatch::daemon::Daemon;
 use vpswatch::notify::{AlertStatus, EventKind, Notify};
 use vpswatch_model::clock::{ManualClock, SharedClock};
@@ -275,7 +273,7 @@ async fn vm_inside_the_window_is_paid_exactly_once() {
     assert_eq!(t.paid_invoices(), 1);
     assert_eq!(t.renewals("paid"), 1);
     let d = t.daemon.as_ref().expect("daemon");
-    let text = common::scrape(&reqwest::Client::new(), d.addr).await;
+    let text = crate::common::scrape(&reqwest::Client::new(), d.addr).await;
     assert!(
         text.contains(&format!(
             "vpswatch_renewal_paid_sats_total{{provider=\"lnvps\",account=\"main\",vm=\"{}\"}} 500",
@@ -580,7 +578,7 @@ async fn email_mode_mails_the_invoice_and_sees_it_paid() {
 async fn demo_vm_renews_itself_through_nwc() {
     let clock = Arc::new(ManualClock::new(t0()));
     let shared: SharedClock = clock.clone();
-    let demo = common::DemoRun::start(shared).await;
+    let demo = crate::common::DemoRun::start(shared).await;
     let vm = vpswatch_sim::demo::DEMO_RENEWING_VM;
     let before = demo.world.sim.vm(vm).and_then(|v| v.expires).expect("paid");
     // The window opens a minute after start.

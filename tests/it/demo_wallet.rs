@@ -2,16 +2,13 @@
 //! the wallet cannot pay, the renewal before it is paid, the provisioning VPS becomes
 //! active and the unpaid one is suspended — all within the first four minutes.
 //!
-//! Its own test binary: the demo's simulated machines listen on fixed ports, so it must
-//! not run beside `tests/demo.rs`.
-
-mod common;
+//! The demo's simulated machines listen on fixed ports: `DemoRun` holds the demo slot.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::wait_metrics_at;
 use chrono::{DateTime, Months, TimeZone, Utc};
-use common::wait_metrics_at;
 use vpswatch_model::clock::ManualClock;
 
 const T: Duration = Duration::from_secs(20);
@@ -23,7 +20,7 @@ async fn demo_wallet_runs_short_within_the_scenario() {
         .single()
         .expect("valid time");
     let clock = Arc::new(ManualClock::new(t0));
-    let demo = common::DemoRun::start(clock.clone()).await;
+    let demo = crate::common::DemoRun::start(clock.clone()).await;
     let http = reqwest::Client::new();
     let acc = [("provider", "stablevps"), ("account", "demo-stablevps")];
     let ids: Vec<String> = demo

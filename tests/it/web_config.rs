@@ -4,14 +4,12 @@
 //! the running daemon (by polling and by SIGHUP) and a broken file keeps the last good
 //! one; `check-config` lists every problem with its key path.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{owner_hex, wait_for, Exposition, LOOPBACK_ANY};
+use crate::common::{owner_hex, wait_for, Exposition, LOOPBACK_ANY};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -166,7 +164,7 @@ impl Served {
         .await
         .expect("simulator");
         let secret = keys.secret_key().to_secret_hex();
-        let text = common::config_text(&sim.base_url(), "");
+        let text = crate::common::config_text(&sim.base_url(), "");
         let mut config = vpswatch::config::parse(&text, "test", &|n| {
             (n == "TEST_NSEC").then(|| secret.clone())
         })
@@ -519,7 +517,7 @@ async fn a_broken_file_stops_the_start() {
         pki.write_config("tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n");
     let keys = nostr::Keys::generate();
     let secret = keys.secret_key().to_secret_hex();
-    let text = common::config_text("http://127.0.0.1:9", "");
+    let text = crate::common::config_text("http://127.0.0.1:9", "");
     let mut config = vpswatch::config::parse(&text, "test", &|n| {
         (n == "TEST_NSEC").then(|| secret.clone())
     })
@@ -690,7 +688,7 @@ async fn a_tls_connection_without_a_request_is_closed_at_the_head_deadline_from_
 
 /// The real binary serving `web` (reloaded every 100 ms), its log in a file.
 struct Binary {
-    _child: common::daemon_process::KillOnDrop,
+    _child: crate::common::daemon_process::KillOnDrop,
     port: u16,
     log: PathBuf,
 }
@@ -699,7 +697,7 @@ impl Binary {
     fn start(pki: &Pki, web: &Path) -> Binary {
         // For the test's own clients.
         vpswatch::daemon::install_crypto_provider();
-        let port = common::daemon_process::free_port();
+        let port = crate::common::free_port();
         let toml = pki.path("vpswatch.toml");
         std::fs::write(
             &toml,
@@ -726,7 +724,7 @@ impl Binary {
             .spawn()
             .expect("start vpswatch");
         Binary {
-            _child: common::daemon_process::KillOnDrop(child),
+            _child: crate::common::daemon_process::KillOnDrop(child),
             port,
             log,
         }

@@ -82,7 +82,7 @@ async fn load(url: &str, gzip: bool, conns: usize, secs: u64) -> (f64, Duration,
 
 #[tokio::main]
 async fn main() {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let vms = env_num("BENCH_VMS", 1000);
     let secs = env_num("BENCH_SECONDS", 5);
     let conns = env_num("BENCH_CONNECTIONS", 8) as usize;

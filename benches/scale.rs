@@ -42,12 +42,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vpswatch::metrics::encoder;
-use vpswatch::metrics::SelfMetrics;
-use vpswatch::provider::{AccountData, AccountFacts, Money, ProviderKind, Usage, Vm, VmState};
-use vpswatch::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch::metrics::{FamilySource, SelfMetrics};
 use vpswatch::watchdog::probe::ProbeStore;
 use vpswatch::watchdog::report::WatchdogReport;
+use vpswatch_model::account::{AccountData, AccountFacts, ProviderKind};
 use vpswatch_model::clock::SystemClock;
+use vpswatch_model::money::Money;
+use vpswatch_model::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_model::vm::{Usage, Vm, VmState};
 use vpswatch_sim::lnvps::{LnvpsSim, Scenario};
 use vpswatch_sim::scenario::bench_account_secret;
 use vpswatch_sim::stablevps::{bench_key, StableScenario, StableVpsSim};
@@ -93,7 +95,7 @@ fn encode_time(kind: ProviderKind, accounts: usize, per: usize, reps: u64) -> (f
                 expires: Some(now + chrono::Duration::days((i % 60) as i64 + 1)),
                 deleting_on: Some(now + chrono::Duration::days((i % 60) as i64 + 4)),
                 auto_renewal_enabled: Some(i % 2 == 0),
-                renewal: Some(vpswatch::provider::Renewal {
+                renewal: Some(vpswatch_model::vm::Renewal {
                     price: Money {
                         amount: 2.5,
                         currency: "EUR".into(),
@@ -135,15 +137,15 @@ fn encode_time(kind: ProviderKind, accounts: usize, per: usize, reps: u64) -> (f
         }));
         store.publish(a, snap);
     }
-    let (probes, watchdog, selfm) = (
-        ProbeStore::default(),
-        WatchdogReport::default(),
-        SelfMetrics::new(),
-    );
+    let sources: [std::sync::Arc<dyn FamilySource>; 2] = [
+        std::sync::Arc::new(ProbeStore::default()),
+        std::sync::Arc::new(WatchdogReport::default()),
+    ];
+    let selfm = SelfMetrics::new();
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..reps.max(1) {
-        let e = encoder::render(&store, &probes, &watchdog, &selfm);
+        let e = encoder::render(&store, &sources, &selfm);
         times.push(e.encode_time.as_secs_f64() * 1000.0);
         size = e.plain.len();
     }
@@ -292,7 +294,7 @@ fn restrict(path: &std::path::Path) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let sizes: Vec<(usize, usize)> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "1x10,10x10,10x100,100x100,100x1000".into())
         .split(',')

@@ -108,7 +108,7 @@ fn vm_spec(owner: &str, ip: Ipv4Addr, days: i64) -> VmSpec {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let real = Duration::from_secs(env_num("BENCH_SOAK_SECS", 180));
     let hours = env_num("BENCH_SOAK_HOURS", 24);
     let n = env_num("BENCH_SOAK_VMS", 100) as usize;

@@ -27,7 +27,7 @@ use vpswatch_sim::lnvps::{LnvpsSim, Scenario, VmSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let trials = env_num("BENCH_TRIALS", 5);
     let hold = Duration::from_secs(env_num("BENCH_FOR_SECS", 6));
     let probe = Duration::from_millis(env_num("BENCH_PROBE_MS", 1000));

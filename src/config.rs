@@ -6,25 +6,25 @@
 //! Secrets are read from files or environment variables and never appear in messages.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
+use vpswatch_model::problem::{one_line, read_section, ConfigError, Problem};
+use vpswatch_providers::{AccountConfig, Credentials, ProviderLimits};
 
 use crate::notify::email::settings::{self as email_settings, EmailSettings};
-use crate::provider::lnvps::BtcUnit;
-use crate::provider::runway::BillingPeriod;
-use crate::provider::stablevps::{self, ApiKeyHeader, Plan, PlanCycle, PlanTable};
-use crate::provider::ProviderKind;
-use crate::secret::{self, Secret};
 use crate::watchdog::maintenance::MaintenanceConfig;
 use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
 use crate::web_config::limits::{ServerLimits, MIN_HEADER_BYTES};
-use crate::{bounded_file, redact};
+use vpswatch_model::account::ProviderKind;
+use vpswatch_model::secret::{self, Secret};
+use vpswatch_model::{bounded_file, redact};
+use vpswatch_providers::lnvps::BtcUnit;
+use vpswatch_providers::runway::BillingPeriod;
+use vpswatch_providers::stablevps::{self, ApiKeyHeader, Plan, PlanCycle, PlanTable};
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
@@ -33,39 +33,6 @@ pub const DEFAULT_PORT: u16 = 10047;
 /// Where the journal and the alert outbox live unless `state_dir` says otherwise
 /// (systemd's `StateDirectory=vpswatch`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vpswatch";
-
-/// One problem found in a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path, e.g. `accounts[0].poll_interval`; empty for whole-file problems.
-    pub path: String,
-    pub message: String,
-}
-
-/// Every problem found in a configuration file.
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub file: String,
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            if p.path.is_empty() {
-                write!(f, "{}: {}", self.file, p.message)?;
-            } else {
-                write!(f, "{}: {}: {}", self.file, p.path, p.message)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 // ---------------------------------------------------------------------------------------
 // File format
@@ -224,28 +191,6 @@ struct RawCycle {
     period: Option<String>,
 }
 
-/// Limits shared by all accounts of one provider.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ProviderLimits {
-    /// Requests per minute from this host, all accounts together (LNVPS: 600 per IP).
-    pub requests_per_minute: u32,
-    /// Per-VM calls in flight at once per account.
-    pub concurrency: usize,
-    /// Attempts per request, first one included.
-    pub max_attempts: u32,
-}
-
-impl Default for ProviderLimits {
-    fn default() -> Self {
-        Self {
-            requests_per_minute: 600,
-            concurrency: 4,
-            max_attempts: 3,
-        }
-    }
-}
-
 /// TCP liveness probes of running VMs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -312,52 +257,6 @@ struct RawAccount {
 // Validated configuration
 // ---------------------------------------------------------------------------------------
 
-/// Credentials of one account, loaded.
-#[derive(Clone)]
-pub enum Credentials {
-    Nostr(Secret<nostr::Keys>),
-    /// StableVPS: `read` polls; `write`, when set, is the only key used for actions
-    /// (least privilege: a read-scope key for polling, a full-scope key for writes).
-    /// Without `write` the read key does both and its scope decides.
-    ApiKey {
-        read: Secret<String>,
-        write: Option<Secret<String>>,
-        header: ApiKeyHeader,
-    },
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credentials::Nostr(_) => f.write_str("Nostr([redacted])"),
-            Credentials::ApiKey { write, header, .. } => write!(
-                f,
-                "ApiKey {{ read: [redacted], write: {}, header: {} }}",
-                if write.is_some() {
-                    "[redacted]"
-                } else {
-                    "none"
-                },
-                header.as_str()
-            ),
-        }
-    }
-}
-
-/// One account to poll.
-#[derive(Debug, Clone)]
-pub struct AccountConfig {
-    pub name: String,
-    pub provider: ProviderKind,
-    pub base_url: Url,
-    pub poll_interval: Duration,
-    pub credentials: Credentials,
-    pub btc_amount_unit: BtcUnit,
-    pub vm_names: HashMap<String, String>,
-    /// Overrides the provider's probe port for this account's VMs.
-    pub probe_port: Option<u16>,
-}
-
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -388,6 +287,16 @@ pub struct Config {
 impl Config {
     pub fn limits(&self, kind: ProviderKind) -> ProviderLimits {
         self.providers.get(&kind).cloned().unwrap_or_default()
+    }
+
+    /// What the clients of an account at `kind` are built with.
+    pub fn client_settings(&self, kind: ProviderKind) -> vpswatch_providers::ClientSettings {
+        vpswatch_providers::ClientSettings {
+            limits: self.limits(kind),
+            request_timeout: self.request_timeout,
+            max_response_bytes: self.max_response_bytes,
+            stablevps_plans: std::sync::Arc::new(self.stablevps_plans.clone()),
+        }
     }
 }
 
@@ -774,48 +683,6 @@ fn check_rule_targets(
     }
 }
 
-/// Deserializes one section, recording unknown keys and the first type error with their
-/// full key paths.
-pub(crate) fn read_section<T: DeserializeOwned>(
-    value: toml::Value,
-    prefix: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<T> {
-    let join = |p: &str| match (prefix.is_empty(), p.is_empty() || p == ".") {
-        (_, true) => prefix.to_string(),
-        (true, false) => p.to_string(),
-        (false, false) => format!("{prefix}.{p}"),
-    };
-    let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let result = {
-        let mut on_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
-        let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
-        let de = serde_path_to_error::Deserializer::new(ignored, &mut track);
-        T::deserialize(de)
-    };
-    for key in unknown {
-        problems.push(Problem {
-            path: join(&key),
-            message: "unknown key (check the spelling; see the README's config reference)".into(),
-        });
-    }
-    match result {
-        Ok(v) => Some(v),
-        Err(e) => {
-            problems.push(Problem {
-                path: join(&track.path().to_string()),
-                message: one_line(&e.to_string()),
-            });
-            None
-        }
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 fn validate_account(
     prefix: &str,
     raw: RawAccount,
@@ -831,7 +698,7 @@ fn validate_account(
             message,
         })
     };
-    if let Err(why) = crate::config::check_label_name(&raw.name) {
+    if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why);
     }
     let default_url = match raw.provider {
@@ -1006,23 +873,6 @@ fn validate_account(
         vm_names: raw.vm_names,
         probe_port: raw.probe_port,
     })
-}
-
-/// Names that become metric label values (accounts, rules): 1–64 characters of
-/// A-Z a-z 0-9 _ - . so they read well in PromQL and never need escaping.
-pub(crate) fn check_label_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)"
-        ))
-    }
 }
 
 fn is_loopback_host(u: &Url) -> bool {

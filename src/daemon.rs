@@ -12,12 +12,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::FamilySource;
 use crate::metrics::{encoder, MetricsCache, SelfMetrics};
 use crate::notify::{self, email::EmailNotifier, Notify};
 use crate::poll::Poller;
-use crate::provider::budget::BudgetRegistry;
-use crate::provider::{self, BuildContext, SharedProvider};
-use crate::snapshot::SnapshotStore;
+use crate::renew::report::RenewReport;
 use crate::store::StateStore;
 use crate::watchdog::engine::{self, WatchdogParts};
 use crate::watchdog::journal::Journal;
@@ -27,6 +26,9 @@ use crate::web::{self, WebState};
 use crate::web_config::live::LiveWebConfig;
 use crate::web_config::WebConfig;
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::snapshot::SnapshotStore;
+use vpswatch_providers::budget::BudgetRegistry;
+use vpswatch_providers::{self, BuildContext, SharedProvider};
 
 fn probe_settings(config: &Config) -> ProbeSettings {
     ProbeSettings {
@@ -39,11 +41,11 @@ fn probe_settings(config: &Config) -> ProbeSettings {
             .collect(),
         default_ports: [
             (
-                crate::provider::ProviderKind::Lnvps,
+                vpswatch_model::account::ProviderKind::Lnvps,
                 config.probes.ports.lnvps,
             ),
             (
-                crate::provider::ProviderKind::Stablevps,
+                vpswatch_model::account::ProviderKind::Stablevps,
                 config.probes.ports.stablevps,
             ),
         ]
@@ -69,6 +71,8 @@ pub struct Daemon {
     pub probes: Arc<ProbeStore>,
     /// The watchdog's metrics state (empty when no rules are configured).
     pub watchdog: Arc<WatchdogReport>,
+    /// Renewal counters (`vpswatch_renewals_total` and friends).
+    pub renewals: Arc<RenewReport>,
     /// The watchdog journal; `None` when no rules are configured.
     pub journal: Option<Journal>,
     /// Where alerts and events go (the watchdog's handle): email when configured,
@@ -84,11 +88,6 @@ pub struct Daemon {
     tasks: JoinSet<()>,
 }
 
-/// Installs the process-wide TLS provider (ring) once; later calls are no-ops.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Daemon {
     /// Binds the listener and starts every task.
     pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Daemon> {
@@ -101,7 +100,7 @@ impl Daemon {
         clock: SharedClock,
         notifier: Option<Arc<dyn Notify>>,
     ) -> anyhow::Result<Daemon> {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         // hardening (issue 7): TLS, auth and headers; a broken file stops the start.
         let web_config = Arc::new(match &config.web.config_file {
             Some(path) => LiveWebConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -118,13 +117,14 @@ impl Daemon {
         let budgets = BudgetRegistry::default();
         let mut providers = Vec::new();
         for account in &config.accounts {
+            let settings = config.client_settings(account.provider);
             let ctx = BuildContext {
-                config: &config,
+                settings: &settings,
                 budgets: &budgets,
                 observer: self_metrics.observer(account.provider.as_str(), &account.name),
                 clock: clock.clone(),
             };
-            let p = provider::build(account, ctx)
+            let p = vpswatch_providers::build(account, ctx)
                 .map_err(|e| anyhow::anyhow!("account {}: {e}", account.name))?;
             providers.push(p);
         }
@@ -139,7 +139,12 @@ impl Daemon {
         } else {
             Some(StateStore::open(&config.state_dir)?)
         };
-        let built = notify::build_notifier(&config, state.as_ref(), clock.clone(), &self_metrics)?;
+        let built = notify::build_notifier(
+            config.email.as_ref(),
+            state.as_ref(),
+            clock.clone(),
+            &self_metrics,
+        )?;
         let email = built.email;
         let notifier = notifier.unwrap_or(built.notify);
 
@@ -180,6 +185,7 @@ impl Daemon {
             ));
         }
         let watchdog = Arc::new(WatchdogReport::default());
+        let renewals = Arc::new(RenewReport::default());
         let journal = state
             .clone()
             .filter(|_| !config.watchdog.rules.is_empty())
@@ -205,7 +211,7 @@ impl Daemon {
                     notifier: notifier.clone(),
                     clock: clock.clone(),
                     report: watchdog.clone(),
-                    gates: crate::watchdog::gates::build(&config),
+                    gates: crate::watchdog::gates::build(&config.watchdog),
                 },
                 cancel.child_token(),
             ));
@@ -214,10 +220,15 @@ impl Daemon {
         if let (false, Some(state)) = (config.renew_rules.is_empty(), &state) {
             let mut accounts = Vec::new();
             for a in &config.accounts {
-                let observer = self_metrics.observer(a.provider.as_str(), &a.name);
-                let billing =
-                    crate::renew::api::billing_for(a, &config, &budgets, observer, clock.clone())
-                        .map_err(|e| anyhow::anyhow!("account {}: {e}", a.name))?;
+                let settings = config.client_settings(a.provider);
+                let ctx = BuildContext {
+                    settings: &settings,
+                    budgets: &budgets,
+                    observer: self_metrics.observer(a.provider.as_str(), &a.name),
+                    clock: clock.clone(),
+                };
+                let billing = vpswatch_providers::lnvps_billing(a, ctx)
+                    .map_err(|e| anyhow::anyhow!("account {}: {e}", a.name))?;
                 if let Some(billing) = billing {
                     accounts.push(Arc::new(crate::renew::RenewAccount {
                         name: a.name.clone(),
@@ -236,16 +247,17 @@ impl Daemon {
                     journal: crate::renew::journal::RenewalJournal::new(state.clone()),
                     notifier: notifier.clone(),
                     clock: clock.clone(),
-                    report: watchdog.clone(),
+                    report: renewals.clone(),
                 },
                 cancel.child_token(),
             ));
         }
-        // ---- end Lightning renewal ----
+        // Probes, then renewals, then the watchdog: the order their families appear in.
+        let sources: Vec<Arc<dyn FamilySource>> =
+            vec![probes.clone(), renewals.clone(), watchdog.clone()];
         tasks.spawn(encoder::run(
             store.clone(),
-            probes.clone(),
-            watchdog.clone(),
+            sources,
             self_metrics.clone(),
             cache.clone(),
             cancel.child_token(),
@@ -286,6 +298,7 @@ impl Daemon {
             providers,
             probes,
             watchdog,
+            renewals,
             journal,
             notifier,
             email,

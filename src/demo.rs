@@ -64,7 +64,7 @@ pub async fn start(
     web_config_file: Option<PathBuf>,
 ) -> anyhow::Result<Demo> {
     let smtp = smtp.map(parse_smtp).transpose()?;
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let world = DemoWorld::start(clock.clone()).await?;
     // A fresh journal and outbox per run: the demo's history is not worth keeping.
     let state_dir = tempfile::Builder::new()

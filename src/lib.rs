@@ -5,20 +5,16 @@
 //! Clients know nothing of metrics; the web layer only reads.
 
 pub mod alloc_tuning;
-pub mod bounded_file;
 pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
-pub mod provider;
-pub mod redact;
 pub mod renew;
-pub mod secret;
 pub mod signal;
-pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod watchdog;
 pub mod web;
 pub mod web_body;

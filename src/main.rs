@@ -11,11 +11,11 @@ use clap::{Parser, Subcommand};
 use vpswatch::logging::{self, LogFormat};
 use vpswatch::notify::email::settings::EmailSettings;
 use vpswatch::notify::email::EmailNotifier;
-use vpswatch::redact;
 #[cfg(feature = "sim")]
 use vpswatch::signal::wait_for_signal;
 use vpswatch::store::StateStore;
 use vpswatch_model::clock::SystemClock;
+use vpswatch_model::redact;
 
 // The demo runs the simulator, so it lives in the binary: the daemon library never
 // depends on the simulator.
@@ -243,15 +243,17 @@ fn check_config(file: &std::path::Path, web_flag: Option<&std::path::Path>) -> E
         .map(std::path::Path::to_path_buf)
         .or_else(|| match &cfg {
             Ok(c) => c.web.config_file.clone(),
-            Err(_) => vpswatch::bounded_file::read_text(file, vpswatch::bounded_file::CONFIG)
-                .ok()
-                .and_then(|t| t.parse::<toml::Table>().ok())
-                .and_then(|t| {
-                    t.get("web")?
-                        .get("config_file")?
-                        .as_str()
-                        .map(std::path::PathBuf::from)
-                }),
+            Err(_) => {
+                vpswatch_model::bounded_file::read_text(file, vpswatch_model::bounded_file::CONFIG)
+                    .ok()
+                    .and_then(|t| t.parse::<toml::Table>().ok())
+                    .and_then(|t| {
+                        t.get("web")?
+                            .get("config_file")?
+                            .as_str()
+                            .map(std::path::PathBuf::from)
+                    })
+            }
         });
     let web = web_file.as_ref().map(|w| vpswatch::web_config::load(w));
     if let Some(Err(e)) = &web {

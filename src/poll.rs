@@ -3,7 +3,7 @@
 //! snapshot; a failure keeps the previous data.
 //!
 //! Per-request pacing is not done here but in the provider's shared
-//! [`RateBudget`](crate::provider::budget::RateBudget), because the upstream limit is per
+//! [`RateBudget`](vpswatch_providers::budget::RateBudget), because the upstream limit is per
 //! client IP, across accounts.
 
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::provider::SharedProvider;
-use crate::snapshot::{AccountSnapshot, SnapshotStore};
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_providers::SharedProvider;
 
 /// Polls one account until cancelled.
 pub struct Poller {

@@ -24,7 +24,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
-use crate::snapshot::SnapshotStore;
 use crate::store::StateStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
@@ -34,6 +33,7 @@ use crate::web_config::limits::{
 };
 use crate::web_config::live::LiveWebConfig;
 use crate::web_config::WebConfig;
+use vpswatch_model::snapshot::SnapshotStore;
 
 /// Prometheus text exposition format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use vpswatch::provider::lnvps::{
+use vpswatch_providers::lnvps::{
     map_vm, newest_complete_point, parse_time_series, parse_vm_list, usage_from_point, BtcUnit,
 };
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vpswatch_model::clock::SystemClock;
-use vpswatch::provider::lnvps::Nip98Signer;
+use vpswatch_providers::lnvps::Nip98Signer;
 use vpswatch_sim::nip98::{sha256_hex, AuthRequest, Verifier};
 
 fuzz_target!(|data: &[u8]| {

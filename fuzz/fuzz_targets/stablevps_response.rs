@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use vpswatch::provider::runway::wallet_runway_seconds;
-use vpswatch::provider::stablevps::{
+use vpswatch_providers::runway::wallet_runway_seconds;
+use vpswatch_providers::stablevps::{
     builtin_plans, map_vps, parse_vps, parse_vps_list, renewal_streams,
 };
 

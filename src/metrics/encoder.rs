@@ -12,11 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunked::Exposition;
 use super::defs;
-use super::families::{add_account, add_probes, FamilySet};
+use super::families::{add_account, FamilySet};
 use super::self_metrics::SelfMetrics;
-use crate::snapshot::SnapshotStore;
-use crate::watchdog::probe::ProbeStore;
-use crate::watchdog::report::WatchdogReport;
+use super::source::FamilySource;
+use vpswatch_model::snapshot::SnapshotStore;
 
 /// One rendering of the exposition.
 #[derive(Debug, Default)]
@@ -38,11 +37,11 @@ pub type MetricsCache = Arc<ArcSwap<Encoded>>;
 /// Source revision baked in at build time (`build.rs`).
 pub const REVISION: &str = env!("VPSWATCH_REVISION");
 
-/// Renders every account's snapshot plus the self-metrics.
+/// Renders every account's snapshot, the other parts' families (in the order given) and
+/// the self-metrics.
 pub fn render(
     store: &SnapshotStore,
-    probes: &ProbeStore,
-    watchdog: &WatchdogReport,
+    sources: &[Arc<dyn FamilySource>],
     self_metrics: &SelfMetrics,
 ) -> Encoded {
     let started = Instant::now();
@@ -61,8 +60,9 @@ pub fn render(
     for snap in &snapshots {
         add_account(&mut set, snap);
     }
-    add_probes(&mut set, &probes.latest());
-    watchdog.render(&mut set);
+    for source in sources {
+        source.render(&mut set);
+    }
     set.extend(self_metrics.gather());
     let plain = set.render();
     let gzip = gzip(&plain);
@@ -89,42 +89,33 @@ fn gzip(text: &Exposition) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Re-renders whenever a snapshot, the probe results, the watchdog's state or a
-/// self-metric announced outside a poll (the alert outbox) change (bursts are coalesced)
-/// until cancelled.
+/// Re-renders whenever a snapshot, another part's families (probes, watchdog, renewals)
+/// or a self-metric announced outside a poll (the alert outbox) change (bursts are
+/// coalesced) until cancelled.
 pub async fn run(
     store: Arc<SnapshotStore>,
-    probes: Arc<ProbeStore>,
-    watchdog: Arc<WatchdogReport>,
+    sources: Vec<Arc<dyn FamilySource>>,
     self_metrics: Arc<SelfMetrics>,
     cache: MetricsCache,
     cancel: CancellationToken,
 ) {
-    let mut changes = store.subscribe();
-    let mut probe_changes = probes.subscribe();
-    let mut watchdog_changes = watchdog.subscribe();
-    let mut self_changes = self_metrics.subscribe();
+    let sources: Arc<[Arc<dyn FamilySource>]> = sources.into();
+    let mut receivers = vec![store.subscribe(), self_metrics.subscribe()];
+    receivers.extend(sources.iter().map(|s| s.subscribe()));
     loop {
-        changes.mark_unchanged();
-        probe_changes.mark_unchanged();
-        watchdog_changes.mark_unchanged();
-        self_changes.mark_unchanged();
-        let (s, p, w, m) = (
-            store.clone(),
-            probes.clone(),
-            watchdog.clone(),
-            self_metrics.clone(),
-        );
-        match tokio::task::spawn_blocking(move || render(&s, &p, &w, &m)).await {
+        for rx in &mut receivers {
+            rx.mark_unchanged();
+        }
+        let (s, f, m) = (store.clone(), sources.clone(), self_metrics.clone());
+        match tokio::task::spawn_blocking(move || render(&s, &f, &m)).await {
             Ok(encoded) => cache.store(Arc::new(encoded)),
             Err(e) => tracing::error!(error = %e, "metrics encoder task failed"),
         }
+        let changed =
+            futures_util::future::select_all(receivers.iter_mut().map(|rx| Box::pin(rx.changed())));
         tokio::select! {
             _ = cancel.cancelled() => return,
-            r = changes.changed() => if r.is_err() { return },
-            r = probe_changes.changed() => if r.is_err() { return },
-            r = watchdog_changes.changed() => if r.is_err() { return },
-            r = self_changes.changed() => if r.is_err() { return },
+            (r, _, _) = changed => if r.is_err() { return },
         }
         // Let a burst of publishes (many accounts finishing together) settle.
         tokio::time::sleep(Duration::from_millis(25)).await;

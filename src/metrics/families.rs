@@ -13,11 +13,10 @@ use prometheus::{Encoder, TextEncoder};
 
 use super::chunked::{ChunkedText, Exposition};
 use super::defs::{self, Kind, MetricDef};
-use crate::snapshot::AccountSnapshot;
-use crate::watchdog::probe::{ProbeResult, VmKey};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use vpswatch_model::clock::unix_seconds;
+use vpswatch_model::snapshot::AccountSnapshot;
 
 /// Families under construction, one chunked text buffer each, in declaration order.
 pub struct FamilySet {
@@ -165,31 +164,11 @@ impl FamilySet {
     }
 }
 
-fn bool_value(b: bool) -> f64 {
+pub fn bool_value(b: bool) -> f64 {
     if b {
         1.0
     } else {
         0.0
-    }
-}
-
-/// Adds the latest probe results (only for VMs still in a snapshot).
-pub fn add_probes(set: &mut FamilySet, probes: &HashMap<VmKey, Vec<ProbeResult>>) {
-    let mut rows: Vec<_> = probes
-        .iter()
-        .flat_map(|(k, rs)| rs.iter().map(move |r| (k, r)))
-        .collect();
-    rows.sort_by(|a, b| (a.0, a.1.port).cmp(&(b.0, b.1.port)));
-    for ((provider, account, vm), r) in rows {
-        let port = r.port.to_string();
-        let labels = [
-            provider.as_str(),
-            account.as_str(),
-            vm.as_str(),
-            port.as_str(),
-        ];
-        set.gauge(&defs::VPS_PROBE_SUCCESS, &labels, bool_value(r.success));
-        set.gauge(&defs::VPS_PROBE_DURATION, &labels, r.duration.as_secs_f64());
     }
 }
 
@@ -322,8 +301,9 @@ pub fn add_account(set: &mut FamilySet, snap: &AccountSnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::{AccountData, AccountFacts, Money, ProviderKind};
     use std::sync::Arc;
+    use vpswatch_model::account::{AccountData, AccountFacts, ProviderKind};
+    use vpswatch_model::money::Money;
 
     #[test]
     fn account_level_wallet_runway_key_expiry_and_actions() {

@@ -6,7 +6,9 @@ pub mod defs;
 pub mod encoder;
 pub mod families;
 pub mod self_metrics;
+pub mod source;
 
 pub use chunked::Exposition;
 pub use encoder::{Encoded, MetricsCache};
 pub use self_metrics::SelfMetrics;
+pub use source::FamilySource;

@@ -14,7 +14,7 @@ use prometheus::{
 use tokio::sync::watch;
 
 use super::defs;
-use crate::provider::http::RequestObserver;
+use vpswatch_providers::http::RequestObserver;
 
 /// Request counters and latency histogram.
 pub struct SelfMetrics {

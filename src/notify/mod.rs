@@ -15,10 +15,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::metrics::SelfMetrics;
-use crate::provider::ProviderKind;
 use crate::store::StateStore;
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
 
 /// What one alert is about: a rule on one VM, or on a whole account (`vm` empty).
@@ -159,14 +158,15 @@ pub struct Notifier {
     pub email: Option<Arc<email::EmailNotifier>>,
 }
 
-/// Builds the configured channel on `store` (needed when email is configured).
+/// Builds the channel for the `[email]` section (the log without one) on `store` (needed
+/// when email is configured).
 pub fn build_notifier(
-    config: &Config,
+    email: Option<&email::settings::EmailSettings>,
     store: Option<&StateStore>,
     clock: SharedClock,
     metrics: &Arc<SelfMetrics>,
 ) -> anyhow::Result<Notifier> {
-    let Some(settings) = &config.email else {
+    let Some(settings) = email else {
         return Ok(Notifier {
             notify: Arc::new(LogNotifier),
             email: None,

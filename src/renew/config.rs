@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{read_section, Problem};
-use crate::provider::ProviderKind;
-use crate::secret::{load_one, Secret};
 use crate::watchdog::selector::{Selector, SelectorConfig};
+use vpswatch_model::account::ProviderKind;
+use vpswatch_model::problem::{read_section, Problem};
+use vpswatch_model::secret::{load_one, Secret};
 
 /// How a renewal is paid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,7 +127,7 @@ pub fn read_rule(
             message,
         })
     };
-    if let Err(why) = crate::config::check_label_name(&raw.name) {
+    if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why);
     }
     if raw.condition != "expires_within" {

@@ -17,7 +17,6 @@
 //! Modes: `nwc` pays; `email` mails the invoice to a human; `server` only alerts when the
 //! provider's auto-renewal did not renew. Dry run: quote only, no invoice minted.
 
-pub mod api;
 pub mod config;
 pub mod journal;
 pub mod nwc;
@@ -34,18 +33,19 @@ use lightning_invoice::Bolt11Invoice;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use self::api::Billing;
 use self::config::{RenewMode, RenewRule};
 use self::journal::{Attempt, Phase, RenewalJournal, VmRenewal};
 use self::nwc::NwcWallet;
 use self::planner::{msat_to_sats, Plan, PlanInput};
+use self::report::RenewReport;
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
-use crate::provider::lnvps::{btc_amount_to_btc, BtcUnit};
-use crate::provider::{ProviderKind, Vm};
-use crate::snapshot::{AccountSnapshot, SnapshotStore};
-use crate::watchdog::report::WatchdogReport;
 use crate::watchdog::selector::Target;
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_model::vm::Vm;
+use vpswatch_providers::lnvps::billing::{self, Billing};
+use vpswatch_providers::lnvps::{btc_amount_to_btc, BtcUnit};
 
 pub use self::config::is_renew_rule;
 
@@ -71,7 +71,7 @@ pub struct RenewParts {
     pub journal: RenewalJournal,
     pub notifier: Arc<dyn Notify>,
     pub clock: SharedClock,
-    pub report: Arc<WatchdogReport>,
+    pub report: Arc<RenewReport>,
 }
 
 struct Task {
@@ -235,7 +235,6 @@ impl Task {
             Ok(msat) => {
                 self.parts
                     .report
-                    .renewals()
                     .set_wallet_balance(&rule.name, msat as f64 / 1000.0);
                 self.parts.report.touch();
             }
@@ -246,7 +245,6 @@ impl Task {
     fn count(&self, ctx: &Ctx<'_>, result: &str) {
         self.parts
             .report
-            .renewals()
             .count(&ctx.snap.account, &ctx.vm.id, ctx.mode(), result);
         self.parts.report.touch();
     }
@@ -698,10 +696,7 @@ impl Task {
                 EventKind::RenewalPaid,
                 facts,
             );
-            self.parts
-                .report
-                .renewals()
-                .paid(&ctx.snap.account, &ctx.vm.id, sats);
+            self.parts.report.paid(&ctx.snap.account, &ctx.vm.id, sats);
             self.count(ctx, "paid");
             tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id, sats, "renewal paid");
             return self.confirm(ctx, rec).map(|_| None);
@@ -765,7 +760,7 @@ fn dur(d: Duration) -> chrono::Duration {
 /// amount is the quote (within `tolerance_msat`; the budget is checked again with the
 /// invoice's own amount before paying). Returns (bolt11, amount in msat, invoice expiry).
 fn check_invoice(
-    p: &api::Payment,
+    p: &billing::Payment,
     quote_msat: u64,
     tolerance_msat: u64,
 ) -> Result<(String, u64, DateTime<Utc>), String> {
@@ -802,7 +797,7 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn payment(amount_msat: u64, id_override: Option<&str>) -> (api::Payment, String) {
+    fn payment(amount_msat: u64, id_override: Option<&str>) -> (billing::Payment, String) {
         let t = Utc
             .with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
             .single()
@@ -810,7 +805,7 @@ mod tests {
         let (hash, _, bolt11) = vpswatch_sim::lightning::LightningNode::generate()
             .mint(amount_msat, t, "test")
             .expect("mint");
-        let p = api::Payment {
+        let p = billing::Payment {
             id: id_override.map_or(hash.clone(), str::to_string),
             amount: amount_msat,
             currency: Some("BTC".into()),

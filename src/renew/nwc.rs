@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nwc::prelude::{NostrWalletConnectOptions, NostrWalletConnectURI, PayInvoiceRequest, NWC};
 
-use crate::secret::Secret;
+use vpswatch_model::secret::Secret;
 
 /// Why a wallet call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,12 +1,15 @@
 //! What the renewal task shows on /metrics: renewals by mode and result, satoshis paid,
-//! and each NWC wallet's balance. Held inside the watchdog's report so the encoder
-//! renders it with the watchdog families and re-renders on every change.
+//! and each NWC wallet's balance. A family source of its own: the encoder re-renders on
+//! every [`RenewReport::touch`].
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::metrics::defs;
+use tokio::sync::watch;
+
 use crate::metrics::families::FamilySet;
+use crate::metrics::FamilySource;
 
 #[derive(Debug, Default, Clone)]
 struct Data {
@@ -19,9 +22,19 @@ struct Data {
 }
 
 /// Renewal counters; the provider label is always `lnvps`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RenewReport {
     data: Mutex<Data>,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for RenewReport {
+    fn default() -> Self {
+        Self {
+            data: Mutex::default(),
+            generation: watch::channel(0).0,
+        }
+    }
 }
 
 impl RenewReport {
@@ -56,6 +69,11 @@ impl RenewReport {
         })
     }
 
+    /// Asks the encoder to re-render.
+    pub fn touch(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     pub fn render(&self, set: &mut FamilySet) {
         let d = self.with(|d| d.clone());
         for ((account, vm, mode, result), n) in &d.renewals {
@@ -75,5 +93,15 @@ impl RenewReport {
         for (wallet, sats) in &d.wallets {
             set.gauge(&defs::VPS_WALLET_BALANCE, &["nwc", wallet, "sat"], *sats);
         }
+    }
+}
+
+impl FamilySource for RenewReport {
+    fn render(&self, set: &mut FamilySet) {
+        RenewReport::render(self, set);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }

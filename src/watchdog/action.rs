@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::rules::{Remedy, Rule};
-use crate::provider::{Provider, ProviderError, Vm, VmAction, VmState};
+use vpswatch_model::vm::{Vm, VmAction, VmState};
+use vpswatch_providers::{Provider, ProviderError};
 
 /// Why an action that was due was not sent. Each maps to an `actions_total` result.
 #[derive(Debug, Clone, PartialEq)]

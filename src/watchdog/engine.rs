@@ -23,9 +23,11 @@ use super::rules::{Remedy, Rule, WatchdogConfig};
 use super::selector::Target;
 use super::state::{Changes, TargetState, Want};
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
-use crate::provider::{ProviderError, ProviderKind, SharedProvider, Vm};
-use crate::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::snapshot::{AccountSnapshot, SnapshotStore};
+use vpswatch_model::vm::Vm;
+use vpswatch_providers::{ProviderError, SharedProvider};
 
 /// How often the loop wakes without new data (patience deadlines, stale data).
 const TICK: Duration = Duration::from_secs(1);

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 
 use super::probe::ProbeResult;
 use super::rules::Condition;
-use crate::provider::{Vm, VmState};
-use crate::snapshot::AccountSnapshot;
+use vpswatch_model::snapshot::AccountSnapshot;
+use vpswatch_model::vm::{Vm, VmState};
 
 /// True / false / unknown, with why.
 #[derive(Debug, Clone, PartialEq)]

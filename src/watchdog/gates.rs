@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use super::action::Skip;
 use super::engine::ActionGate;
 use super::maintenance::Maintenance;
+use super::rules::WatchdogConfig;
 use super::selector::Target;
 use super::silences::SilenceChecker;
-use crate::config::Config;
 
 /// Closed while a configured maintenance window covering the VM is open.
 pub struct MaintenanceGate(pub Maintenance);
@@ -54,10 +54,9 @@ impl ActionGate for SilenceGate {
     }
 }
 
-/// The gates the configuration asks for.
-pub fn build(config: &Config) -> Vec<Arc<dyn ActionGate>> {
+/// The gates the `[watchdog]` section asks for.
+pub fn build(w: &WatchdogConfig) -> Vec<Arc<dyn ActionGate>> {
     let mut gates: Vec<Arc<dyn ActionGate>> = Vec::new();
-    let w = &config.watchdog;
     match Maintenance::new(&w.maintenance) {
         Ok(m) if !m.is_empty() => gates.push(Arc::new(MaintenanceGate(m))),
         Ok(_) => {}

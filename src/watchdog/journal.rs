@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rules::Remedy;
 use super::state::TargetState;
-use crate::provider::ProviderKind;
 use crate::store::{StateStore, StoreError};
+use vpswatch_model::account::ProviderKind;
 
 const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("watchdog_actions");
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watchdog_targets");

@@ -34,7 +34,7 @@ use croner::Cron;
 use serde::Deserialize;
 
 use super::selector::{Selector, SelectorConfig, Target};
-use crate::config::Problem;
+use vpswatch_model::problem::Problem;
 
 /// One `[[maintenance]]` table as written in the config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -469,7 +469,7 @@ impl Maintenance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::ProviderKind;
+    use vpswatch_model::account::ProviderKind;
 
     fn utc(s: &str) -> DateTime<Utc> {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))

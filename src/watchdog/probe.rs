@@ -17,9 +17,12 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::provider::ProviderKind;
-use crate::snapshot::SnapshotStore;
+use crate::metrics::defs;
+use crate::metrics::families::{bool_value, FamilySet};
+use crate::metrics::FamilySource;
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::snapshot::SnapshotStore;
 
 /// Probes in flight at once.
 const CONCURRENCY: usize = 64;
@@ -194,5 +197,35 @@ pub async fn run(
             // a snapshot appears instead of waiting a whole interval.
             r = changes.changed(), if probes.latest().is_empty() => if r.is_err() { return },
         }
+    }
+}
+
+impl FamilySource for ProbeStore {
+    fn render(&self, set: &mut FamilySet) {
+        add_probes(set, &self.latest());
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        ProbeStore::subscribe(self)
+    }
+}
+
+/// Adds the latest probe results (only for VMs still in a snapshot).
+fn add_probes(set: &mut FamilySet, probes: &HashMap<VmKey, Vec<ProbeResult>>) {
+    let mut rows: Vec<_> = probes
+        .iter()
+        .flat_map(|(k, rs)| rs.iter().map(move |r| (k, r)))
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1.port).cmp(&(b.0, b.1.port)));
+    for ((provider, account, vm), r) in rows {
+        let port = r.port.to_string();
+        let labels = [
+            provider.as_str(),
+            account.as_str(),
+            vm.as_str(),
+            port.as_str(),
+        ];
+        set.gauge(&defs::VPS_PROBE_SUCCESS, &labels, bool_value(r.success));
+        set.gauge(&defs::VPS_PROBE_DURATION, &labels, r.duration.as_secs_f64());
     }
 }

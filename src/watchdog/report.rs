@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use super::journal::TargetKey;
 use crate::metrics::defs;
 use crate::metrics::families::FamilySet;
-use crate::provider::ProviderKind;
+use crate::metrics::FamilySource;
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::unix_seconds;
 
 /// (rule, provider, account, vm, action, result-or-outcome).
@@ -35,8 +36,6 @@ struct Data {
 pub struct WatchdogReport {
     data: Mutex<Data>,
     generation: watch::Sender<u64>,
-    // ---- Lightning renewal (issue 5): rendered with the watchdog's families ----
-    renewals: crate::renew::report::RenewReport,
 }
 
 impl Default for WatchdogReport {
@@ -44,7 +43,6 @@ impl Default for WatchdogReport {
         Self {
             data: Mutex::new(Data::default()),
             generation: watch::channel(0).0,
-            renewals: Default::default(),
         }
     }
 }
@@ -153,21 +151,13 @@ impl WatchdogReport {
         })
     }
 
-    // ---- Lightning renewal (issue 5) ----
-    /// The renewal task's counters; call [`WatchdogReport::touch`] after changing them.
-    pub fn renewals(&self) -> &crate::renew::report::RenewReport {
-        &self.renewals
-    }
-
     /// Asks the encoder to re-render.
     pub fn touch(&self) {
         self.generation.send_modify(|g| *g += 1);
     }
-    // ---- end Lightning renewal ----
 
     /// Adds the watchdog's families.
     pub fn render(&self, set: &mut FamilySet) {
-        self.renewals.render(set);
         let d = self.with(false, |d| d.clone());
         set.gauge(
             &defs::WATCHDOG_DRY_RUN,
@@ -219,6 +209,16 @@ fn counter_key(key: &TargetKey, action: &str, result: &str) -> CounterKey {
         action.to_string(),
         result.to_string(),
     )
+}
+
+impl FamilySource for WatchdogReport {
+    fn render(&self, set: &mut FamilySet) {
+        WatchdogReport::render(self, set);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        WatchdogReport::subscribe(self)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::selector::{Selector, SelectorConfig};
-use crate::config::Problem;
+use vpswatch_model::problem::Problem;
 
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,7 +239,7 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
             message,
         })
     };
-    if let Err(why) = crate::config::check_label_name(&raw.name) {
+    if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why);
     }
     let ratio = |problem: &mut dyn FnMut(&str, String)| match raw.threshold {

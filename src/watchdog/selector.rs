@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use crate::provider::ProviderKind;
+use vpswatch_model::account::ProviderKind;
 
 /// As written in the config (`[rules.match]`, `[maintenance.match]`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

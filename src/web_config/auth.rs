@@ -32,7 +32,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::config::Problem;
+use vpswatch_model::problem::Problem;
 
 /// How long a verified credential is remembered.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::ClientAuth;
 use super::WebConfig;
-use crate::config::{ConfigError, Problem};
 use crate::metrics::SelfMetrics;
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::problem::{ConfigError, Problem};
 
 /// The configuration in force and where it comes from.
 pub struct LiveWebConfig {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Problem};
+use vpswatch_model::problem::{ConfigError, Problem};
 
 pub use auth::BasicAuth;
 pub use tls::ClientAuth;

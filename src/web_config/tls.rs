@@ -13,7 +13,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
 
-use crate::config::Problem;
+use vpswatch_model::problem::Problem;
 
 /// `tls_server_config` as written.
 #[derive(Debug, Default, Deserialize)]

@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::process::Command;
 
-use vpswatch::config::{self, ConfigError};
+use vpswatch::config::{self};
+use vpswatch_model::problem::ConfigError;
 
 const HEX_KEY: &str = "6b911fd37cdf5c81d4c0adb1ab7fa822ed253ab0ad9aa18d77257c88b29b718e";
 
@@ -50,7 +51,7 @@ fn good_config_loads_with_defaults() {
     assert_eq!(c.accounts[0].poll_interval.as_secs(), 30);
     assert_eq!(c.request_timeout.as_secs(), 10);
     assert_eq!(
-        c.limits(vpswatch::provider::ProviderKind::Lnvps)
+        c.limits(vpswatch_model::account::ProviderKind::Lnvps)
             .requests_per_minute,
         600
     );
@@ -242,8 +243,8 @@ api_key_env = "SVPS_READ"
 
 #[test]
 fn stablevps_account_with_read_and_write_keys() {
-    use vpswatch::config::Credentials;
-    use vpswatch::provider::stablevps::ApiKeyHeader;
+    use vpswatch_providers::stablevps::ApiKeyHeader;
+    use vpswatch_providers::Credentials;
     let c = config::parse(STABLE, "test.toml", &stable_env).expect("valid");
     match &c.accounts[0].credentials {
         Credentials::ApiKey {
@@ -339,7 +340,7 @@ fn stablevps_key_files_are_checked_and_never_echoed() {
 
 #[test]
 fn stablevps_plan_table_overrides() {
-    use vpswatch::provider::runway::BillingPeriod;
+    use vpswatch_providers::runway::BillingPeriod;
     let text = STABLE.to_string()
         + r#"
 [providers.stablevps]
@@ -370,7 +371,7 @@ cycles = { quarterly = { price = 90.0, period = "3 months" }, weekly = { price =
         BillingPeriod::Seconds(7 * 86_400)
     );
     assert_eq!(
-        c.limits(vpswatch::provider::ProviderKind::Stablevps)
+        c.limits(vpswatch_model::account::ProviderKind::Stablevps)
             .requests_per_minute,
         120
     );

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
     let _slot = crate::common::demo_slot().await;
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
         .args([
             "--log.level",

@@ -73,7 +73,7 @@ fn run_ok(cmd: &mut Command) -> Output {
 }
 
 fn client() -> reqwest::Client {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

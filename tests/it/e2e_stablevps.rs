@@ -12,9 +12,10 @@ use crate::common::{
     stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_FULL2, SVPS_READ,
 };
 use chrono::{DateTime, Months, TimeZone, Utc};
-use vpswatch::provider::stablevps::builtin_plans;
-use vpswatch::provider::{ProviderError, VmAction};
 use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use vpswatch_model::vm::VmAction;
+use vpswatch_providers::stablevps::builtin_plans;
+use vpswatch_providers::ProviderError;
 use vpswatch_sim::stablevps::{
     plan_price, AccountSpec, EndpointMatch, Fault, FaultKind, KeyScope, KeySpec, RelTime,
     StableScenario, VpsSpec, AUTH, VPS_ACTIONS, VPS_LIST, VPS_ONE, WALLET,

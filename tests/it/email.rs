@@ -17,8 +17,8 @@ use vpswatch::notify::email::settings::{self, EmailSettings};
 use vpswatch::notify::email::smtp::SmtpFailure;
 use vpswatch::notify::email::{EmailNotifier, Tuning};
 use vpswatch::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
-use vpswatch::provider::ProviderKind;
 use vpswatch::store::StateStore;
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::{Clock, ManualClock, SharedClock, SystemClock};
 
 use crate::common::smtp::{
@@ -111,14 +111,8 @@ impl Running {
 
     /// The rendered /metrics text, as the encoder produces it.
     fn exposition(&self) -> String {
-        let snaps = vpswatch::snapshot::SnapshotStore::new(std::iter::empty());
-        let probes = vpswatch::watchdog::probe::ProbeStore::default();
-        let enc = vpswatch::metrics::encoder::render(
-            &snaps,
-            &probes,
-            &vpswatch::watchdog::report::WatchdogReport::default(),
-            &self.metrics,
-        );
+        let snaps = vpswatch_model::snapshot::SnapshotStore::new(std::iter::empty());
+        let enc = vpswatch::metrics::encoder::render(&snaps, &[], &self.metrics);
         String::from_utf8(enc.plain.to_vec()).expect("utf8")
     }
 }
@@ -714,7 +708,7 @@ timeout = "5s"
 
 #[tokio::test]
 async fn starttls_with_private_ca_and_auth_delivers() {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let tmp = tempfile::tempdir().expect("tmp");
     let maildir = tmp.path().join("mail");
     std::fs::create_dir_all(&maildir).expect("maildir");
@@ -774,7 +768,7 @@ async fn starttls_with_private_ca_and_auth_delivers() {
 
 #[tokio::test]
 async fn implicit_tls_delivers() {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let tmp = tempfile::tempdir().expect("tmp");
     let maildir = tmp.path().join("mail");
     std::fs::create_dir_all(&maildir).expect("maildir");

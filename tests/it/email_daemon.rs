@@ -38,7 +38,7 @@ struct Setup {
 /// A simulator with four VMs of one owner: stopped (`stopped = true`) or running and
 /// answering on loopback.
 async fn setup(stopped: bool, subnet: u8) -> (Setup, u16) {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let vm_port = free_port();

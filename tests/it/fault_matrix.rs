@@ -306,7 +306,7 @@ patience = "5s"
 
 impl Matrix {
     async fn start(provider: &str, subnet: u8) -> Matrix {
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let port = free_port();
         let ip = Ipv4Addr::new(127, 6, subnet, 1);

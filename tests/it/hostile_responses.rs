@@ -107,7 +107,7 @@ async fn hostile_server(body: Body, written: Arc<AtomicU64>) -> std::net::Socket
 
 /// A daemon with one LNVPS and one StableVPS account on the hostile server.
 async fn daemon(addr: std::net::SocketAddr, max_response_bytes: u64) -> Daemon {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let text = format!(
         r#"poll_interval = "1h"
 request_timeout = "20s"

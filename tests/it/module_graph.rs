@@ -32,6 +32,11 @@ const CRATES: &[CrateDir] = &[
         not_lib: &[],
     },
     CrateDir {
+        name: "vpswatch-providers",
+        src: "crates/providers/src",
+        not_lib: &[],
+    },
+    CrateDir {
         name: "vpswatch-sim",
         src: "crates/sim/src",
         not_lib: &[],
@@ -260,7 +265,7 @@ fn the_checker_sees_a_cycle_when_there_is_one() {
     );
     assert_eq!(
         named_modules(
-            "use crate::{config::Problem, store};\nlet x = vpswatch_model::clock::now();"
+            "use crate::{config::Problem, store};\nlet x = crate::clock::now();"
         ),
         ["clock", "config", "store"].map(String::from).into()
     );

@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use vpswatch::provider::lnvps::{
+use vpswatch_model::clock::SystemClock;
+use vpswatch_providers::lnvps::{
     map_vm, newest_complete_point, parse_time_series, parse_vm_list, usage_from_point, BtcUnit,
     Nip98Signer,
 };
-use vpswatch::provider::runway::wallet_runway_seconds;
-use vpswatch::provider::stablevps::{
+use vpswatch_providers::runway::wallet_runway_seconds;
+use vpswatch_providers::stablevps::{
     builtin_plans, map_vps, parse_vps, parse_vps_list, renewal_streams,
 };
-use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::nip98::{sha256_hex, AuthRequest, Verifier};
 
 fn config() -> ProptestConfig {

@@ -82,7 +82,7 @@ struct T {
 }
 
 async fn start(s: Setup) -> T {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let clock = Arc::new(ManualClock::new(t0()));
@@ -219,8 +219,7 @@ impl T {
 
     fn renewals_in(&self, mode: &str, result: &str) -> u64 {
         self.daemon.as_ref().map_or(0, |d| {
-            d.watchdog
-                .renewals()
+            d.renewals
                 .renewals("main", &self.vm.to_string(), mode, result)
         })
     }

@@ -34,7 +34,7 @@ fn vm_polls(sim: &LnvpsSimHandle) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_paying_then_restart_pays_nothing_more() {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let sim = LnvpsSim::start(

@@ -131,7 +131,7 @@ fn write_secret(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 
 impl World {
     async fn start(subnet: u8) -> World {
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let (lnvps_hex, lnvps_nsec) = (nostr::Keys::generate(), nostr::Keys::generate());
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");

@@ -13,8 +13,8 @@ use nostr::Keys;
 use nwc::prelude::{NostrWalletConnectOptions, NostrWalletConnectURI, PayInvoiceRequest, NWC};
 use serde_json::Value;
 
-use vpswatch::provider::lnvps::Nip98Signer;
 use vpswatch_model::clock::{ManualClock, SharedClock};
+use vpswatch_providers::lnvps::Nip98Signer;
 use vpswatch_sim::lnvps::{
     AutoRenewOutcome, LnvpsSim, LnvpsSimHandle, PaymentMethodSpec, RelTime, Scenario, VmSpec,
 };

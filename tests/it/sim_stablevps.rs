@@ -114,7 +114,7 @@ impl Resp {
 }
 
 async fn start(scenario: StableScenario) -> TestSim {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let clock = Arc::new(ManualClock::new(t0()));
     let shared: SharedClock = clock.clone();
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
@@ -1005,7 +1005,7 @@ async fn reboot_keeps_rdp_closed_for_the_boot_time() {
 
 #[tokio::test]
 async fn reboot_ends_on_time_on_the_system_clock() {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let s = StableScenario {
         reboot_duration: Duration::from_millis(400),
         ..scenario()

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{stable_account, Exposition, Stack, StackSpec, SVPS_FULL, SVPS_READ};
-use vpswatch::provider::VmAction;
 use vpswatch_model::clock::SystemClock;
+use vpswatch_model::vm::VmAction;
 use vpswatch_sim::stablevps::{
     AccountSpec, EndpointMatch, Fault, FaultKind, KeyScope, KeySpec, StableScenario, VpsSpec,
     VPS_ONE,

@@ -23,8 +23,8 @@ use vpswatch::metrics::SelfMetrics;
 use vpswatch::notify::email::settings::{self, EmailSettings};
 use vpswatch::notify::email::{EmailNotifier, Tuning, HOLD_LIMIT};
 use vpswatch::notify::{AlertKey, AlertStatus, AlertUpdate, Facts, Notify};
-use vpswatch::provider::ProviderKind;
 use vpswatch::store::StateStore;
+use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
 
@@ -165,7 +165,7 @@ async fn after_a_state_disk_fault_the_store_reopens_the_vm_is_rebooted_and_the_h
         return;
     }
 
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let vm_port = free_port();
     let mut scenario = Scenario {

@@ -56,7 +56,7 @@ fn skipped_cooldown(e: &Exposition) -> f64 {
 
 #[tokio::test]
 async fn kill_9_right_after_a_reboot_does_not_repeat_it() {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let vm_port = free_port();

@@ -153,7 +153,7 @@ struct Served {
 
 impl Served {
     async fn start(web: &Path, reload: Duration) -> Served {
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let keys = nostr::Keys::generate();
         let scenario = Scenario::load("demo", Some(&owner_hex(&keys))).expect("scenario");
         let sim = LnvpsSim::start(
@@ -696,7 +696,7 @@ struct Binary {
 impl Binary {
     fn start(pki: &Pki, web: &Path) -> Binary {
         // For the test's own clients.
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let port = crate::common::free_port();
         let toml = pki.path("vpswatch.toml");
         std::fs::write(

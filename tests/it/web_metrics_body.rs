@@ -13,8 +13,8 @@ use vpswatch::metrics::chunked::CHUNK_BYTES;
 use vpswatch::metrics::defs;
 use vpswatch::metrics::families::FamilySet;
 use vpswatch::metrics::Encoded;
-use vpswatch::snapshot::SnapshotStore;
 use vpswatch::web::{self, WebState};
+use vpswatch_model::snapshot::SnapshotStore;
 
 /// An exposition a few chunks long: one `vps_up` sample per made-up VM.
 fn big_exposition() -> vpswatch::metrics::Exposition {
@@ -56,7 +56,7 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
     let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
     let cancel = CancellationToken::new();
     let server = tokio::spawn(web::serve(listener, state, cancel.clone()));
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

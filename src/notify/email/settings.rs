@@ -13,9 +13,9 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
-use crate::config::{read_section, Problem};
-use crate::secret::{self, Secret};
-use crate::{bounded_file, redact};
+use vpswatch_model::problem::{read_section, Problem};
+use vpswatch_model::secret::{self, Secret};
+use vpswatch_model::{bounded_file, redact};
 
 /// How the connection to the SMTP server is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -418,7 +418,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Connects, secures and logs in.
     pub async fn open(settings: &'a EmailSettings) -> Result<Session<'a>, SmtpFailure> {
-        crate::daemon::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let hello = ClientId::default();
         let host = settings
             .smtp_host

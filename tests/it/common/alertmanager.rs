@@ -44,7 +44,7 @@ impl Drop for Alertmanager {
 pub use super::free_port;
 
 pub fn client() -> reqwest::Client {
-    vpswatch::daemon::install_crypto_provider();
+    vpswatch::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -111,7 +111,7 @@ impl Harness {
         notifier: Option<Arc<dyn Notify>>,
         tweak: impl FnOnce(&mut vpswatch::config::Config),
     ) -> Harness {
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let keys = nostr::Keys::generate();
         let owner = owner_hex(&keys);
         let scenario = scenario(&owner);
@@ -259,7 +259,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(spec: StackSpec) -> Stack {
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let listen = LOOPBACK_ANY.parse::<SocketAddr>().expect("addr");
         let keys = nostr::Keys::generate();
         let lnvps = match spec.lnvps {
@@ -511,7 +511,7 @@ pub struct DemoRun {
 impl DemoRun {
     pub async fn start(clock: SharedClock) -> DemoRun {
         let slot = demo_slot().await;
-        vpswatch::daemon::install_crypto_provider();
+        vpswatch::tls::install_crypto_provider();
         let world = vpswatch_sim::demo::DemoWorld::start(clock.clone())
             .await
             .expect("demo world starts");

@@ -22,13 +22,15 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::bounded::BoundedList;
-use super::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
-use super::{
-    AccountData, AccountFacts, Money, Provider, ProviderError, ProviderKind, Renewal, Usage, Vm,
-    VmAction, VmState,
-};
+pub mod billing;
+
+use crate::bounded::BoundedList;
+use crate::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
+use crate::{Provider, ProviderError};
+use vpswatch_model::account::{AccountData, AccountFacts, ProviderKind};
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::money::Money;
+use vpswatch_model::vm::{Renewal, Usage, Vm, VmAction, VmState};
 
 // ---------------------------------------------------------------------------------------
 // NIP-98
@@ -342,7 +344,7 @@ fn first_ipv4(ips: &[ApiIp]) -> Option<(Ipv4Addr, &ApiIp)> {
 
 /// Parses `GET /api/v1/vm`. Entries stay raw until each is parsed on its own: one
 /// malformed VM must not hide the others, and raw slices cost far less memory than a
-/// `Value` tree. At most [`MAX_LIST_ENTRIES`](super::bounded::MAX_LIST_ENTRIES) entries.
+/// `Value` tree. At most [`MAX_LIST_ENTRIES`](crate::bounded::MAX_LIST_ENTRIES) entries.
 pub fn parse_vm_list(
     content_type: Option<&str>,
     body: &[u8],
@@ -777,7 +779,7 @@ mod tests {
 
     #[test]
     fn parses_real_samples() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/lnvps");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/lnvps");
         let text = std::fs::read_to_string(format!("{dir}/get_vm_list.json"))
             .expect("tests/fixtures/lnvps holds the real LNVPS samples");
         let env: Envelope<Vec<ApiVm>> = serde_json::from_str(&text).expect("sample parses");

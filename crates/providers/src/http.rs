@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method};
 use url::Url;
 
-use super::budget::RateBudget;
-use super::ProviderError;
+use crate::budget::RateBudget;
+use crate::ProviderError;
 
 /// Builds the auth headers for one attempt of one request.
 pub trait Authorizer: Send + Sync {

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::provider::{AccountData, ProviderKind};
+use crate::account::{AccountData, ProviderKind};
 
 /// What vpswatch knows about one account right now.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct AccountSnapshot {
     pub last_poll_duration: Option<Duration>,
     /// The newest data from a successful poll (kept while later polls fail).
     pub data: Option<Arc<AccountData>>,
-    /// [`Provider::actions_enabled`](crate::provider::Provider::actions_enabled) as of
+    /// `Provider::actions_enabled` (the providers crate) as of
     /// the latest attempt; `None` before the first one.
     pub actions_enabled: Option<bool>,
 }

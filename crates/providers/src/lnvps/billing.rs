@@ -1,4 +1,4 @@
-//! The LNVPS billing calls a renewal needs (LNVPS.md §3): quote, renew (mints or hands
+//! The LNVPS billing calls a renewal needs: quote, renew (mints or hands
 //! back a Lightning invoice), payment lookup, and the subscription's payments. Each
 //! request is NIP-98 signed afresh by the account's key and shares the account host's
 //! rate budget with the poller.
@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use http::Method;
 use serde::Deserialize;
 
-use crate::provider::http::{decode_json, ApiClient, ApiRequest, Retry};
-use crate::provider::ProviderError;
+use crate::http::{decode_json, ApiClient, ApiRequest, Retry};
+use crate::ProviderError;
 
 #[derive(Debug, Deserialize)]
 struct Envelope<T> {
@@ -183,42 +183,4 @@ impl Billing {
             })
             .await
     }
-}
-
-/// The billing client of an LNVPS account: its own NIP-98 signer on the account's key,
-/// the same per-host rate budget as the poller, the same request settings.
-pub fn billing_for(
-    account: &crate::config::AccountConfig,
-    config: &crate::config::Config,
-    budgets: &crate::provider::budget::BudgetRegistry,
-    observer: Arc<dyn crate::provider::http::RequestObserver>,
-    clock: vpswatch_model::clock::SharedClock,
-) -> Result<Option<Billing>, String> {
-    let crate::config::Credentials::Nostr(keys) = &account.credentials else {
-        return Ok(None);
-    };
-    if account.provider != crate::provider::ProviderKind::Lnvps {
-        return Ok(None);
-    }
-    let limits = config.limits(account.provider);
-    // The same key as `provider::build`, so both share one budget.
-    let host = format!(
-        "{}@{}:{}",
-        account.provider,
-        account.base_url.host_str().unwrap_or(""),
-        account.base_url.port_or_known_default().unwrap_or(0)
-    );
-    let budget = budgets.get(&host, limits.requests_per_minute);
-    let settings = crate::provider::http::HttpSettings {
-        timeout: config.request_timeout,
-        max_attempts: limits.max_attempts,
-        max_body_bytes: config.max_response_bytes,
-        ..crate::provider::http::HttpSettings::default()
-    };
-    let signer = Arc::new(crate::provider::lnvps::Nip98Signer::new(
-        keys.expose().clone(),
-        clock,
-    ));
-    let api = ApiClient::new(account.base_url.clone(), budget, signer, observer, settings)?;
-    Ok(Some(Billing::new(Arc::new(api))))
 }

@@ -24,15 +24,15 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
-use super::bounded::BoundedList;
-use super::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
-use super::runway::{self, BillingPeriod, RenewalStream};
-use super::{
-    AccountData, AccountFacts, Money, Provider, ProviderError, ProviderKind, Renewal, Vm, VmAction,
-    VmState,
-};
-use crate::secret::Secret;
+use crate::bounded::BoundedList;
+use crate::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
+use crate::runway::{self, BillingPeriod, RenewalStream};
+use crate::{Provider, ProviderError};
+use vpswatch_model::account::{AccountData, AccountFacts, ProviderKind};
 use vpswatch_model::clock::SharedClock;
+use vpswatch_model::money::Money;
+use vpswatch_model::secret::Secret;
+use vpswatch_model::vm::{Renewal, Vm, VmAction, VmState};
 
 // ---------------------------------------------------------------------------------------
 // Auth
@@ -204,7 +204,7 @@ struct VpsList {
 // --- hardening (issue 7): the list parser as a pure function, for fuzzing ---
 
 /// Parses `GET /api/v1/vps` entry by entry (one unreadable entry is skipped with a
-/// warning); at most [`MAX_LIST_ENTRIES`](super::bounded::MAX_LIST_ENTRIES) entries.
+/// warning); at most [`MAX_LIST_ENTRIES`](crate::bounded::MAX_LIST_ENTRIES) entries.
 pub fn parse_vps_list(
     content_type: Option<&str>,
     body: &[u8],

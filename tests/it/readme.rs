@@ -1,7 +1,7 @@
 //! The documentation against the code: README.md and docs/*.md must say what the code
-//! does (the metric table, the examples).
+//! does (the metric table, the examples) and every link between them must lead somewhere.
 
-use crate::common::docs::{code_blocks, read};
+use crate::common::docs::{code_blocks, file_anchors, links, markdown_files, read, resolve, ROOT};
 
 /// docs/metrics.md's metric reference must equal the table generated from the code.
 #[test]
@@ -147,4 +147,78 @@ fn simulator_and_maintenance_examples_parse() {
     let problems = vpswatch::watchdog::maintenance::validate(&w.maintenance);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(w.maintenance.len(), 2);
+}
+
+/// Every relative link in README.md and docs/*.md leads to a file of the repository and,
+/// when it names an anchor in a Markdown file, to a heading of that file.
+#[test]
+fn relative_links_in_readme_and_docs_resolve() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for file in markdown_files() {
+        for link in links(&read(&file)) {
+            let at = format!("{file}:{}: ({})", link.line, link.target);
+            let (path, anchor) = match resolve(&file, &link.target) {
+                Ok(Some(resolved)) => resolved,
+                Ok(None) => continue,
+                Err(e) => {
+                    problems.push(format!("{at}: {e}"));
+                    continue;
+                }
+            };
+            checked += 1;
+            if !std::path::Path::new(ROOT).join(&path).exists() {
+                problems.push(format!("{at}: no file {path}"));
+                continue;
+            }
+            if let Some(anchor) = anchor.filter(|_| path.ends_with(".md")) {
+                if !file_anchors(&path).contains(&anchor) {
+                    problems.push(format!("{at}: {path} has no heading #{anchor}"));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "only {checked} relative links found: is the scan broken?"
+    );
+    assert!(
+        problems.is_empty(),
+        "broken links:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// The link checker's own rules: GitHub's heading anchors, code that is not a link.
+#[test]
+fn link_checker_follows_github_rules() {
+    use crate::common::docs::{anchors, slug};
+    assert_eq!(slug("Scale: accounts × VMs"), "scale-accounts--vms");
+    assert_eq!(
+        slug("Web config: TLS, client certificates, basic auth, headers"),
+        "web-config-tls-client-certificates-basic-auth-headers"
+    );
+    assert_eq!(slug("`vps_up` and snake_case"), "vps_up-and-snake_case");
+    let a = anchors("# Top\n## Metrics\n```\n# not a heading\n```\n## Metrics\n#nospace\n");
+    let mut a: Vec<_> = a.into_iter().collect();
+    a.sort();
+    assert_eq!(a, ["metrics", "metrics-1", "top"]);
+
+    let l = links("see [a](x.md#b) and `[c](d.md)`, [`e`](#f)\n```\n[g](h.md)\n```\n");
+    let targets: Vec<_> = l.iter().map(|l| l.target.as_str()).collect();
+    assert_eq!(targets, ["x.md#b", "#f"]);
+
+    assert_eq!(
+        resolve("docs/a.md", "../README.md#x").unwrap(),
+        Some(("README.md".into(), Some("x".into())))
+    );
+    assert_eq!(
+        resolve("docs/a.md", "#y").unwrap(),
+        Some(("docs/a.md".into(), Some("y".into())))
+    );
+    assert!(resolve("README.md", "../outside.md").is_err());
+    assert_eq!(
+        resolve("README.md", "https://example.com/a.md").unwrap(),
+        None
+    );
 }

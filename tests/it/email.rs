@@ -1112,7 +1112,7 @@ fn docs_email_example_parses() {
     );
 }
 
-// ---- Lightning renewal (issue 5): the invoice mail of renewal mode "email" ----
+// --- The invoice mail of renewal mode "email" ----------------------------------------
 #[tokio::test]
 async fn invoice_sent_mail_carries_the_bolt11_amount_and_expiry() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""vpswatch /metrics against peers serving the same series (see README "Performance").
+"""vpswatch /metrics against peers serving the same series (see docs/performance.md).
 
 Takes the exposition a real `vpswatch run` serves for a simulated LNVPS account with
 PEERS_VMS VMs, then serves the same series with

@@ -1,5 +1,5 @@
 #!/bin/sh
-# vpswatch /metrics against peers on the same exposition (README "Performance").
+# vpswatch /metrics against peers on the same exposition (docs/performance.md).
 # Builds the release binary, then runs driver.py with /usr/bin/python3 (the Python that
 # owns python3-prometheus-client). Knobs: see driver.py (PEERS_VMS, PEERS_SECONDS,
 # PEERS_ROUNDS, PEERS_CONNECTIONS, PEERS_THREADS, PEERS_ONLY).

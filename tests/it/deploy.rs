@@ -2,7 +2,8 @@
 //!
 //! - Prometheus rules: `promtool check rules`, `promtool test rules` (the unit tests in
 //!   deploy/prometheus/vpswatch.rules.test.yml), and a scan that every alert has a firing
-//!   and a silent test case, a severity, and a runbook anchor that exists in the README.
+//!   and a silent test case, a severity, and a runbook_url whose anchor is a heading of
+//!   docs/alerts.md; every link from deploy/ and grafana/ into the docs resolves.
 //! - `promtool check config` on the example prometheus.yml; `amtool check-config` and
 //!   `amtool config routes test` on the example alertmanager.yml, and a real
 //!   Alertmanager running it to show that its inhibit rules inhibit.
@@ -99,33 +100,8 @@ fn alert_names(rules: &str) -> Vec<String> {
         .collect()
 }
 
-/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-fn readme_anchors() -> HashSet<String> {
-    let readme = read("README.md");
-    let mut in_code = false;
-    let mut anchors = HashSet::new();
-    for line in readme.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code && line.starts_with('#') {
-            anchors.insert(slug(line.trim_start_matches('#')));
-        }
-    }
-    anchors
-}
+/// Where the shipped artefacts link into this repository's documentation.
+const DOCS_URL: &str = "https://github.com/vpswatch/vpswatch/blob/main/";
 
 // ── Prometheus rules ─────────────────────────────────────────────────────────────────
 
@@ -153,13 +129,14 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
 
 /// Every alert: at least one unit-test case where it fires and one where it must stay
 /// silent; a severity of critical, warning or info; summary, description and a
-/// runbook_url whose anchor is a README heading; a row in the README threshold table.
+/// runbook_url pointing at its heading in docs/alerts.md; a row in that file's threshold
+/// table.
 #[test]
 fn every_alert_is_tested_both_ways_and_has_a_runbook() {
     let rules = read("deploy/prometheus/vpswatch.rules.yml");
     let tests = read("deploy/prometheus/vpswatch.rules.test.yml");
-    let readme = read("README.md");
-    let anchors = readme_anchors();
+    let runbook = read("docs/alerts.md");
+    let anchors = crate::common::docs::anchors(&runbook);
 
     // The test file's layout (documented at its top): `alertname:` lines, each followed
     // by `exp_alerts: []` (a silent case) or `exp_alerts:` + entries (a firing case).
@@ -231,16 +208,18 @@ fn every_alert_is_tested_both_ways_and_has_a_runbook() {
             problems.push(format!("{name}: no runbook_url"));
             continue;
         };
-        let anchor = url.rsplit_once('#').map(|(_, a)| a).unwrap_or("");
-        if anchor != name.to_lowercase() || !anchors.contains(anchor) {
-            problems.push(format!(
-                "{name}: runbook_url {url} should end in #{} and the README needs a \
-                 heading `{name}`",
-                name.to_lowercase()
-            ));
+        let anchor = name.to_lowercase();
+        let want = format!("{DOCS_URL}docs/alerts.md#{anchor}");
+        if url != want {
+            problems.push(format!("{name}: runbook_url {url} should be {want}"));
         }
-        if !readme.contains(&format!("| [`{name}`](#{anchor}) |")) {
-            problems.push(format!("{name}: not in the README's alert threshold table"));
+        if !anchors.contains(&anchor) {
+            problems.push(format!("{name}: docs/alerts.md has no heading `{name}`"));
+        }
+        if !runbook.contains(&format!("| [`{name}`](#{anchor}) |")) {
+            problems.push(format!(
+                "{name}: not in docs/alerts.md's alert threshold table"
+            ));
         }
     }
     for name in fires.keys().chain(silent.keys()) {
@@ -251,28 +230,39 @@ fn every_alert_is_tested_both_ways_and_has_a_runbook() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Every README link in deploy/ and grafana/ points at a heading that exists.
+/// Every documentation link in deploy/ and grafana/ (runbook URLs, the unit's
+/// `Documentation=`, the dashboard's links, the rules' unit-test expectations) names a
+/// file of this repository and a heading that exists in it.
 #[test]
-fn readme_links_in_the_artefacts_resolve() {
-    let anchors = readme_anchors();
-    let mut missing = Vec::new();
+fn documentation_links_in_the_artefacts_resolve() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
     for file in [
         "deploy/prometheus/vpswatch.rules.yml",
+        "deploy/prometheus/vpswatch.rules.test.yml",
+        "deploy/alertmanager/alertmanager.yml",
         "deploy/systemd/vpswatch.service",
         "grafana/vpswatch.json",
     ] {
         let text = read(file);
-        for (i, _) in text.match_indices("README.md#") {
-            let anchor: String = text[i + "README.md#".len()..]
+        for (i, _) in text.match_indices(DOCS_URL) {
+            let target: String = text[i + DOCS_URL.len()..]
                 .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .take_while(|c| !c.is_whitespace() && !matches!(c, '"' | '\'' | ')' | ','))
                 .collect();
-            if !anchors.contains(&anchor) {
-                missing.push(format!("{file}: #{anchor}"));
+            checked += 1;
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            if !repo(path).is_file() {
+                problems.push(format!("{file}: {target}: no file {path}"));
+            } else if !anchor.is_empty()
+                && !crate::common::docs::file_anchors(path).contains(anchor)
+            {
+                problems.push(format!("{file}: {target}: {path} has no heading #{anchor}"));
             }
         }
     }
-    assert!(missing.is_empty(), "no such README heading: {missing:?}");
+    assert!(checked >= 20, "only {checked} documentation links found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 // ── Prometheus and Alertmanager configuration ────────────────────────────────────────
@@ -1096,8 +1086,8 @@ fn grafana_provisioning_loads_the_dashboard() {
             "datasource provisioning lacks {needle}"
         );
     }
-    // The README tells where to put the JSON: the same directory.
-    assert!(read("README.md").contains("/var/lib/grafana/dashboards/vpswatch/"));
+    // docs/deploy.md tells where to put the JSON: the same directory.
+    assert!(read("docs/deploy.md").contains("/var/lib/grafana/dashboards/vpswatch/"));
 }
 
 // ── End to end: demo → Prometheus → rules and dashboard ──────────────────────────────

@@ -920,7 +920,7 @@ fn test_email_wrong_password_is_clear_and_secret_free() {
 /// Kills the process at the two points that matter and checks what a restart does: after
 /// `queued` the mail is delivered exactly once; after `accepted` (the server has it, the
 /// commit has not happened) it is delivered again with the same Message-ID — the one
-/// at-least-once window SMTP leaves, documented in the README.
+/// at-least-once window SMTP leaves, documented in docs/email.md.
 #[test]
 fn crash_points_queued_and_accepted() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -1084,15 +1084,12 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The README's `[email]` example is valid as written (only its files are missing here).
+/// docs/email.md's `[email]` example is valid as written (only its files are missing here).
 #[test]
-fn readme_email_example_parses() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let block = readme
-        .split("```toml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
+fn docs_email_example_parses() {
+    let doc = crate::common::docs::read("docs/email.md");
+    let block = crate::common::docs::code_blocks(&doc, "toml")
+        .into_iter()
         .find(|b| b.starts_with("[email]"))
         .expect("an [email] example");
     let table: toml::Table = block.parse().expect("toml");
@@ -1109,7 +1106,7 @@ fn readme_email_example_parses() {
     );
 }
 
-// ---- Lightning renewal (issue 5): the invoice mail of renewal mode "email" ----
+// --- The invoice mail of renewal mode "email" ----------------------------------------
 #[tokio::test]
 async fn invoice_sent_mail_carries_the_bolt11_amount_and_expiry() {
     let tmp = tempfile::tempdir().expect("tmp");

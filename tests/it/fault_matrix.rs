@@ -12,7 +12,7 @@
 //! Each provider's account talks to its simulator through a small TCP proxy so that
 //! "connection refused" is real (the proxy closes its port). Time is scaled: polls every
 //! 200 ms, requests time out after 300 ms, probes every 100 ms. The matrix is printed
-//! (run with `--nocapture` to see it) and mirrored in the README's Security section.
+//! (run with `--nocapture` to see it) and mirrored in docs/security.md ("Fault matrix").
 
 use crate::common::free_port;
 use std::net::{Ipv4Addr, SocketAddr};

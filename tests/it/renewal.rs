@@ -597,15 +597,12 @@ async fn demo_vm_renews_itself_through_nwc() {
     demo.shutdown().await;
 }
 
-/// The README's renewal example is accepted as written (with its wallet file present).
+/// docs/renewal.md's example is accepted as written (with its wallet file present).
 #[test]
-fn readme_renewal_example_parses() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let block = readme
-        .split("```toml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
+fn docs_renewal_example_parses() {
+    let doc = crate::common::docs::read("docs/renewal.md");
+    let block = crate::common::docs::code_blocks(&doc, "toml")
+        .into_iter()
         .find(|b| b.contains("condition = \"expires_within\""))
         .expect("a renewal example");
     let dir = tempfile::tempdir().expect("dir");
@@ -623,8 +620,10 @@ fn readme_renewal_example_parses() {
         block.replace("/etc/vpswatch/nwc.uri", &uri_file.display().to_string())
     );
     let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
-    let config = vpswatch::config::parse(&text, "README", &|n| (n == "N").then(|| nsec.clone()))
-        .unwrap_or_else(|e| panic!("README renewal example: {e}"));
+    let config = vpswatch::config::parse(&text, "docs/renewal.md", &|n| {
+        (n == "N").then(|| nsec.clone())
+    })
+    .unwrap_or_else(|e| panic!("docs/renewal.md example: {e}"));
     assert_eq!(config.renew_rules.len(), 1);
     assert!(
         config.watchdog.rules.is_empty(),

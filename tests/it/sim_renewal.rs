@@ -1,7 +1,7 @@
 //! The simulator's renewal payments: quote, renew (BOLT11 invoices that decode to the
 //! quoted amount), invoice reuse, payment lookup, settlement through the NIP-47 wallet
 //! service on a real local relay, wallet failures, max-prepay, and the server-side
-//! auto-renewal with its single attempt and its double-pay trap (LNVPS.md §3, §5).
+//! auto-renewal with its single attempt and its double-pay trap (docs/providers.md).
 
 use std::str::FromStr;
 use std::sync::Arc;

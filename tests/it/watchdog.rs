@@ -1,6 +1,6 @@
 //! The watchdog end to end: a simulated LNVPS account whose VMs listen on loopback
 //! addresses, real TCP probes, real provider calls, and the journal on disk. Each test
-//! checks one invariant of DESIGN.md §5. Time is scaled (probes every 100 ms, `for` under
+//! checks one guarantee of docs/watchdog.md. Time is scaled (probes every 100 ms, `for` under
 //! a second) instead of slept through.
 
 use crate::common::free_port;

@@ -1,4 +1,5 @@
-//! NIP-98 verification exactly as the real server enforces it (LNVPS.md §2).
+//! NIP-98 verification exactly as the real server enforces it (docs/providers.md;
+//! the accepted and rejected variants are in tests/fixtures/lnvps/nip98_edge_cases.json).
 //!
 //! Same order of checks, same status codes, same message texts: header present →
 //! scheme (`Bearer ` / `Nostr `, case-sensitive) → base64 + event JSON → kind → time

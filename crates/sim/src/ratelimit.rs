@@ -1,4 +1,4 @@
-//! The real server's per-client-IP fixed-window rate limiter (LNVPS.md §6).
+//! The real server's per-client-IP fixed-window rate limiter (docs/providers.md).
 //!
 //! A window opens at a key's first request and lasts `window`; every request (throttled
 //! ones too) counts; past `max` the answer is 429 with `retry-after` = whole seconds left

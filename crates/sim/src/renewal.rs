@@ -194,7 +194,8 @@ impl World {
         Ok(preimage)
     }
 
-    /// The worker's CheckSubscriptions pass over one VM (LNVPS.md §5).
+    /// The worker's CheckSubscriptions pass over one VM: the server-side auto-renewal
+    /// attempt (docs/providers.md).
     pub(super) fn auto_renew(&mut self, vm_id: u64, now: DateTime<Utc>) {
         let Some(vm) = self.vm(vm_id) else {
             return;

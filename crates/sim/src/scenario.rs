@@ -36,7 +36,7 @@ pub struct Scenario {
     pub timeline: Vec<TimelineEvent>,
 }
 
-/// The real server's per-IP limiter (LNVPS.md §6), made tunable for tests.
+/// The real server's per-IP limiter (docs/providers.md), made tunable for tests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
@@ -162,7 +162,7 @@ pub struct VmSpec {
     /// Absent = never paid (expires null, status unknown, purged after an hour).
     pub expires: Option<RelTime>,
     /// How long before being added the VM (and its subscription) was created; drives
-    /// the grace period (LNVPS.md §4).
+    /// the grace period before deletion.
     #[serde(with = "humantime_serde")]
     pub age: Duration,
     /// For a running VM: how long it has been up when added.

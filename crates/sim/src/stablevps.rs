@@ -1,11 +1,12 @@
 //! The fake StableVPS API server.
 //!
-//! StableVPS publishes no server source, only an API page (STABLEVPS.md), so this
-//! simulator is what the StableVPS client and the watchdog are tested against. It
-//! serves the documented endpoints on loopback with in-memory accounts, wallets, API
-//! keys and VPS services, and makes every open question producible: any `status` /
-//! `vpsStatus` string, expiring and read-only keys, every error code, and injected
-//! faults (the shared [`Fault`] types, matched by endpoint template).
+//! StableVPS publishes no server source, only an API page (summarised in
+//! docs/providers.md), so this simulator is what the StableVPS client and the watchdog
+//! are tested against. It serves the documented endpoints on loopback with in-memory
+//! accounts, wallets, API keys and VPS services, and makes every open question
+//! producible: any `status` / `vpsStatus` string, expiring and read-only keys, every
+//! error code, and injected faults (the shared [`Fault`] types, matched by endpoint
+//! template).
 //!
 //! Behaviour that the API page leaves open is a *simulator choice*, documented here:
 //! - renewal happens at `currentPeriodEnd` (checked on every request and by a 1 s

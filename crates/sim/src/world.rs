@@ -1,5 +1,5 @@
 //! The simulator's in-memory world: users, VMs, catalogue, timeline and faults, plus
-//! the lifecycle the real server's worker runs (LNVPS.md §4): expiry stops a VM once,
+//! the lifecycle the real server's worker runs (docs/providers.md): expiry stops a VM once,
 //! grace-period overrun soft-deletes it, unpaid VMs are purged after an hour, and the
 //! status cache is refreshed on every pass unless a VM is flagged stale.
 //!
@@ -612,7 +612,8 @@ pub fn default_ipv4(id: u64) -> Ipv4Addr {
     Ipv4Addr::new(127, 1, third, fourth)
 }
 
-/// Grace days before deletion, by subscription age at `now` (LNVPS.md §4).
+/// Grace days before deletion, by subscription age at `now` (the real server's table,
+/// listed under "Lifecycle" in docs/providers.md).
 pub fn grace_days(created: DateTime<Utc>, now: DateTime<Utc>, delete_after: u16) -> u16 {
     let age = (now - created).num_days().max(0);
     match age {

@@ -5,6 +5,7 @@
 
 pub mod alertmanager;
 pub mod daemon_process;
+pub mod docs;
 pub mod log_capture;
 pub mod smtp;
 

@@ -1,7 +1,7 @@
 //! The fake LNVPS API server.
 //!
 //! It serves the customer API with in-memory users and VMs and behaves like the real
-//! server (LNVPS.md): envelopes, error bodies and content types, NIP-98 enforcement, the
+//! server (docs/providers.md): envelopes, error bodies and content types, NIP-98 enforcement, the
 //! per-IP rate limiter (which runs before auth), and the worker's lifecycle. Tests drive
 //! it through [`LnvpsSimHandle`]; other processes through the `/_sim/` control API.
 //!

@@ -76,7 +76,7 @@ impl Default for RawGlobals {
 #[serde(default)]
 struct RawWeb {
     listen_address: String,
-    // --- hardening (issue 7): web config file and server limits ---
+    // --- web config file and server limits ---
     config_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     config_reload_interval: Duration,
@@ -87,7 +87,6 @@ struct RawWeb {
     idle_timeout: Duration,
     max_header_bytes: usize,
     max_request_body_bytes: u64,
-    // --- end hardening ---
 }
 
 impl Default for RawWeb {
@@ -425,7 +424,7 @@ fn parse_unredacted(
         }),
     }
 
-    // Lightning renewal rules (issue 5) are read beside the watchdog's, out of its list.
+    // Lightning renewal rules are read beside the watchdog's, out of its list.
     let mut renew_rules = Vec::new();
     let watchdog = read_watchdog(
         raw_watchdog,
@@ -617,7 +616,7 @@ fn read_watchdog(
             let mut seen = HashMap::new();
             for (i, item) in items.into_iter().enumerate() {
                 let prefix = format!("rules[{i}]");
-                // ---- Lightning renewal (issue 5): action = "renew" rules go to src/renew ----
+                // action = "renew" rules are Lightning renewal's (src/renew).
                 if crate::renew::is_renew_rule(&item) {
                     let rule = crate::renew::config::read_rule(
                         item,
@@ -637,7 +636,6 @@ fn read_watchdog(
                     }
                     continue;
                 }
-                // ---- end Lightning renewal ----
                 let Some(raw) = read_section::<RawRule>(item, &prefix, problems) else {
                     continue;
                 };

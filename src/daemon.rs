@@ -101,7 +101,7 @@ impl Daemon {
         notifier: Option<Arc<dyn Notify>>,
     ) -> anyhow::Result<Daemon> {
         crate::tls::install_crypto_provider();
-        // hardening (issue 7): TLS, auth and headers; a broken file stops the start.
+        // TLS, auth and headers; a broken file stops the start.
         let web_config = Arc::new(match &config.web.config_file {
             Some(path) => LiveWebConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
             None => LiveWebConfig::fixed(WebConfig::default()),
@@ -216,7 +216,7 @@ impl Daemon {
                 cancel.child_token(),
             ));
         }
-        // ---- Lightning renewal (issue 5): its own task, beside the engine ----
+        // Lightning renewal: its own task, beside the engine.
         if let (false, Some(state)) = (config.renew_rules.is_empty(), &state) {
             let mut accounts = Vec::new();
             for a in &config.accounts {
@@ -268,7 +268,7 @@ impl Daemon {
             journal: journal.clone(),
             state_db: state.clone(),
         });
-        // hardening (issue 7): reload the web config file; serve with limits.
+        // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(
             web_config.clone(),
             config.web.config_reload_interval,

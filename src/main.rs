@@ -113,7 +113,7 @@ enum Command {
         #[arg(long)]
         owner: Option<String>,
     },
-    /// Print the metric reference table (Markdown) the README embeds.
+    /// Print the metric reference table (Markdown) docs/metrics.md embeds.
     MetricsDoc,
 }
 

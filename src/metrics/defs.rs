@@ -1,6 +1,6 @@
 //! Every metric family vpswatch exports, declared once: name, type, labels and help.
 //!
-//! The encoder builds series only through these declarations, and the README's metric
+//! The encoder builds series only through these declarations, and docs/metrics.md's metric
 //! reference is generated from this table (`vpswatch metrics-doc`); a test fails when the
 //! two disagree.
 
@@ -394,7 +394,7 @@ metric!(
     &[],
     "Notifications the mail server refused for good, kept aside in the state directory (not retried; the newest 1000 for 30 days)."
 );
-// --- hardening: web config reloads (issue 7) ---
+// --- web config reloads ---
 metric!(
     WEB_CONFIG_RELOAD_SUCCESS,
     "vpswatch_web_config_last_reload_successful",
@@ -409,7 +409,6 @@ metric!(
     &[],
     "When --web.config.file was last loaded successfully (Unix seconds)."
 );
-// --- end hardening ---
 
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[
@@ -468,7 +467,7 @@ pub const ALL: &[&MetricDef] = &[
     &WEB_CONFIG_RELOAD_TIMESTAMP,
 ];
 
-// ---- Lightning renewal (issue 5; src/renew) ----
+// ---- Lightning renewal (src/renew) ----
 metric!(
     RENEWALS,
     "vpswatch_renewals_total",
@@ -483,9 +482,8 @@ metric!(
     &["provider", "account", "vm"],
     "Satoshis paid for renewals that the provider confirmed (is_paid)."
 );
-// ---- end Lightning renewal ----
 
-/// The README's metric reference table, generated from [`ALL`].
+/// The metric reference table of docs/metrics.md, generated from [`ALL`].
 pub fn markdown_table() -> String {
     let mut out = String::from("| name | type | labels | meaning |\n|---|---|---|---|\n");
     for d in ALL {

@@ -177,7 +177,7 @@ impl SelfMetrics {
         })
     }
 
-    // --- hardening: web config reload metrics (issue 7) ---
+    // --- web config reload metrics ---
     /// The web config reload gauges, registered on first call.
     pub fn web_config_metrics(&self) -> &WebConfigMetrics {
         self.web_config.get_or_init(|| {
@@ -200,7 +200,6 @@ impl SelfMetrics {
             WebConfigMetrics { success, timestamp }
         })
     }
-    // --- end hardening ---
 
     /// Tells the encoder that metrics changed outside a poll (it re-renders).
     pub fn changed(&self) {
@@ -257,7 +256,7 @@ impl StateStoreMetrics {
     }
 }
 
-/// Outcome of the latest `--web.config.file` load (hardening, issue 7).
+/// Outcome of the latest `--web.config.file` load.
 pub struct WebConfigMetrics {
     success: IntGauge,
     timestamp: Gauge,

@@ -75,7 +75,7 @@ pub enum EventKind {
     RenewalPaid,
     RenewalFailed,
     /// A renewal was not paid because the budget, the prepay limit or a mismatching
-    /// invoice forbade it (issue 5).
+    /// invoice forbade it.
     RenewalBlocked,
     /// A renewal invoice was minted for a human to pay (renewal mode `email`).
     InvoiceSent,

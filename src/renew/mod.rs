@@ -1,6 +1,6 @@
-//! Lightning renewal of LNVPS VMs (issue 5): pay at most once per period, never more
+//! Lightning renewal of LNVPS VMs: pay at most once per period, never more
 //! than the budget, and never into the server-side auto-renewal's double-pay trap
-//! (LNVPS.md §5; DESIGN.md §5 invariant 4).
+//! (docs/renewal.md, docs/providers.md).
 //!
 //! Runs as its own task beside the watchdog engine, on every new snapshot:
 //! - [`planner`] decides, from the snapshot alone, whether a VM is due and whether the

@@ -2,7 +2,7 @@
 //! auto-renewal, and whether the budget allows a payment. No I/O, no clock: every input
 //! is passed in, so each guard is unit-tested on its own.
 //!
-//! The server-side auto-renewal (LNVPS.md §5) fires once, at the first 30-s check after
+//! The server-side auto-renewal (docs/providers.md) fires once, at the first 30-s check after
 //! `expires − lead` (`lead = min(24 h, interval/2)`), and hands back — without paying —
 //! any unpaid 1-interval Lightning invoice that is still valid (10 minutes). So while it
 //! may still fire, vpswatch mints nothing; after it, vpswatch renews only once a poll

@@ -1,5 +1,5 @@
 //! Maintenance windows: times, in a named time zone, when the watchdog must not act on
-//! the VMs a window selects (DESIGN.md §5, invariant 9). The engine asks
+//! the VMs a window selects (docs/watchdog.md). The engine asks
 //! [`Maintenance::active_for`] before every action and counts and logs a skip.
 //!
 //! Two ways to write a window, exactly one per window:

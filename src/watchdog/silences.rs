@@ -1,4 +1,4 @@
-//! Alertmanager silences as a brake on the watchdog (DESIGN.md §5, invariant 9): when an
+//! Alertmanager silences as a brake on the watchdog (docs/watchdog.md): when an
 //! operator has silenced a VM's alerts in Alertmanager, the watchdog does not act on it
 //! either, so there is one place to say "hands off, I'm working on it".
 //!

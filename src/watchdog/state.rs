@@ -1,5 +1,5 @@
 //! The life of one rule on one target: hysteresis, firing, the escalation ladder and the
-//! wait for observed recovery. Pure logic on persisted state, so every rule of §5 can be
+//! wait for observed recovery. Pure logic on persisted state, so every watchdog rule (docs/watchdog.md) can be
 //! tested without a network, and so the whole state survives a restart as it is.
 //!
 //! Lessons built in: the failure count restarts after every action (Monit kept counting

@@ -258,7 +258,7 @@ fn read_yaml<T: serde::de::DeserializeOwned>(
             .join(".");
         problems.push(Problem {
             path,
-            message: "unknown key (check the spelling; see the README's Security section)".into(),
+            message: "unknown key (check the spelling; see docs/security.md)".into(),
         });
     }
     match result {

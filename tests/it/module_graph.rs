@@ -264,9 +264,7 @@ fn the_checker_sees_a_cycle_when_there_is_one() {
         "use crate::x;"
     );
     assert_eq!(
-        named_modules(
-            "use crate::{config::Problem, store};\nlet x = crate::clock::now();"
-        ),
+        named_modules("use crate::{config::Problem, store};\nlet x = crate::clock::now();"),
         ["clock", "config", "store"].map(String::from).into()
     );
 }

@@ -1,7 +1,7 @@
 //! Wallet runway: how long a prepaid balance covers an account's upcoming renewals.
 //!
 //! Provider-neutral arithmetic, kept pure (no clock, no I/O) so the exact values can be
-//! unit-tested. The definition (also in the README):
+//! unit-tested. The definition (also in docs/providers.md):
 //!
 //! walk every renewal of the account in due order — each renewing VM at the end of its
 //! paid period, then every billing period after that — subtracting each price from the

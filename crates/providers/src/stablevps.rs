@@ -1,7 +1,7 @@
 //! StableVPS client: API-key auth, tolerant response models, the plan table, wallet
 //! runway, read-only key detection, and the mapping to the neutral model.
 //!
-//! Written against the provider's public API page (STABLEVPS.md; no server source is
+//! Written against the provider's public API page (summarised in docs/providers.md; no server source is
 //! public), so everything it leaves open is tolerated rather than assumed: unknown fields
 //! are ignored, every field is optional, unknown `status`/`vpsStatus` values are kept
 //! verbatim, and one unreadable VPS entry never fails the account. The list lacks plan
@@ -201,7 +201,7 @@ struct VpsList {
     total: Option<u64>,
 }
 
-// --- hardening (issue 7): the list parser as a pure function, for fuzzing ---
+// --- the list parser as a pure function, for fuzzing ---
 
 /// Parses `GET /api/v1/vps` entry by entry (one unreadable entry is skipped with a
 /// warning); at most [`MAX_LIST_ENTRIES`](crate::bounded::MAX_LIST_ENTRIES) entries.
@@ -236,7 +236,6 @@ pub fn parse_vps_list(
 pub fn parse_vps(content_type: Option<&str>, body: &[u8]) -> Result<ApiVps, String> {
     decode_json(content_type, body)
 }
-// --- end hardening ---
 
 /// One VPS as `GET /api/v1/vps` (and, with more fields, `/vps/:id`) returns it. There is
 /// deliberately no `rdp_password`.

@@ -9,7 +9,7 @@
 //! own fate: a mail (or a recipient) the server refuses for good is set aside and
 //! counted, one it refuses for now waits its own backoff, and neither holds the others
 //! back. A mail leaves the outbox in the commit right after the server's verdict; see the
-//! README for the one window in which SMTP only allows at-least-once.
+//! docs/email.md for the one window in which SMTP only allows at-least-once.
 //!
 //! Time decisions (reminders, digest windows, backoff) use the injected clock so tests
 //! can run hours of reminders in seconds; only the task's polling tick uses real time.

@@ -1,7 +1,7 @@
 //! LNVPS client: NIP-98 signing, tolerant response models, and the mapping to the
 //! neutral model.
 //!
-//! Written against the real server (see README "LNVPS API notes"): every request and
+//! Written against the real server (see docs/providers.md): every request and
 //! every retry carries a freshly signed kind-27235 event with a random `nonce` (the server
 //! burns event ids for 120 s and identical requests in one second would collide), BTC
 //! amounts may be millisatoshis (real server) or satoshis (older docs), and unknown
@@ -340,7 +340,7 @@ fn first_ipv4(ips: &[ApiIp]) -> Option<(Ipv4Addr, &ApiIp)> {
     })
 }
 
-// --- hardening (issue 7): the response parsers as pure functions, for fuzzing ---
+// --- the response parsers as pure functions, for fuzzing ---
 
 /// Parses `GET /api/v1/vm`. Entries stay raw until each is parsed on its own: one
 /// malformed VM must not hide the others, and raw slices cost far less memory than a
@@ -373,7 +373,6 @@ pub fn parse_time_series(
     let env: Envelope<BoundedList<ApiTimeSeriesPoint>> = decode_json(content_type, body)?;
     Ok(env.data.0)
 }
-// --- end hardening ---
 
 /// Builds the neutral VM (without usage) from the API's VM.
 pub fn map_vm(

@@ -301,24 +301,75 @@ async fn rate_limit_is_honoured_with_retry_after() {
     h.shutdown().await;
 }
 
+/// The account's request budget, per minute.
+const BUDGET_PER_MINUTE: u32 = 240;
+/// The simulator's fixed window, short so the test sees several in seconds.
+const LIMIT_WINDOW: Duration = Duration::from_secs(5);
+/// Requests the simulator allows per window: what a 240/min budget may send in any 5 s
+/// (its burst of 240/60 = 4 plus 240 * 5/60 = 20 at the steady rate) and 2 more, because
+/// the server counts arrivals and a busy host can bunch a request or two that left paced.
+const WINDOW_LIMIT: u32 = 26;
+/// Polls to wait for: at 7 requests a poll (list, 3 running VMs' time series, account,
+/// payment methods, subscriptions) 6 polls need 42 requests, far more than one window
+/// allows, so an unpaced client (one poll every 200 ms) is throttled within a second.
+const PACED_POLLS: f64 = 6.0;
+
 #[tokio::test]
 async fn simulator_rate_limit_is_never_hit_within_budget() {
-    // Budget 60/min on both sides: vpswatch paces itself and never provokes a 429.
     let h = Harness::start_with(
         |owner| {
             let mut s = Scenario::demo(owner);
-            s.rate_limit.per_minute = 60;
+            s.rate_limit.per_minute = WINDOW_LIMIT;
+            s.rate_limit.window = LIMIT_WINDOW;
             s
         },
-        "[providers.lnvps]\nrequests_per_minute = 60\n",
+        &format!("[providers.lnvps]\nrequests_per_minute = {BUDGET_PER_MINUTE}\n"),
         Arc::new(SystemClock),
     )
     .await;
-    h.wait_metrics("two polls", T, |e| {
-        requests(e, "GET /api/v1/vm", "200") >= 2.0
-    })
-    .await;
-    assert!(h.sim.requests().iter().all(|r| r.status != 429));
+    // Ends at the first 429 as well, so a throttled run fails on what it got, not on time.
+    let exp = h
+        .wait_metrics("six polls, or a 429", Duration::from_secs(40), |e| {
+            requests(e, "GET /api/v1/vm", "200") >= PACED_POLLS
+                || h.sim.requests().iter().any(|r| r.status == 429)
+        })
+        .await;
+    let log = h.sim.requests();
+    let throttled = log.iter().filter(|r| r.status == 429).count();
+    assert_eq!(
+        throttled,
+        0,
+        "the simulator answered 429 to {throttled} of {} requests",
+        log.len()
+    );
+    // The polls went through whole.
+    assert!(requests(&exp, "GET /api/v1/vm", "200") >= PACED_POLLS);
+    assert_eq!(exp.get("vpswatch_provider_up", &[]), Some(1.0));
+    assert_eq!(
+        exp.get("vpswatch_provider_consecutive_failures", &[]),
+        Some(0.0)
+    );
+    for id in ["1", "2", "4"] {
+        assert!(exp.has("vps_cpu_usage_ratio", &vm(id)), "usage of vm {id}");
+    }
+    // More was asked than one window allows, so the requests must have been spread:
+    // no interval of one window's length (wherever it starts) holds more than the limit.
+    assert!(
+        log.len() > WINDOW_LIMIT as usize,
+        "only {} requests: the test did not demand more than one window",
+        log.len()
+    );
+    let mut at: Vec<_> = log.iter().map(|r| r.at).collect();
+    at.sort();
+    let window = chrono::Duration::from_std(LIMIT_WINDOW).expect("window");
+    let busiest = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t < at[i] + window).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= WINDOW_LIMIT as usize,
+        "{busiest} requests within {LIMIT_WINDOW:?} (limit {WINDOW_LIMIT}): {at:?}"
+    );
     h.shutdown().await;
 }
 

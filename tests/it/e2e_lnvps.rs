@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{wait_for, Exposition, Harness};
+use crate::common::{wait_for, Exposition, Harness, RecordingNotifier};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmState};
 
@@ -373,17 +373,91 @@ async fn simulator_rate_limit_is_never_hit_within_budget() {
     h.shutdown().await;
 }
 
+/// A TCP gate between the daemon and the simulator: it accepts connections, says when
+/// the first one arrives, and holds every one until [`open`](Gate::open) names where to
+/// forward it. While it holds, the daemon's first poll provably cannot finish.
+struct Gate {
+    addr: std::net::SocketAddr,
+    arrived: Arc<tokio::sync::Notify>,
+    target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gate");
+        let addr = listener.local_addr().expect("gate addr");
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (target, _) = tokio::sync::watch::channel(None);
+        let task = {
+            let (arrived, target) = (arrived.clone(), target.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    arrived.notify_one();
+                    let mut to = target.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(addr) = to.wait_for(Option::is_some).await.map(|a| *a) else {
+                            return;
+                        };
+                        let Some(addr) = addr else { return };
+                        if let Ok(mut upstream) = tokio::net::TcpStream::connect(addr).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream)
+                                .await;
+                        }
+                    });
+                }
+            })
+        };
+        Gate {
+            addr,
+            arrived,
+            target,
+            task,
+        }
+    }
+
+    fn open(&self, to: std::net::SocketAddr) {
+        self.target.send_replace(Some(to));
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test]
 async fn http_endpoints_ready_healthy_landing_gzip() {
-    // A slow provider keeps the first poll pending so /-/ready can be seen at 503.
-    let h = Harness::start_with(Scenario::demo, "", Arc::new(SystemClock)).await;
+    // The daemon reaches the simulator through a gate that holds its first poll, with
+    // timeouts long enough that only opening the gate lets that poll end.
+    let gate = Gate::start().await;
+    let gate_url: url::Url = format!("http://{}/", gate.addr).parse().expect("gate url");
+    let h = Harness::start_tweaked(
+        Scenario::demo,
+        "",
+        Arc::new(SystemClock),
+        Arc::new(RecordingNotifier::default()),
+        |c| {
+            c.request_timeout = Duration::from_secs(120);
+            c.poll_timeout = Duration::from_secs(120);
+            c.accounts[0].base_url = gate_url;
+        },
+    )
+    .await;
+    tokio::time::timeout(T, gate.arrived.notified())
+        .await
+        .expect("the daemon's first poll reaches the gate");
     let ready = h.http.get(h.url("/-/ready")).send().await.expect("ready");
-    let status = ready.status().as_u16();
-    assert!(status == 503 || status == 200);
-    if status == 503 {
-        let body = ready.text().await.unwrap_or_default();
-        assert!(body.contains("lnvps/main"), "{body}");
-    }
+    assert_eq!(ready.status(), 503, "ready while the first poll is pending");
+    let body = ready.text().await.expect("ready body");
+    assert!(
+        body.contains("first poll pending") && body.contains("lnvps/main"),
+        "{body}"
+    );
+    gate.open(h.sim.addr());
     wait_for("ready", T, || async {
         h.http
             .get(h.url("/-/ready"))

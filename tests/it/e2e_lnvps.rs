@@ -398,13 +398,12 @@ impl Gate {
                     arrived.notify_one();
                     let mut to = target.subscribe();
                     tokio::spawn(async move {
-                        let Ok(addr) = to.wait_for(Option::is_some).await.map(|a| *a) else {
+                        let Ok(Some(addr)) = to.wait_for(Option::is_some).await.map(|a| *a) else {
                             return;
                         };
-                        let Some(addr) = addr else { return };
                         if let Ok(mut upstream) = tokio::net::TcpStream::connect(addr).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream)
-                                .await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
                         }
                     });
                 }

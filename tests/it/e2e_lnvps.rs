@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{wait_for, Exposition, Harness};
+use crate::common::{wait_for, Exposition, Harness, RecordingNotifier};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind, Scenario, VmState};
 
@@ -301,38 +301,162 @@ async fn rate_limit_is_honoured_with_retry_after() {
     h.shutdown().await;
 }
 
+/// The account's request budget, per minute.
+const BUDGET_PER_MINUTE: u32 = 240;
+/// The simulator's fixed window, short so the test sees several in seconds.
+const LIMIT_WINDOW: Duration = Duration::from_secs(5);
+/// Requests the simulator allows per window: what a 240/min budget may send in any 5 s
+/// (its burst of 240/60 = 4 plus 240 * 5/60 = 20 at the steady rate) and 2 more, because
+/// the server counts arrivals and a busy host can bunch a request or two that left paced.
+const WINDOW_LIMIT: u32 = 26;
+/// Polls to wait for: at 7 requests a poll (list, 3 running VMs' time series, account,
+/// payment methods, subscriptions) 6 polls need 42 requests, far more than one window
+/// allows, so an unpaced client (one poll every 200 ms) is throttled within a second.
+const PACED_POLLS: f64 = 6.0;
+
 #[tokio::test]
 async fn simulator_rate_limit_is_never_hit_within_budget() {
-    // Budget 60/min on both sides: vpswatch paces itself and never provokes a 429.
     let h = Harness::start_with(
         |owner| {
             let mut s = Scenario::demo(owner);
-            s.rate_limit.per_minute = 60;
+            s.rate_limit.per_minute = WINDOW_LIMIT;
+            s.rate_limit.window = LIMIT_WINDOW;
             s
         },
-        "[providers.lnvps]\nrequests_per_minute = 60\n",
+        &format!("[providers.lnvps]\nrequests_per_minute = {BUDGET_PER_MINUTE}\n"),
         Arc::new(SystemClock),
     )
     .await;
-    h.wait_metrics("two polls", T, |e| {
-        requests(e, "GET /api/v1/vm", "200") >= 2.0
-    })
-    .await;
-    assert!(h.sim.requests().iter().all(|r| r.status != 429));
+    // Ends at the first 429 as well, so a throttled run fails on what it got, not on time.
+    let exp = h
+        .wait_metrics("six polls, or a 429", Duration::from_secs(40), |e| {
+            requests(e, "GET /api/v1/vm", "200") >= PACED_POLLS
+                || h.sim.requests().iter().any(|r| r.status == 429)
+        })
+        .await;
+    let log = h.sim.requests();
+    let throttled = log.iter().filter(|r| r.status == 429).count();
+    assert_eq!(
+        throttled,
+        0,
+        "the simulator answered 429 to {throttled} of {} requests",
+        log.len()
+    );
+    // The polls went through whole.
+    assert!(requests(&exp, "GET /api/v1/vm", "200") >= PACED_POLLS);
+    assert_eq!(exp.get("vpswatch_provider_up", &[]), Some(1.0));
+    assert_eq!(
+        exp.get("vpswatch_provider_consecutive_failures", &[]),
+        Some(0.0)
+    );
+    for id in ["1", "2", "4"] {
+        assert!(exp.has("vps_cpu_usage_ratio", &vm(id)), "usage of vm {id}");
+    }
+    // More was asked than one window allows, so the requests must have been spread:
+    // no interval of one window's length (wherever it starts) holds more than the limit.
+    assert!(
+        log.len() > WINDOW_LIMIT as usize,
+        "only {} requests: the test did not demand more than one window",
+        log.len()
+    );
+    let mut at: Vec<_> = log.iter().map(|r| r.at).collect();
+    at.sort();
+    let window = chrono::Duration::from_std(LIMIT_WINDOW).expect("window");
+    let busiest = (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t < at[i] + window).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= WINDOW_LIMIT as usize,
+        "{busiest} requests within {LIMIT_WINDOW:?} (limit {WINDOW_LIMIT}): {at:?}"
+    );
     h.shutdown().await;
+}
+
+/// A TCP gate between the daemon and the simulator: it accepts connections, says when
+/// the first one arrives, and holds every one until [`open`](Gate::open) names where to
+/// forward it. While it holds, the daemon's first poll provably cannot finish.
+struct Gate {
+    addr: std::net::SocketAddr,
+    arrived: Arc<tokio::sync::Notify>,
+    target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gate");
+        let addr = listener.local_addr().expect("gate addr");
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (target, _) = tokio::sync::watch::channel(None);
+        let task = {
+            let (arrived, target) = (arrived.clone(), target.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    arrived.notify_one();
+                    let mut to = target.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(Some(addr)) = to.wait_for(Option::is_some).await.map(|a| *a) else {
+                            return;
+                        };
+                        if let Ok(mut upstream) = tokio::net::TcpStream::connect(addr).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
+                        }
+                    });
+                }
+            })
+        };
+        Gate {
+            addr,
+            arrived,
+            target,
+            task,
+        }
+    }
+
+    fn open(&self, to: std::net::SocketAddr) {
+        self.target.send_replace(Some(to));
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[tokio::test]
 async fn http_endpoints_ready_healthy_landing_gzip() {
-    // A slow provider keeps the first poll pending so /-/ready can be seen at 503.
-    let h = Harness::start_with(Scenario::demo, "", Arc::new(SystemClock)).await;
+    // The daemon reaches the simulator through a gate that holds its first poll, with
+    // timeouts long enough that only opening the gate lets that poll end.
+    let gate = Gate::start().await;
+    let gate_url: url::Url = format!("http://{}/", gate.addr).parse().expect("gate url");
+    let h = Harness::start_tweaked(
+        Scenario::demo,
+        "",
+        Arc::new(SystemClock),
+        Arc::new(RecordingNotifier::default()),
+        |c| {
+            c.request_timeout = Duration::from_secs(120);
+            c.poll_timeout = Duration::from_secs(120);
+            c.accounts[0].base_url = gate_url;
+        },
+    )
+    .await;
+    tokio::time::timeout(T, gate.arrived.notified())
+        .await
+        .expect("the daemon's first poll reaches the gate");
     let ready = h.http.get(h.url("/-/ready")).send().await.expect("ready");
-    let status = ready.status().as_u16();
-    assert!(status == 503 || status == 200);
-    if status == 503 {
-        let body = ready.text().await.unwrap_or_default();
-        assert!(body.contains("lnvps/main"), "{body}");
-    }
+    assert_eq!(ready.status(), 503, "ready while the first poll is pending");
+    let body = ready.text().await.expect("ready body");
+    assert!(
+        body.contains("first poll pending") && body.contains("lnvps/main"),
+        "{body}"
+    );
+    gate.open(h.sim.addr());
     wait_for("ready", T, || async {
         h.http
             .get(h.url("/-/ready"))

@@ -1,6 +1,7 @@
 //! /metrics sends the cached exposition's chunks as they are: over real HTTP the body is
 //! the exact text, with an exact Content-Length, however many chunks it spans, and
-//! concurrent scrapes all get the same bytes.
+//! concurrent scrapes all get the same bytes: the cached gzip body, marked
+//! `Content-Encoding: gzip`, to those that accept gzip, and the identity text to the rest.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -57,45 +58,57 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
     let cancel = CancellationToken::new();
     let server = tokio::spawn(web::serve(listener, state, cancel.clone()));
     vpswatch::tls::install_crypto_provider();
+    // No automatic decompression: the Content-Encoding header and the raw bytes stay
+    // visible, and nothing asks for gzip unless the request says so.
     let http = reqwest::Client::builder()
         .no_proxy()
+        .no_gzip()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
 
-    // Several scrapes at once, plain and gzip, on their own connections.
+    // Several scrapes at once on their own connections: without Accept-Encoding, asking
+    // for gzip, and refusing it with q=0.
+    const ASKS: [Option<&str>; 3] = [None, Some("gzip"), Some("gzip;q=0, identity")];
     let scrapes = (0..6).map(|i| {
         let (http, url) = (http.clone(), url.clone());
+        let ask = ASKS[i % ASKS.len()];
         async move {
             let mut req = http.get(&url);
-            if i % 2 == 1 {
-                req = req.header("Accept-Encoding", "gzip");
+            if let Some(ask) = ask {
+                req = req.header("Accept-Encoding", ask);
             }
             let r = req.send().await.expect("scrape");
             assert_eq!(r.status(), 200);
-            let length = r
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok());
-            let gzipped = r.headers().get("content-encoding").is_some();
+            let header = |name: &str| {
+                r.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
+            let encoding = header("content-encoding");
+            let vary = header("vary");
             let body = r.bytes().await.expect("body");
             assert_eq!(length, Some(body.len()), "Content-Length matches the body");
-            (gzipped, body)
+            (ask, encoding, vary, body)
         }
     });
-    for (gzipped, body) in futures_util::future::join_all(scrapes).await {
-        if gzipped {
-            assert_eq!(body, gzip);
+    for (ask, encoding, vary, body) in futures_util::future::join_all(scrapes).await {
+        assert_eq!(vary.as_deref(), Some("Accept-Encoding"), "{ask:?}");
+        if ask == Some("gzip") {
+            assert_eq!(encoding.as_deref(), Some("gzip"), "gzip was asked for");
+            assert_eq!(body, gzip, "the cached gzip bytes");
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(&body[..])
                 .read_to_end(&mut out)
                 .expect("valid gzip");
             assert!(out == text, "gzip body decompresses to the plain text");
         } else {
+            assert_eq!(encoding, None, "identity for {ask:?}");
             assert!(
                 body.as_ref() == text.as_slice(),
-                "plain body is the exact text"
+                "plain body is the exact text for {ask:?}"
             );
         }
     }

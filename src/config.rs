@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
+use vpswatch_model::config_doc::KeyDoc;
 use vpswatch_model::problem::{one_line, read_section, ConfigError, Problem};
 use vpswatch_providers::{AccountConfig, Credentials, ProviderLimits};
 
@@ -297,6 +298,136 @@ impl Config {
             stablevps_plans: std::sync::Arc::new(self.stablevps_plans.clone()),
         }
     }
+}
+
+// The keys this file reads itself; the other sections document their own keys.
+
+/// The top-level keys, and where the sections read elsewhere are documented.
+pub const GLOBAL_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: r#"`poll_interval`"#,
+        default: r#"`60s`"#,
+        meaning: r#"time between the starts of two polls of an account; while an account keeps failing the gap doubles per failure up to 4×"#,
+    },
+    KeyDoc {
+        key: r#"`request_timeout`"#,
+        default: r#"`10s`"#,
+        meaning: r#"timeout of one HTTP request"#,
+    },
+    KeyDoc {
+        key: r#"`poll_timeout`"#,
+        default: r#"`10m`"#,
+        meaning: r#"a poll still running after this is abandoned and counted as failed"#,
+    },
+    KeyDoc {
+        key: r#"`staleness_limit`"#,
+        default: r#"`5m`"#,
+        meaning: r#"age after which data counts as stale"#,
+    },
+    KeyDoc {
+        key: r#"`max_response_bytes`"#,
+        default: r#"16 MiB"#,
+        meaning: r#"responses are read with this limit (a larger declared length is refused unread; a longer body is cut off there); lists are also capped at 100,000 entries"#,
+    },
+    KeyDoc {
+        key: r#"`state_dir`"#,
+        default: r#"`/var/lib/vpswatch`"#,
+        meaning: r#"directory of the state database (one daemon per directory); used when rules or `[email]` are configured"#,
+    },
+    KeyDoc {
+        key: r#"`[watchdog]`, `[[rules]]`"#,
+        default: r#"—"#,
+        meaning: r#"watchdog settings and rules: see [Watchdog](watchdog.md)"#,
+    },
+    KeyDoc {
+        key: r#"`[[rules]]` with `action = "renew"`"#,
+        default: r#"—"#,
+        meaning: r#"Lightning renewal of LNVPS VMs: see [Lightning renewal](renewal.md)"#,
+    },
+    KeyDoc {
+        key: r#"`[[maintenance]]`"#,
+        default: r#"—"#,
+        meaning: r#"maintenance windows: see [Maintenance windows and silences](watchdog.md#maintenance-windows-and-silences)"#,
+    },
+    KeyDoc {
+        key: r#"`[email]`"#,
+        default: r#"—"#,
+        meaning: r#"email alerts: see [Email alerts](email.md)"#,
+    },
+];
+
+/// `[web]`.
+pub const WEB_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: r#"`web.listen_address`"#,
+        default: r#"`0.0.0.0:10047`"#,
+        meaning: r#"address:port of the HTTP server"#,
+    },
+    KeyDoc {
+        key: r#"`web.config_file`"#,
+        default: r#"—"#,
+        meaning: r#"web config file (exporter-toolkit YAML: TLS, client certificates, basic auth, headers); `--web.config.file` overrides it. See [Security](security.md#web-config-tls-client-certificates-basic-auth-headers)"#,
+    },
+    KeyDoc {
+        key: r#"`web.config_reload_interval`"#,
+        default: r#"`5s`"#,
+        meaning: r#"how often the web config file and the certificate, key and CA files it names are checked for changes"#,
+    },
+    KeyDoc {
+        key: r#"`web.max_connections`"#,
+        default: r#"256"#,
+        meaning: r#"HTTP connections served at once; at the cap a new client is still accepted and the connection cheapest to lose is closed (one without a complete request head, else the longest idle)"#,
+    },
+    KeyDoc {
+        key: r#"`web.header_read_timeout`"#,
+        default: r#"`10s`"#,
+        meaning: r#"deadline for a request head (HTTP/1) and for the TLS handshake; also closes an idle HTTP/1 keep-alive connection"#,
+    },
+    KeyDoc {
+        key: r#"`web.idle_timeout`"#,
+        default: r#"`2m`"#,
+        meaning: r#"a connection on which no byte moves in either direction for this long is closed (HTTP/1 and HTTP/2, also a client that stops reading)"#,
+    },
+    KeyDoc {
+        key: r#"`web.max_header_bytes`"#,
+        default: r#"16384"#,
+        meaning: r#"largest request head; larger gets 431 (HTTP/1) or a stream error (HTTP/2); at least 8192"#,
+    },
+    KeyDoc {
+        key: r#"`web.max_request_body_bytes`"#,
+        default: r#"65536"#,
+        meaning: r#"largest request body; larger (declared or chunked) gets 413 and the connection is closed"#,
+    },
+];
+
+/// `[probes]`.
+pub const PROBE_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: r#"`probes.enabled`"#,
+        default: r#"`true`"#,
+        meaning: r#"TCP-probe every VM the provider reports running"#,
+    },
+    KeyDoc {
+        key: r#"`probes.interval` / `probes.timeout`"#,
+        default: r#"`30s` / `3s`"#,
+        meaning: r#"probe round interval; connect timeout"#,
+    },
+    KeyDoc {
+        key: r#"`probes.ports.lnvps` / `.stablevps`"#,
+        default: r#"22 / 3389"#,
+        meaning: r#"port probed per provider (SSH for Linux, RDP for Windows)"#,
+    },
+];
+
+/// The configuration reference (docs/configuration.md), every section in file order.
+pub fn reference_table() -> String {
+    vpswatch_model::config_doc::markdown_table(&[
+        GLOBAL_KEYS,
+        WEB_KEYS,
+        PROBE_KEYS,
+        vpswatch_providers::account::LIMIT_KEYS,
+        vpswatch_providers::account::ACCOUNT_KEYS,
+    ])
 }
 
 /// Reads and validates a configuration file (a regular file of at most

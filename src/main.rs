@@ -1,5 +1,5 @@
 //! The `vpswatch` command line: run | demo | check-config | test-email | outbox-send |
-//! simulate | metrics-doc.
+//! simulate | metrics-doc | config-doc.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +115,8 @@ enum Command {
     },
     /// Print the metric reference table (Markdown) docs/metrics.md embeds.
     MetricsDoc,
+    /// Print the configuration reference table (Markdown) docs/configuration.md embeds.
+    ConfigDoc,
 }
 
 /// The fake provider `simulate` serves.
@@ -222,6 +224,10 @@ async fn dispatch(command: Command) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::ConfigDoc => {
+            print!("{}", vpswatch::config::reference_table());
+            ExitCode::SUCCESS
         }
         Command::MetricsDoc => {
             print!("{}", vpswatch::metrics::defs::markdown_table());

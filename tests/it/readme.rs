@@ -21,6 +21,23 @@ fn metric_table_in_docs_matches_the_code() {
     );
 }
 
+/// docs/configuration.md's reference table is the one the code declares (each section's
+/// module owns its rows; `vpswatch config-doc` prints them).
+#[test]
+fn configuration_reference_in_docs_matches_the_code() {
+    let doc = read("docs/configuration.md");
+    let start = "<!-- config-reference:start -->\n";
+    let end = "<!-- config-reference:end -->";
+    let a = doc.find(start).expect("start marker") + start.len();
+    let b = doc.find(end).expect("end marker");
+    assert_eq!(
+        doc[a..b].trim(),
+        vpswatch::config::reference_table().trim(),
+        "docs/configuration.md's reference table is out of date: run `vpswatch config-doc` \
+         and paste it between the markers"
+    );
+}
+
 #[test]
 fn every_metric_name_follows_prometheus_conventions() {
     use vpswatch::metrics::defs::{Kind, ALL};

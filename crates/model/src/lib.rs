@@ -6,6 +6,7 @@
 pub mod account;
 pub mod bounded_file;
 pub mod clock;
+pub mod config_doc;
 pub mod money;
 pub mod problem;
 pub mod redact;

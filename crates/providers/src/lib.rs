@@ -87,6 +87,18 @@ pub trait Provider: Send + Sync {
 
 pub type SharedProvider = Arc<dyn Provider>;
 
+/// Why no client could be built for an account.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the HTTP client could not be built: {0}")]
+    HttpClient(String),
+    #[error("{kind} accounts cannot use {credentials} credentials (a configuration bug)")]
+    Credentials {
+        kind: ProviderKind,
+        credentials: String,
+    },
+}
+
 /// What every client of one account is built with, besides its account.
 pub struct ClientSettings {
     /// The limits of the account's provider (`[providers.<name>]`).
@@ -130,7 +142,7 @@ impl BuildContext<'_> {
 }
 
 /// Builds the client for one configured account. Adding a provider adds one arm here.
-pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedProvider, String> {
+pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedProvider, BuildError> {
     let budget = ctx.budget(account);
     let settings = ctx.http_settings();
     let limits = &ctx.settings.limits;
@@ -146,7 +158,8 @@ pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedPro
                 signer,
                 ctx.observer,
                 settings,
-            )?;
+            )
+            .map_err(BuildError::HttpClient)?;
             let opts = lnvps::LnvpsOptions {
                 account: account.name.clone(),
                 btc_unit: account.btc_amount_unit,
@@ -171,8 +184,9 @@ pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedPro
                     auth.clone(),
                     ctx.observer.clone(),
                     settings.clone(),
-                )?;
-                Ok::<_, String>((client, auth))
+                )
+                .map_err(BuildError::HttpClient)?;
+                Ok::<_, BuildError>((client, auth))
             };
             let read = api(read)?;
             let write = write.as_ref().map(api).transpose()?;
@@ -187,9 +201,10 @@ pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedPro
                 opts, read, write, ctx.clock,
             )))
         }
-        (kind, creds) => Err(format!(
-            "{kind} accounts cannot use {creds:?} credentials (configuration bug)"
-        )),
+        (kind, creds) => Err(BuildError::Credentials {
+            kind: *kind,
+            credentials: format!("{creds:?}"),
+        }),
     }
 }
 
@@ -198,7 +213,7 @@ pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedPro
 pub fn lnvps_billing(
     account: &AccountConfig,
     ctx: BuildContext<'_>,
-) -> Result<Option<lnvps::billing::Billing>, String> {
+) -> Result<Option<lnvps::billing::Billing>, BuildError> {
     let (ProviderKind::Lnvps, Credentials::Nostr(keys)) = (&account.provider, &account.credentials)
     else {
         return Ok(None);
@@ -213,6 +228,7 @@ pub fn lnvps_billing(
         signer,
         ctx.observer.clone(),
         ctx.http_settings(),
-    )?;
+    )
+    .map_err(BuildError::HttpClient)?;
     Ok(Some(lnvps::billing::Billing::new(Arc::new(api))))
 }

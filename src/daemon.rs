@@ -2,6 +2,7 @@
 //! metrics encoder, the web server and the notification channel (email outbox sender),
 //! all stopped by one cancellation token.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::web_config::WebConfig;
 use vpswatch_model::clock::SharedClock;
 use vpswatch_model::snapshot::SnapshotStore;
 use vpswatch_providers::budget::BudgetRegistry;
+use vpswatch_providers::AccountConfig;
 use vpswatch_providers::{self, BuildContext, SharedProvider};
 
 fn probe_settings(config: &Config) -> ProbeSettings {
@@ -115,16 +117,26 @@ impl Daemon {
             SnapshotStore::new(config.accounts.iter().map(|a| (a.provider, a.name.clone())));
         let self_metrics = SelfMetrics::new();
         let budgets = BudgetRegistry::default();
+        let client_settings: HashMap<_, _> = config
+            .accounts
+            .iter()
+            .map(|a| (a.provider, config.client_settings(a.provider)))
+            .collect();
+        // What every client of an account (the poller's, the billing's) is built with:
+        // one budget per upstream host, one request observer per account.
+        let context = {
+            let (settings, budgets, self_metrics) = (&client_settings, &budgets, &self_metrics);
+            let clock = clock.clone();
+            move |a: &AccountConfig| BuildContext {
+                settings: &settings[&a.provider],
+                budgets,
+                observer: self_metrics.observer(a.provider.as_str(), &a.name),
+                clock: clock.clone(),
+            }
+        };
         let mut providers = Vec::new();
         for account in &config.accounts {
-            let settings = config.client_settings(account.provider);
-            let ctx = BuildContext {
-                settings: &settings,
-                budgets: &budgets,
-                observer: self_metrics.observer(account.provider.as_str(), &account.name),
-                clock: clock.clone(),
-            };
-            let p = vpswatch_providers::build(account, ctx)
+            let p = vpswatch_providers::build(account, context(account))
                 .map_err(|e| anyhow::anyhow!("account {}: {e}", account.name))?;
             providers.push(p);
         }
@@ -220,14 +232,7 @@ impl Daemon {
         if let (false, Some(state)) = (config.renew_rules.is_empty(), &state) {
             let mut accounts = Vec::new();
             for a in &config.accounts {
-                let settings = config.client_settings(a.provider);
-                let ctx = BuildContext {
-                    settings: &settings,
-                    budgets: &budgets,
-                    observer: self_metrics.observer(a.provider.as_str(), &a.name),
-                    clock: clock.clone(),
-                };
-                let billing = vpswatch_providers::lnvps_billing(a, ctx)
+                let billing = vpswatch_providers::lnvps_billing(a, context(a))
                     .map_err(|e| anyhow::anyhow!("account {}: {e}", a.name))?;
                 if let Some(billing) = billing {
                     accounts.push(Arc::new(crate::renew::RenewAccount {

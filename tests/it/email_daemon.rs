@@ -9,14 +9,12 @@ use crate::common::free_port;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::daemon_process::KillOnDrop;
 use crate::common::smtp::{read_mails, read_refusals, Mail, ServerOpts, SmtpServer};
 use crate::common::Exposition;
-use vpswatch_model::clock::SystemClock;
-use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
+use vpswatch_sim::lnvps::{LnvpsSimHandle, Scenario, VmSpec};
 use vpswatch_sim::scenario::VmState;
 
 /// Generous for a loaded 2-core box; the behaviour under test takes about a second.
@@ -42,7 +40,7 @@ async fn setup(stopped: bool, subnet: u8) -> (Setup, u16) {
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let vm_port = free_port();
-    let mut scenario = Scenario {
+    let scenario = Scenario {
         vms: (1..=4u8)
             .map(|i| VmSpec {
                 owner: owner.clone(),
@@ -57,14 +55,7 @@ async fn setup(stopped: bool, subnet: u8) -> (Setup, u16) {
             .collect(),
         ..Scenario::default()
     };
-    scenario.settings.vm_listen_port = Some(vm_port);
-    let sim = LnvpsSim::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        scenario,
-        Arc::new(SystemClock),
-    )
-    .await
-    .expect("simulator");
+    let sim = crate::common::lnvps_sim_with_vm_ports(scenario, vm_port).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let maildir = dir.path().join("mail");
     std::fs::create_dir_all(&maildir).expect("maildir");

@@ -26,7 +26,7 @@ use vpswatch::notify::{AlertKey, AlertStatus, AlertUpdate, Facts, Notify};
 use vpswatch::store::StateStore;
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SystemClock;
-use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
+use vpswatch_sim::lnvps::{LnvpsSimHandle, Scenario, VmSpec};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -168,7 +168,7 @@ async fn after_a_state_disk_fault_the_store_reopens_the_vm_is_rebooted_and_the_h
     vpswatch::tls::install_crypto_provider();
     let keys = nostr::Keys::generate();
     let vm_port = free_port();
-    let mut scenario = Scenario {
+    let scenario = Scenario {
         vms: vec![VmSpec {
             owner: keys.public_key().to_hex(),
             ipv4: Some(Ipv4Addr::new(127, 8, 0, 1)),
@@ -176,14 +176,7 @@ async fn after_a_state_disk_fault_the_store_reopens_the_vm_is_rebooted_and_the_h
         }],
         ..Scenario::default()
     };
-    scenario.settings.vm_listen_port = Some(vm_port);
-    let sim = LnvpsSim::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        scenario,
-        Arc::new(SystemClock),
-    )
-    .await
-    .expect("simulator");
+    let sim = crate::common::lnvps_sim_with_vm_ports(scenario, vm_port).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let maildir = dir.path().join("mail");

@@ -3,13 +3,11 @@
 
 use crate::common::free_port;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::daemon_process::{spawn_run, KillOnDrop};
 use crate::common::{wait_for, Exposition};
-use vpswatch_model::clock::SystemClock;
-use vpswatch_sim::lnvps::{LnvpsSim, LnvpsSimHandle, Scenario, VmSpec};
+use vpswatch_sim::lnvps::{LnvpsSimHandle, Scenario, VmSpec};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -60,7 +58,7 @@ async fn kill_9_right_after_a_reboot_does_not_repeat_it() {
     let keys = nostr::Keys::generate();
     let owner = keys.public_key().to_hex();
     let vm_port = free_port();
-    let mut scenario = Scenario {
+    let scenario = Scenario {
         vms: vec![VmSpec {
             owner: owner.clone(),
             ipv4: Some(Ipv4Addr::new(127, 6, 0, 1)),
@@ -68,14 +66,7 @@ async fn kill_9_right_after_a_reboot_does_not_repeat_it() {
         }],
         ..Scenario::default()
     };
-    scenario.settings.vm_listen_port = Some(vm_port);
-    let sim = LnvpsSim::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        scenario,
-        Arc::new(SystemClock),
-    )
-    .await
-    .expect("simulator");
+    let sim = crate::common::lnvps_sim_with_vm_ports(scenario, vm_port).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let web = free_port();

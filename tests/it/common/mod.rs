@@ -22,6 +22,19 @@ use vpswatch_sim::stablevps::{StableScenario, StableVpsSim, StableVpsSimHandle};
 
 pub const LOOPBACK_ANY: &str = "127.0.0.1:0";
 
+/// An LNVPS simulator on loopback and the system clock, its running VMs listening on
+/// `vm_port` (on their own 127.x addresses) so probes make real connections.
+pub async fn lnvps_sim_with_vm_ports(mut scenario: Scenario, vm_port: u16) -> LnvpsSimHandle {
+    scenario.settings.vm_listen_port = Some(vm_port);
+    LnvpsSim::start(
+        LOOPBACK_ANY.parse().expect("addr"),
+        scenario,
+        Arc::new(SystemClock),
+    )
+    .await
+    .expect("simulator")
+}
+
 /// A TCP port that was free on 127.0.0.1 a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -20,10 +20,6 @@ use vpswatch_model::account::ProviderKind;
 const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("watchdog_actions");
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watchdog_targets");
 
-/// Journal entries kept by default (`[watchdog] journal_entries`); older ones are pruned
-/// (they only serve the API and audits).
-pub const DEFAULT_KEEP_ENTRIES: u64 = 10_000;
-
 /// Where an action stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,7 +129,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Journal {
     pub fn new(store: StateStore) -> Journal {
-        Journal::keeping(store, DEFAULT_KEEP_ENTRIES)
+        Journal::keeping(store, super::rules::DEFAULT_KEEP_ENTRIES)
     }
 
     /// A journal that prunes entries beyond the newest `keep_entries` (at least 1).

@@ -13,6 +13,9 @@ use url::Url;
 use super::selector::{Selector, SelectorConfig};
 use vpswatch_model::problem::Problem;
 
+/// Journal entries kept by default (`[watchdog] journal_entries`); older ones are pruned
+/// (they only serve the API and audits).
+pub const DEFAULT_KEEP_ENTRIES: u64 = 10_000;
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
@@ -138,7 +141,7 @@ impl Default for RawWatchdog {
             alertmanager_url: None,
             alertmanager_timeout: Duration::from_secs(5),
             silence_refresh: Duration::from_secs(15),
-            journal_entries: super::journal::DEFAULT_KEEP_ENTRIES,
+            journal_entries: DEFAULT_KEEP_ENTRIES,
         }
     }
 }

@@ -16,6 +16,7 @@ use vpswatch_model::problem::Problem;
 /// Journal entries kept by default (`[watchdog] journal_entries`); older ones are pruned
 /// (they only serve the API and audits).
 pub const DEFAULT_KEEP_ENTRIES: u64 = 10_000;
+
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {

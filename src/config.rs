@@ -11,21 +11,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use url::Url;
 use vpswatch_model::config_doc::KeyDoc;
 use vpswatch_model::problem::{one_line, read_section, ConfigError, Problem};
-use vpswatch_providers::{AccountConfig, Credentials, ProviderLimits};
+use vpswatch_providers::{AccountConfig, ProviderLimits};
 
 use crate::notify::email::settings::{self as email_settings, EmailSettings};
 use crate::watchdog::maintenance::MaintenanceConfig;
 use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
 use crate::web_config::limits::{ServerLimits, MIN_HEADER_BYTES};
 use vpswatch_model::account::ProviderKind;
-use vpswatch_model::secret::{self, Secret};
 use vpswatch_model::{bounded_file, redact};
-use vpswatch_providers::lnvps::BtcUnit;
 use vpswatch_providers::runway::BillingPeriod;
-use vpswatch_providers::stablevps::{self, ApiKeyHeader, Plan, PlanCycle, PlanTable};
+use vpswatch_providers::stablevps::{self, Plan, PlanCycle, PlanTable};
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
@@ -231,26 +228,6 @@ impl Default for ProbePorts {
             stablevps: 3389,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct RawAccount {
-    name: String,
-    provider: ProviderKind,
-    base_url: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    poll_interval: Option<Duration>,
-    nsec_file: Option<PathBuf>,
-    nsec_env: Option<String>,
-    api_key_file: Option<PathBuf>,
-    api_key_env: Option<String>,
-    write_api_key_file: Option<PathBuf>,
-    write_api_key_env: Option<String>,
-    auth_header: Option<ApiKeyHeader>,
-    btc_amount_unit: Option<BtcUnit>,
-    #[serde(default)]
-    vm_names: HashMap<String, String>,
-    probe_port: Option<u16>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -544,7 +521,11 @@ fn parse_unredacted(
         Some(toml::Value::Array(items)) => {
             for (i, item) in items.into_iter().enumerate() {
                 let prefix = format!("accounts[{i}]");
-                if let Some(raw) = read_section::<RawAccount>(item, &prefix, &mut problems) {
+                if let Some(raw) = read_section::<vpswatch_providers::account::RawAccount>(
+                    item,
+                    &prefix,
+                    &mut problems,
+                ) {
                     accounts.push((prefix, raw));
                 }
             }
@@ -664,7 +645,7 @@ fn parse_unredacted(
                 message: format!("{:?} is already used by {prev}", raw.name),
             });
         }
-        if let Some(acc) = validate_account(
+        if let Some(acc) = vpswatch_providers::account::validate(
             &prefix,
             raw,
             g.poll_interval,
@@ -809,207 +790,6 @@ fn check_rule_targets(
                 ),
             });
         }
-    }
-}
-
-fn validate_account(
-    prefix: &str,
-    raw: RawAccount,
-    default_interval: Duration,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<Problem>,
-) -> Option<AccountConfig> {
-    let before = problems.len();
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            path: format!("{prefix}.{key}"),
-            message,
-        })
-    };
-    if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
-        problem("name", why);
-    }
-    let default_url = match raw.provider {
-        ProviderKind::Lnvps => "https://api.lnvps.net",
-        ProviderKind::Stablevps => "https://stablevps.com",
-    };
-    let url_text = raw.base_url.as_deref().unwrap_or(default_url);
-    let base_url = match Url::parse(url_text) {
-        Ok(u) if u.scheme() == "https" => Some(u),
-        Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => Some(u),
-        Ok(u) if u.scheme() == "http" => {
-            problem(
-                "base_url",
-                format!(
-                    "plain http is only allowed to loopback addresses (credentials would \
-                     travel unencrypted to {})",
-                    redact::value(u.host_str().unwrap_or("?"))
-                ),
-            );
-            None
-        }
-        Ok(u) => {
-            problem(
-                "base_url",
-                format!("scheme {:?} is not http or https", u.scheme()),
-            );
-            None
-        }
-        Err(e) => {
-            problem("base_url", format!("{url_text:?} is not a URL: {e}"));
-            None
-        }
-    };
-    let poll_interval = raw.poll_interval.unwrap_or(default_interval);
-    if poll_interval.is_zero() {
-        problem("poll_interval", "must be greater than zero".into());
-    }
-    let credentials = match raw.provider {
-        ProviderKind::Lnvps => {
-            for (key, set) in [
-                ("api_key_file", raw.api_key_file.is_some()),
-                ("api_key_env", raw.api_key_env.is_some()),
-                ("write_api_key_file", raw.write_api_key_file.is_some()),
-                ("write_api_key_env", raw.write_api_key_env.is_some()),
-                ("auth_header", raw.auth_header.is_some()),
-            ] {
-                if set {
-                    problem(
-                        key,
-                        "only applies to stablevps accounts (lnvps accounts sign every \
-                         request with the key in nsec_file or nsec_env)"
-                            .into(),
-                    );
-                }
-            }
-            let loaded = secret::load_one(
-                raw.nsec_file.as_deref(),
-                raw.nsec_env.as_deref(),
-                "nsec_file",
-                "nsec_env",
-                env,
-            );
-            match loaded {
-                Ok((text, source, warn)) => {
-                    if let Some(w) = warn {
-                        warnings.push(Problem {
-                            path: format!("{prefix}.nsec_file"),
-                            message: w,
-                        });
-                    }
-                    match secret::parse_nostr_key(&text) {
-                        Ok(keys) => Some(Credentials::Nostr(Secret::new(keys))),
-                        Err(why) => {
-                            problem(source.key(), format!("{}: {why}", source.describe()));
-                            None
-                        }
-                    }
-                }
-                Err((key, why)) => {
-                    problem(key, why);
-                    None
-                }
-            }
-        }
-        ProviderKind::Stablevps => {
-            for (key, set) in [
-                ("nsec_file", raw.nsec_file.is_some()),
-                ("nsec_env", raw.nsec_env.is_some()),
-            ] {
-                if set {
-                    problem(
-                        key,
-                        "not used by stablevps accounts: they authenticate with an API key \
-                         (api_key_file or api_key_env)"
-                            .into(),
-                    );
-                }
-            }
-            if raw.btc_amount_unit.is_some() {
-                problem(
-                    "btc_amount_unit",
-                    "only applies to lnvps accounts (StableVPS amounts are EUR)".into(),
-                );
-            }
-            let mut load =
-                |file: Option<&Path>, var: Option<&str>, keys: (&'static str, &'static str)| {
-                    match secret::load_one(file, var, keys.0, keys.1, env) {
-                        Ok((text, source, warn)) => {
-                            if let Some(w) = warn {
-                                warnings.push(Problem {
-                                    path: format!("{prefix}.{}", keys.0),
-                                    message: w,
-                                });
-                            }
-                            match secret::parse_api_key(&text) {
-                                Ok((key, note)) => {
-                                    if let Some(n) = note {
-                                        warnings.push(Problem {
-                                            path: format!("{prefix}.{}", source.key()),
-                                            message: format!("{}: {n}", source.describe()),
-                                        });
-                                    }
-                                    Ok(Secret::new(key))
-                                }
-                                Err(why) => {
-                                    Err((source.key(), format!("{}: {why}", source.describe())))
-                                }
-                            }
-                        }
-                        Err(e) => Err(e),
-                    }
-                };
-            let read = load(
-                raw.api_key_file.as_deref(),
-                raw.api_key_env.as_deref(),
-                ("api_key_file", "api_key_env"),
-            );
-            let write = (raw.write_api_key_file.is_some() || raw.write_api_key_env.is_some())
-                .then(|| {
-                    load(
-                        raw.write_api_key_file.as_deref(),
-                        raw.write_api_key_env.as_deref(),
-                        ("write_api_key_file", "write_api_key_env"),
-                    )
-                })
-                .transpose();
-            match (read, write) {
-                (Ok(read), Ok(write)) => Some(Credentials::ApiKey {
-                    read,
-                    write,
-                    header: raw.auth_header.unwrap_or_default(),
-                }),
-                (read, write) => {
-                    for (key, why) in [read.err(), write.err()].into_iter().flatten() {
-                        problem(key, why);
-                    }
-                    None
-                }
-            }
-        }
-    };
-    if problems.len() > before {
-        return None;
-    }
-    Some(AccountConfig {
-        name: raw.name,
-        provider: raw.provider,
-        base_url: base_url?,
-        poll_interval,
-        credentials: credentials?,
-        btc_amount_unit: raw.btc_amount_unit.unwrap_or_default(),
-        vm_names: raw.vm_names,
-        probe_port: raw.probe_port,
-    })
-}
-
-fn is_loopback_host(u: &Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
     }
 }
 

@@ -3,13 +3,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::config_doc::KeyDoc;
-use vpswatch_model::secret::Secret;
+use vpswatch_model::problem::Problem;
+use vpswatch_model::redact;
+use vpswatch_model::secret::{self, Secret};
 
 use crate::lnvps::BtcUnit;
 use crate::stablevps::ApiKeyHeader;
@@ -164,3 +167,227 @@ pub const ACCOUNT_KEYS: &[KeyDoc] = &[
         meaning: r#"probe port for this account's VMs"#,
     },
 ];
+
+/// `[[accounts]]` as written; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
+pub struct RawAccount {
+    pub name: String,
+    provider: ProviderKind,
+    base_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    nsec_file: Option<PathBuf>,
+    nsec_env: Option<String>,
+    api_key_file: Option<PathBuf>,
+    api_key_env: Option<String>,
+    write_api_key_file: Option<PathBuf>,
+    write_api_key_env: Option<String>,
+    auth_header: Option<ApiKeyHeader>,
+    btc_amount_unit: Option<BtcUnit>,
+    #[serde(default)]
+    vm_names: HashMap<String, String>,
+    probe_port: Option<u16>,
+}
+
+/// Checks one `[[accounts]]` entry (`prefix` is its key path) and loads its credentials;
+/// every problem is recorded with its key path.
+pub fn validate(
+    prefix: &str,
+    raw: RawAccount,
+    default_interval: Duration,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Option<AccountConfig> {
+    let before = problems.len();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem {
+            path: format!("{prefix}.{key}"),
+            message,
+        })
+    };
+    if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
+        problem("name", why);
+    }
+    let default_url = match raw.provider {
+        ProviderKind::Lnvps => "https://api.lnvps.net",
+        ProviderKind::Stablevps => "https://stablevps.com",
+    };
+    let url_text = raw.base_url.as_deref().unwrap_or(default_url);
+    let base_url = match Url::parse(url_text) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            problem(
+                "base_url",
+                format!(
+                    "plain http is only allowed to loopback addresses (credentials would \
+                     travel unencrypted to {})",
+                    redact::value(u.host_str().unwrap_or("?"))
+                ),
+            );
+            None
+        }
+        Ok(u) => {
+            problem(
+                "base_url",
+                format!("scheme {:?} is not http or https", u.scheme()),
+            );
+            None
+        }
+        Err(e) => {
+            problem("base_url", format!("{url_text:?} is not a URL: {e}"));
+            None
+        }
+    };
+    let poll_interval = raw.poll_interval.unwrap_or(default_interval);
+    if poll_interval.is_zero() {
+        problem("poll_interval", "must be greater than zero".into());
+    }
+    let credentials = match raw.provider {
+        ProviderKind::Lnvps => {
+            for (key, set) in [
+                ("api_key_file", raw.api_key_file.is_some()),
+                ("api_key_env", raw.api_key_env.is_some()),
+                ("write_api_key_file", raw.write_api_key_file.is_some()),
+                ("write_api_key_env", raw.write_api_key_env.is_some()),
+                ("auth_header", raw.auth_header.is_some()),
+            ] {
+                if set {
+                    problem(
+                        key,
+                        "only applies to stablevps accounts (lnvps accounts sign every \
+                         request with the key in nsec_file or nsec_env)"
+                            .into(),
+                    );
+                }
+            }
+            let loaded = secret::load_one(
+                raw.nsec_file.as_deref(),
+                raw.nsec_env.as_deref(),
+                "nsec_file",
+                "nsec_env",
+                env,
+            );
+            match loaded {
+                Ok((text, source, warn)) => {
+                    if let Some(w) = warn {
+                        warnings.push(Problem {
+                            path: format!("{prefix}.nsec_file"),
+                            message: w,
+                        });
+                    }
+                    match secret::parse_nostr_key(&text) {
+                        Ok(keys) => Some(Credentials::Nostr(Secret::new(keys))),
+                        Err(why) => {
+                            problem(source.key(), format!("{}: {why}", source.describe()));
+                            None
+                        }
+                    }
+                }
+                Err((key, why)) => {
+                    problem(key, why);
+                    None
+                }
+            }
+        }
+        ProviderKind::Stablevps => {
+            for (key, set) in [
+                ("nsec_file", raw.nsec_file.is_some()),
+                ("nsec_env", raw.nsec_env.is_some()),
+            ] {
+                if set {
+                    problem(
+                        key,
+                        "not used by stablevps accounts: they authenticate with an API key \
+                         (api_key_file or api_key_env)"
+                            .into(),
+                    );
+                }
+            }
+            if raw.btc_amount_unit.is_some() {
+                problem(
+                    "btc_amount_unit",
+                    "only applies to lnvps accounts (StableVPS amounts are EUR)".into(),
+                );
+            }
+            let mut load =
+                |file: Option<&Path>, var: Option<&str>, keys: (&'static str, &'static str)| {
+                    match secret::load_one(file, var, keys.0, keys.1, env) {
+                        Ok((text, source, warn)) => {
+                            if let Some(w) = warn {
+                                warnings.push(Problem {
+                                    path: format!("{prefix}.{}", keys.0),
+                                    message: w,
+                                });
+                            }
+                            match secret::parse_api_key(&text) {
+                                Ok((key, note)) => {
+                                    if let Some(n) = note {
+                                        warnings.push(Problem {
+                                            path: format!("{prefix}.{}", source.key()),
+                                            message: format!("{}: {n}", source.describe()),
+                                        });
+                                    }
+                                    Ok(Secret::new(key))
+                                }
+                                Err(why) => {
+                                    Err((source.key(), format!("{}: {why}", source.describe())))
+                                }
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+            let read = load(
+                raw.api_key_file.as_deref(),
+                raw.api_key_env.as_deref(),
+                ("api_key_file", "api_key_env"),
+            );
+            let write = (raw.write_api_key_file.is_some() || raw.write_api_key_env.is_some())
+                .then(|| {
+                    load(
+                        raw.write_api_key_file.as_deref(),
+                        raw.write_api_key_env.as_deref(),
+                        ("write_api_key_file", "write_api_key_env"),
+                    )
+                })
+                .transpose();
+            match (read, write) {
+                (Ok(read), Ok(write)) => Some(Credentials::ApiKey {
+                    read,
+                    write,
+                    header: raw.auth_header.unwrap_or_default(),
+                }),
+                (read, write) => {
+                    for (key, why) in [read.err(), write.err()].into_iter().flatten() {
+                        problem(key, why);
+                    }
+                    None
+                }
+            }
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(AccountConfig {
+        name: raw.name,
+        provider: raw.provider,
+        base_url: base_url?,
+        poll_interval,
+        credentials: credentials?,
+        btc_amount_unit: raw.btc_amount_unit.unwrap_or_default(),
+        vm_names: raw.vm_names,
+        probe_port: raw.probe_port,
+    })
+}
+
+fn is_loopback_host(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}

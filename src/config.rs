@@ -21,8 +21,7 @@ use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
 use crate::web_config::limits::{ServerLimits, MIN_HEADER_BYTES};
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::{bounded_file, redact};
-use vpswatch_providers::runway::BillingPeriod;
-use vpswatch_providers::stablevps::{self, Plan, PlanCycle, PlanTable};
+use vpswatch_providers::stablevps::PlanTable;
 
 /// The port vpswatch listens on by default. Prometheus' allocation list for exporters
 /// (9100–9999) is exhausted; 10047 was unallocated when chosen.
@@ -50,7 +49,7 @@ struct RawGlobals {
     max_response_bytes: usize,
     state_dir: PathBuf,
     web: RawWeb,
-    providers: RawProviders,
+    providers: vpswatch_providers::section::RawProviders,
     probes: ProbeConfig,
 }
 
@@ -64,7 +63,7 @@ impl Default for RawGlobals {
             max_response_bytes: 16 * 1024 * 1024,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             web: RawWeb::default(),
-            providers: RawProviders::default(),
+            providers: vpswatch_providers::section::RawProviders::default(),
             probes: ProbeConfig::default(),
         }
     }
@@ -126,66 +125,6 @@ impl Default for WebSettings {
             limits: ServerLimits::default(),
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawProviders {
-    lnvps: ProviderLimits,
-    stablevps: RawStablevps,
-}
-
-/// `[providers.stablevps]`: the shared limits plus the plan table overrides. Spelled out
-/// rather than flattened so unknown keys are still reported with their path.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawStablevps {
-    requests_per_minute: u32,
-    concurrency: usize,
-    max_attempts: u32,
-    plans: BTreeMap<String, RawPlan>,
-}
-
-impl Default for RawStablevps {
-    fn default() -> Self {
-        let d = ProviderLimits::default();
-        Self {
-            requests_per_minute: d.requests_per_minute,
-            concurrency: d.concurrency,
-            max_attempts: d.max_attempts,
-            plans: BTreeMap::new(),
-        }
-    }
-}
-
-impl RawStablevps {
-    fn limits(&self) -> ProviderLimits {
-        ProviderLimits {
-            requests_per_minute: self.requests_per_minute,
-            concurrency: self.concurrency,
-            max_attempts: self.max_attempts,
-        }
-    }
-}
-
-/// `[providers.stablevps.plans.<planId>]`: every field overrides the built-in value.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawPlan {
-    name: Option<String>,
-    cpus: Option<f64>,
-    memory_bytes: Option<f64>,
-    disk_bytes: Option<f64>,
-    image: Option<String>,
-    cycles: BTreeMap<String, RawCycle>,
-}
-
-/// `[providers.stablevps.plans.<planId>.cycles.<billingCycle>]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawCycle {
-    price: Option<f64>,
-    period: Option<String>,
 }
 
 /// TCP liveness probes of running VMs.
@@ -549,7 +488,7 @@ fn parse_unredacted(
     let email =
         raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
 
-    let Some(mut g) = globals else {
+    let Some(g) = globals else {
         return Err(problems);
     };
     for (key, d) in [
@@ -606,35 +545,8 @@ fn parse_unredacted(
             max_request_body_bytes: g.web.max_request_body_bytes,
         },
     };
-    let stablevps_limits = g.providers.stablevps.limits();
-    for (key, limits) in [
-        ("providers.lnvps", &g.providers.lnvps),
-        ("providers.stablevps", &stablevps_limits),
-    ] {
-        if limits.requests_per_minute == 0 {
-            problems.push(Problem {
-                path: format!("{key}.requests_per_minute"),
-                message: "must be at least 1".into(),
-            });
-        }
-        if limits.concurrency == 0 {
-            problems.push(Problem {
-                path: format!("{key}.concurrency"),
-                message: "must be at least 1".into(),
-            });
-        }
-        if limits.max_attempts == 0 {
-            problems.push(Problem {
-                path: format!("{key}.max_attempts"),
-                message: "must be at least 1".into(),
-            });
-        }
-    }
-
-    let stablevps_plans = merge_plans(
-        std::mem::take(&mut g.providers.stablevps.plans),
-        &mut problems,
-    );
+    let (provider_limits, stablevps_plans) =
+        vpswatch_providers::section::check(g.providers, &mut problems);
 
     let mut seen = HashMap::new();
     let mut valid_accounts = Vec::new();
@@ -669,10 +581,7 @@ fn parse_unredacted(
             state_dir: g.state_dir,
             listen_address,
             web,
-            providers: BTreeMap::from([
-                (ProviderKind::Lnvps, g.providers.lnvps),
-                (ProviderKind::Stablevps, stablevps_limits),
-            ]),
+            providers: provider_limits,
             accounts: valid_accounts,
             probes: g.probes,
             watchdog,
@@ -791,89 +700,4 @@ fn check_rule_targets(
             });
         }
     }
-}
-
-/// The built-in StableVPS plan table with `[providers.stablevps.plans]` applied: a known
-/// plan's fields are overridden one by one, an unknown plan id is added. A billing cycle
-/// other than monthly/yearly needs an explicit `period`; a new cycle needs a `price`.
-fn merge_plans(raw: BTreeMap<String, RawPlan>, problems: &mut Vec<Problem>) -> PlanTable {
-    let mut plans = stablevps::builtin_plans();
-    for (id, rp) in raw {
-        let path = format!("providers.stablevps.plans.{id}");
-        let mut problem = |key: &str, message: String| {
-            problems.push(Problem {
-                path: format!("{path}.{key}"),
-                message,
-            })
-        };
-        let plan = plans.entry(id.clone()).or_insert_with(|| Plan {
-            name: id.clone(),
-            ..Plan::default()
-        });
-        if let Some(n) = rp.name {
-            plan.name = n;
-        }
-        if let Some(i) = rp.image {
-            plan.image = i;
-        }
-        for (key, value, slot) in [
-            ("cpus", rp.cpus, &mut plan.cpus),
-            ("memory_bytes", rp.memory_bytes, &mut plan.memory_bytes),
-            ("disk_bytes", rp.disk_bytes, &mut plan.disk_bytes),
-        ] {
-            match value {
-                Some(v) if v.is_finite() && v >= 0.0 => *slot = Some(v),
-                Some(_) => problem(key, "must be a number of at least 0".into()),
-                None => {}
-            }
-        }
-        for (cycle, rc) in rp.cycles {
-            let key = |field: &str| format!("cycles.{cycle}.{field}");
-            let existing = plan.cycles.get(&cycle).cloned();
-            let period = match rc.period.as_deref() {
-                Some(text) => match BillingPeriod::parse(text) {
-                    Ok(p) => Some(p),
-                    Err(why) => {
-                        problem(&key("period"), why);
-                        None
-                    }
-                },
-                None => match existing.as_ref().map(|c| c.period) {
-                    Some(p) => Some(p),
-                    None => match stablevps::default_period(&cycle) {
-                        Some(p) => Some(p),
-                        None => {
-                            problem(
-                                &key("period"),
-                                format!(
-                                    "missing: only monthly and yearly have a default period; \
-                                     set e.g. period = \"3 months\" or \"90d\" for {cycle:?}"
-                                ),
-                            );
-                            None
-                        }
-                    },
-                },
-            };
-            let price = match rc.price.or(existing.as_ref().map(|c| c.price)) {
-                Some(p) if p.is_finite() && p >= 0.0 => Some(p),
-                Some(_) => {
-                    problem(&key("price"), "must be a number of at least 0 (EUR)".into());
-                    None
-                }
-                None => {
-                    problem(
-                        &key("price"),
-                        "missing: a billing cycle the built-in table does not know needs a price (EUR)"
-                            .into(),
-                    );
-                    None
-                }
-            };
-            if let (Some(price), Some(period)) = (price, period) {
-                plan.cycles.insert(cycle, PlanCycle { price, period });
-            }
-        }
-    }
-    plans
 }

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod http;
 pub mod lnvps;
 pub mod runway;
+pub mod section;
 pub mod stablevps;
 
 use std::sync::Arc;

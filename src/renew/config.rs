@@ -121,12 +121,7 @@ pub fn read_rule(
 ) -> Option<RenewRule> {
     let raw: RawRenewRule = read_section(item, prefix, problems)?;
     let before = problems.len();
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            path: format!("{prefix}.{key}"),
-            message,
-        })
-    };
+    let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why);
     }
@@ -239,6 +234,8 @@ pub fn read_rule(
     if wallet_timeout.is_zero() {
         problem("renew.wallet_timeout", "must be greater than zero".into());
     }
+    // Done recording under this prefix: `problems` itself is read next.
+    drop(problem);
     if problems.len() > before {
         return None;
     }

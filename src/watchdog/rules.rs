@@ -237,12 +237,7 @@ pub(crate) fn check_watchdog(
 /// Checks one rule; `None` when it has problems (all of them recorded).
 pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>) -> Option<Rule> {
     let before = problems.len();
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            path: format!("{prefix}.{key}"),
-            message,
-        })
-    };
+    let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why);
     }
@@ -394,6 +389,8 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
             );
         }
     }
+    // Done recording under this prefix: `problems` itself is read next.
+    drop(problem);
     if problems.len() > before {
         return None;
     }

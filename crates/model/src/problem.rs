@@ -84,6 +84,17 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Records problems under one key path prefix: `accounts[0]` and `name` make
+/// `accounts[0].name`.
+pub fn under<'a>(prefix: &'a str, problems: &'a mut Vec<Problem>) -> impl FnMut(&str, String) + 'a {
+    move |key, message| {
+        problems.push(Problem {
+            path: format!("{prefix}.{key}"),
+            message,
+        })
+    }
+}
+
 /// Names that become metric label values (accounts, rules): 1–64 characters of
 /// A-Z a-z 0-9 _ - . so they read well in PromQL and never need escaping.
 pub fn check_label_name(name: &str) -> Result<(), String> {

@@ -200,12 +200,7 @@ pub fn validate(
     warnings: &mut Vec<Problem>,
 ) -> Option<AccountConfig> {
     let before = problems.len();
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            path: format!("{prefix}.{key}"),
-            message,
-        })
-    };
+    let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why);
     }
@@ -368,6 +363,8 @@ pub fn validate(
             }
         }
     };
+    // Done recording under this prefix: `problems` itself is read next.
+    drop(problem);
     if problems.len() > before {
         return None;
     }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -90,9 +89,31 @@ pub struct Daemon {
     tasks: JoinSet<()>,
 }
 
+/// Why the daemon could not start; each names what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The web config file (`web.config_file`): the message names the file and key.
+    #[error(transparent)]
+    WebConfig(#[from] vpswatch_model::problem::ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("account {account}: {source}")]
+    Client {
+        account: String,
+        source: vpswatch_providers::BuildError,
+    },
+    #[error(transparent)]
+    StateStore(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Notifier(#[from] notify::NotifierError),
+}
+
 impl Daemon {
     /// Binds the listener and starts every task.
-    pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Daemon> {
+    pub async fn start(config: Config, clock: SharedClock) -> Result<Daemon, StartError> {
         Self::start_with(config, clock, None).await
     }
 
@@ -101,17 +122,21 @@ impl Daemon {
         config: Config,
         clock: SharedClock,
         notifier: Option<Arc<dyn Notify>>,
-    ) -> anyhow::Result<Daemon> {
+    ) -> Result<Daemon, StartError> {
         crate::tls::install_crypto_provider();
         // TLS, auth and headers; a broken file stops the start.
         let web_config = Arc::new(match &config.web.config_file {
-            Some(path) => LiveWebConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+            Some(path) => LiveWebConfig::from_file(path)?,
             None => LiveWebConfig::fixed(WebConfig::default()),
         });
+        let listen = |source| StartError::Listen {
+            address: config.listen_address,
+            source,
+        };
         let listener = TcpListener::bind(config.listen_address)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen_address))?;
-        let addr = listener.local_addr()?;
+            .map_err(listen)?;
+        let addr = listener.local_addr().map_err(listen)?;
 
         let store =
             SnapshotStore::new(config.accounts.iter().map(|a| (a.provider, a.name.clone())));
@@ -136,8 +161,12 @@ impl Daemon {
         };
         let mut providers = Vec::new();
         for account in &config.accounts {
-            let p = vpswatch_providers::build(account, context(account))
-                .map_err(|e| anyhow::anyhow!("account {}: {e}", account.name))?;
+            let p = vpswatch_providers::build(account, context(account)).map_err(|source| {
+                StartError::Client {
+                    account: account.name.clone(),
+                    source,
+                }
+            })?;
             providers.push(p);
         }
 
@@ -232,8 +261,13 @@ impl Daemon {
         if let (false, Some(state)) = (config.renew_rules.is_empty(), &state) {
             let mut accounts = Vec::new();
             for a in &config.accounts {
-                let billing = vpswatch_providers::lnvps_billing(a, context(a))
-                    .map_err(|e| anyhow::anyhow!("account {}: {e}", a.name))?;
+                let billing =
+                    vpswatch_providers::lnvps_billing(a, context(a)).map_err(|source| {
+                        StartError::Client {
+                            account: a.name.clone(),
+                            source,
+                        }
+                    })?;
                 if let Some(billing) = billing {
                     accounts.push(Arc::new(crate::renew::RenewAccount {
                         name: a.name.clone(),

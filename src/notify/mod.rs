@@ -158,6 +158,15 @@ pub struct Notifier {
     pub email: Option<Arc<email::EmailNotifier>>,
 }
 
+/// Why the notification channel could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    #[error("email alerts need the state store (state_dir)")]
+    NoStateStore,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Builds the channel for the `[email]` section (the log without one) on `store` (needed
 /// when email is configured).
 pub fn build_notifier(
@@ -165,7 +174,7 @@ pub fn build_notifier(
     store: Option<&StateStore>,
     clock: SharedClock,
     metrics: &Arc<SelfMetrics>,
-) -> anyhow::Result<Notifier> {
+) -> Result<Notifier, NotifierError> {
     let Some(settings) = email else {
         return Ok(Notifier {
             notify: Arc::new(LogNotifier),
@@ -173,7 +182,7 @@ pub fn build_notifier(
         });
     };
     let Some(store) = store else {
-        anyhow::bail!("email alerts need the state store (state_dir)");
+        return Err(NotifierError::NoStateStore);
     };
     let email =
         email::EmailNotifier::open(settings.clone(), store.clone(), clock, metrics.clone())?;

@@ -123,7 +123,7 @@ pub fn read_rule(
     let before = problems.len();
     let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
-        problem("name", why);
+        problem("name", why.to_string());
     }
     if raw.condition != "expires_within" {
         problem(

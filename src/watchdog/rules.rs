@@ -239,7 +239,7 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
     let before = problems.len();
     let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
-        problem("name", why);
+        problem("name", why.to_string());
     }
     let ratio = |problem: &mut dyn FnMut(&str, String)| match raw.threshold {
         Some(t) if t > 0.0 && t < 1.0 => Some(t),

@@ -95,9 +95,16 @@ pub fn under<'a>(prefix: &'a str, problems: &'a mut Vec<Problem>) -> impl FnMut(
     }
 }
 
+/// A name that cannot become a metric label value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)")]
+pub struct BadLabelName {
+    pub name: String,
+}
+
 /// Names that become metric label values (accounts, rules): 1–64 characters of
 /// A-Z a-z 0-9 _ - . so they read well in PromQL and never need escaping.
-pub fn check_label_name(name: &str) -> Result<(), String> {
+pub fn check_label_name(name: &str) -> Result<(), BadLabelName> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -106,8 +113,8 @@ pub fn check_label_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . (it becomes a metric label)"
-        ))
+        Err(BadLabelName {
+            name: name.to_string(),
+        })
     }
 }

@@ -141,34 +141,49 @@ fn loose_permissions(_: &Path) -> Option<String> {
     None
 }
 
+/// Why a secret file's text is not a usable key. The messages describe the problem and
+/// never echo the text: it may be a secret of another kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "holds a public key (npub); vpswatch needs the secret key (nsec1… or 64 hex characters)"
+    )]
+    NostrPublicKey,
+    #[error("is not a Nostr secret key (expected nsec1… or 64 hex characters)")]
+    NotNostrKey,
+    #[error("is not a valid Nostr secret key (bad checksum or out of range)")]
+    InvalidNostrKey,
+    #[error("holds a Nostr key; stablevps accounts need an API key (svps_live_…)")]
+    NostrKeyForApi,
+    #[error(
+        "contains spaces, control or non-ASCII characters; an API key is one \
+         word like svps_live_ followed by hex characters"
+    )]
+    NotOneWord,
+}
+
 /// Parses a Nostr secret key given as `nsec1…` or 64 hex characters.
-pub fn parse_nostr_key(text: &str) -> Result<nostr::Keys, String> {
+pub fn parse_nostr_key(text: &str) -> Result<nostr::Keys, KeyError> {
     let t = text.trim();
     if t.starts_with("npub1") {
-        return Err("holds a public key (npub); vpswatch needs the secret key (nsec1… or 64 hex characters)".into());
+        return Err(KeyError::NostrPublicKey);
     }
     let looks_hex = t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit());
     if !(t.starts_with("nsec1") || looks_hex) {
-        return Err("is not a Nostr secret key (expected nsec1… or 64 hex characters)".into());
+        return Err(KeyError::NotNostrKey);
     }
-    nostr::Keys::parse(t)
-        .map_err(|_| "is not a valid Nostr secret key (bad checksum or out of range)".into())
+    nostr::Keys::parse(t).map_err(|_| KeyError::InvalidNostrKey)
 }
 
 /// Checks a StableVPS API key. Returns the key and an optional note for a key that does
 /// not look like StableVPS's `svps_live_…` (used anyway: the format is not a contract).
-/// Errors describe the problem, never the text.
-pub fn parse_api_key(text: &str) -> Result<(String, Option<String>), String> {
+pub fn parse_api_key(text: &str) -> Result<(String, Option<String>), KeyError> {
     let t = text.trim();
     if t.starts_with("nsec1") || t.starts_with("npub1") {
-        return Err("holds a Nostr key; stablevps accounts need an API key (svps_live_…)".into());
+        return Err(KeyError::NostrKeyForApi);
     }
     if !t.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(
-            "contains spaces, control or non-ASCII characters; an API key is one \
-                    word like svps_live_ followed by hex characters"
-                .into(),
-        );
+        return Err(KeyError::NotOneWord);
     }
     let note = (!t.starts_with("svps_")).then(|| {
         "does not start with svps_ (StableVPS keys look like svps_live_…); using it anyway"
@@ -192,7 +207,7 @@ mod tests {
             "nsec1secretsecret",
             "svps_live_\u{e9}secret",
         ] {
-            let why = parse_api_key(bad).expect_err("refused");
+            let why = parse_api_key(bad).expect_err("refused").to_string();
             assert!(!why.contains("secret"), "text echoed: {why}");
         }
     }
@@ -211,9 +226,15 @@ mod tests {
         let nsec = keys.secret_key().to_bech32().expect("bech32");
         assert!(parse_nostr_key(&nsec).is_ok());
         let npub = keys.public_key().to_bech32().expect("bech32");
-        let err = parse_nostr_key(&npub).err().unwrap_or_default();
+        let err = parse_nostr_key(&npub)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("public key"), "{err}");
-        let bad = parse_nostr_key("not-a-key").err().unwrap_or_default();
+        let bad = parse_nostr_key("not-a-key")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(
             !bad.contains("not-a-key"),
             "secret text must not be echoed: {bad}"

@@ -202,7 +202,7 @@ pub fn validate(
     let before = problems.len();
     let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
-        problem("name", why);
+        problem("name", why.to_string());
     }
     let default_url = match raw.provider {
         ProviderKind::Lnvps => "https://api.lnvps.net",

@@ -16,6 +16,15 @@ use url::Url;
 use crate::budget::RateBudget;
 use crate::ProviderError;
 
+/// Why no auth headers could be made. The messages never carry the credential.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("NIP-98 signing failed: {0}")]
+    Sign(String),
+    #[error("the credential contains characters not allowed in a header")]
+    NotAHeaderValue,
+}
+
 /// Builds the auth headers for one attempt of one request.
 pub trait Authorizer: Send + Sync {
     fn headers(
@@ -23,7 +32,7 @@ pub trait Authorizer: Send + Sync {
         method: &Method,
         url: &Url,
         body: &[u8],
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, String>;
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, AuthError>;
 
     /// Whether a rejection is worth one more attempt with fresh credentials
     /// (e.g. LNVPS "Credential has already been used" after a same-second collision).
@@ -121,14 +130,13 @@ impl ApiClient {
         auth: Arc<dyn Authorizer>,
         observer: Arc<dyn RequestObserver>,
         settings: HttpSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("vpswatch/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+            .build()?;
         Ok(Self {
             http,
             base,
@@ -173,7 +181,7 @@ impl ApiClient {
     pub async fn send_decoded<T>(
         &self,
         req: &ApiRequest,
-        decode: impl Fn(ApiResponse) -> Result<T, String>,
+        decode: impl Fn(ApiResponse) -> Result<T, DecodeError>,
     ) -> Result<T, ProviderError> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(self.settings.backoff_min)
@@ -208,7 +216,7 @@ impl ApiClient {
         &self,
         req: &ApiRequest,
         auth_retried: &mut bool,
-        decode: &impl Fn(ApiResponse) -> Result<T, String>,
+        decode: &impl Fn(ApiResponse) -> Result<T, DecodeError>,
     ) -> Attempt<T> {
         let endpoint = req.endpoint.to_string();
         let url = match self.url_for(&req.path_and_query) {
@@ -221,7 +229,12 @@ impl ApiClient {
         self.budget.acquire().await;
         let headers = match self.auth.headers(&req.method, &url, &body) {
             Ok(h) => h,
-            Err(detail) => return Attempt::Done(Err(ProviderError::Auth { endpoint, detail })),
+            Err(e) => {
+                return Attempt::Done(Err(ProviderError::Auth {
+                    endpoint,
+                    detail: e.to_string(),
+                }))
+            }
         };
         let mut builder = self.http.request(req.method.clone(), url);
         for (k, v) in headers {
@@ -244,7 +257,7 @@ impl ApiClient {
                     Ok(v) => Ok(Ok((status, v))),
                     Err(detail) => Err(ProviderError::InvalidResponse {
                         endpoint: endpoint.clone(),
-                        detail,
+                        detail: detail.to_string(),
                     }),
                 }
             }
@@ -426,13 +439,22 @@ impl WithoutUrl for reqwest::Error {
 pub fn decode_json<T: serde::de::DeserializeOwned>(
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<T, String> {
+) -> Result<T, DecodeError> {
     if let Some(ct) = content_type {
         if !ct.to_ascii_lowercase().contains("json") {
-            return Err(format!("expected JSON, got content type {ct:?}"));
+            return Err(DecodeError::NotJson(ct.to_string()));
         }
     }
-    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// Why a 2xx response body is not the data it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("expected JSON, got content type {0:?}")]
+    NotJson(String),
+    #[error("malformed JSON: {0}")]
+    Malformed(#[from] serde_json::Error),
 }
 
 /// `retry-after` as delta-seconds (all LNVPS sends) or an HTTP date.

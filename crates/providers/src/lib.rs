@@ -92,7 +92,7 @@ pub type SharedProvider = Arc<dyn Provider>;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("the HTTP client could not be built: {0}")]
-    HttpClient(String),
+    HttpClient(#[from] reqwest::Error),
     #[error("{kind} accounts cannot use {credentials} credentials (a configuration bug)")]
     Credentials {
         kind: ProviderKind,

@@ -52,7 +52,7 @@ impl BillingPeriod {
     /// Parses `"1 month"`, `"12 months"`, `"1 year"` (calendar) or any humantime
     /// duration (`"30d"`, `"720h"`). Periods shorter than one hour are refused: they are
     /// certainly a typo and would make the runway walk needlessly long.
-    pub fn parse(text: &str) -> Result<BillingPeriod, String> {
+    pub fn parse(text: &str) -> Result<BillingPeriod, BillingPeriodError> {
         let t = text.trim();
         let calendar = t
             .find(|c: char| !c.is_ascii_digit())
@@ -66,22 +66,39 @@ impl BillingPeriod {
             if let Some(per) = months_per {
                 let n: u32 = n
                     .parse()
-                    .map_err(|_| format!("{text:?}: expected e.g. \"1 month\" or \"30d\""))?;
+                    .map_err(|_| BillingPeriodError::BadCount(text.to_string()))?;
                 let months = n
                     .checked_mul(per)
                     .filter(|m| *m > 0)
-                    .ok_or_else(|| format!("{text:?} must be at least one month"))?;
+                    .ok_or_else(|| BillingPeriodError::Zero(text.to_string()))?;
                 return Ok(BillingPeriod::Months(months));
             }
         }
-        let d = humantime::parse_duration(t).map_err(|e| {
-            format!("{text:?} is neither \"N month(s)\"/\"N year(s)\" nor a duration: {e}")
+        let d = humantime::parse_duration(t).map_err(|e| BillingPeriodError::Unreadable {
+            text: text.to_string(),
+            reason: e,
         })?;
         if d.as_secs() < 3600 {
-            return Err(format!("{text:?} is shorter than one hour"));
+            return Err(BillingPeriodError::TooShort(text.to_string()));
         }
         Ok(BillingPeriod::Seconds(d.as_secs()))
     }
+}
+
+/// Why a billing period's text was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BillingPeriodError {
+    #[error("{0:?}: expected e.g. \"1 month\" or \"30d\"")]
+    BadCount(String),
+    #[error("{0:?} must be at least one month")]
+    Zero(String),
+    #[error("{text:?} is neither \"N month(s)\"/\"N year(s)\" nor a duration: {reason}")]
+    Unreadable {
+        text: String,
+        reason: humantime::DurationError,
+    },
+    #[error("{0:?} is shorter than one hour")]
+    TooShort(String),
 }
 
 impl fmt::Display for BillingPeriod {

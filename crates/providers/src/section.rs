@@ -153,7 +153,7 @@ fn merge_plans(raw: BTreeMap<String, RawPlan>, problems: &mut Vec<Problem>) -> P
                 Some(text) => match BillingPeriod::parse(text) {
                     Ok(p) => Some(p),
                     Err(why) => {
-                        problem(&key("period"), why);
+                        problem(&key("period"), why.to_string());
                         None
                     }
                 },

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::bounded::BoundedList;
-use crate::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
+use crate::http::{decode_json, ApiClient, ApiRequest, AuthError, Authorizer, DecodeError, Retry};
 use crate::runway::{self, BillingPeriod, RenewalStream};
 use crate::{Provider, ProviderError};
 use vpswatch_model::account::{AccountData, AccountFacts, ProviderKind};
@@ -83,7 +83,7 @@ impl Authorizer for ApiKeyAuth {
         _method: &Method,
         _url: &Url,
         _body: &[u8],
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, AuthError> {
         let (name, value) = match self.header {
             ApiKeyHeader::Bearer => (
                 http::header::AUTHORIZATION,
@@ -95,8 +95,7 @@ impl Authorizer for ApiKeyAuth {
             ),
         };
         // The message must not carry the key: say what is wrong, not with what.
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| "the API key contains characters not allowed in a header".to_string())?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| AuthError::NotAHeaderValue)?;
         value.set_sensitive(true);
         Ok(vec![(name, value)])
     }
@@ -208,7 +207,7 @@ struct VpsList {
 pub fn parse_vps_list(
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<(Vec<ApiVps>, Vec<String>), String> {
+) -> Result<(Vec<ApiVps>, Vec<String>), DecodeError> {
     const EP: &str = "GET /api/v1/vps";
     let list: VpsList = decode_json(content_type, body)?;
     let mut out = Vec::with_capacity(list.vps.0.len());
@@ -233,7 +232,7 @@ pub fn parse_vps_list(
 }
 
 /// Parses `GET /api/v1/vps/:id` (the detail answer; `rdpPassword` is never read).
-pub fn parse_vps(content_type: Option<&str>, body: &[u8]) -> Result<ApiVps, String> {
+pub fn parse_vps(content_type: Option<&str>, body: &[u8]) -> Result<ApiVps, DecodeError> {
     decode_json(content_type, body)
 }
 
@@ -1061,7 +1060,8 @@ mod tests {
         assert_eq!(x[0].0.as_str(), "x-api-key");
         let bad = ApiKeyAuth::new(Secret::new("svps\nsecret".into()), ApiKeyHeader::XApiKey)
             .headers(&Method::GET, &url, b"")
-            .expect_err("newline refused");
+            .expect_err("newline refused")
+            .to_string();
         assert!(!bad.contains("secret"), "{bad}");
     }
 

@@ -34,10 +34,10 @@ impl LightningNode {
         amount_msat: u64,
         created: DateTime<Utc>,
         description: &str,
-    ) -> Result<(String, String, String), String> {
+    ) -> Result<(String, String, String), MintError> {
         let preimage: [u8; 32] = rand::random();
         let hash = sha256::Hash::hash(&preimage);
-        let secs = u64::try_from(created.timestamp()).map_err(|e| e.to_string())?;
+        let secs = u64::try_from(created.timestamp()).map_err(|_| MintError::BeforeEpoch)?;
         let secp = Secp256k1::new();
         let invoice = InvoiceBuilder::new(Currency::Bitcoin)
             .description(description.to_string())
@@ -48,13 +48,22 @@ impl LightningNode {
             .amount_milli_satoshis(amount_msat)
             .expiry_time(INVOICE_EXPIRY)
             .build_signed(|m: &Message| secp.sign_ecdsa_recoverable(m, &self.key))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| MintError::Invoice(e.to_string()))?;
         Ok((
             hex::encode(hash.to_byte_array()),
             hex::encode(preimage),
             invoice.to_string(),
         ))
     }
+}
+
+/// Why no invoice could be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("the invoice time is before 1970")]
+    BeforeEpoch,
+    #[error("the invoice could not be built: {0}")]
+    Invoice(String),
 }
 
 /// What the server-side auto-renewal did (for tests and the demo).

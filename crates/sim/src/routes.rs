@@ -220,7 +220,8 @@ fn match_template(template: &str, path: &str) -> Option<Option<String>> {
 }
 
 /// Parses a path id like axum's `Path<u64>` (percent-decoded first).
-pub fn parse_id(raw: &str) -> Result<u64, String> {
+/// The error is the text axum answers with, so the fake server reads like the real one.
+pub(crate) fn parse_id(raw: &str) -> Result<u64, String> {
     let decoded =
         percent_decode(raw).map_err(|_| "Invalid URL: Invalid UTF-8 in `id`".to_string())?;
     decoded

@@ -25,7 +25,7 @@ use url::Url;
 pub mod billing;
 
 use crate::bounded::BoundedList;
-use crate::http::{decode_json, ApiClient, ApiRequest, Authorizer, Retry};
+use crate::http::{decode_json, ApiClient, ApiRequest, AuthError, Authorizer, DecodeError, Retry};
 use crate::{Provider, ProviderError};
 use vpswatch_model::account::{AccountData, AccountFacts, ProviderKind};
 use vpswatch_model::clock::SharedClock;
@@ -48,7 +48,12 @@ impl Nip98Signer {
     }
 
     /// The `Authorization` header value for one request.
-    pub fn authorization(&self, method: &Method, url: &Url, body: &[u8]) -> Result<String, String> {
+    pub fn authorization(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: &[u8],
+    ) -> Result<String, AuthError> {
         let nonce: [u8; 16] = rand::random();
         let mut tags = vec![
             Tag::custom(TagKind::Custom("u".into()), [url.as_str()]),
@@ -64,7 +69,7 @@ impl Nip98Signer {
             .tags(tags)
             .custom_created_at(Timestamp::from(created_at))
             .sign_with_keys(&self.keys)
-            .map_err(|e| format!("NIP-98 signing failed: {e}"))?;
+            .map_err(|e| AuthError::Sign(e.to_string()))?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(event.as_json());
         Ok(format!("Nostr {encoded}"))
     }
@@ -76,9 +81,9 @@ impl Authorizer for Nip98Signer {
         method: &Method,
         url: &Url,
         body: &[u8],
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, AuthError> {
         let value = self.authorization(method, url, body)?;
-        let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_str(&value).map_err(|_| AuthError::NotAHeaderValue)?;
         Ok(vec![(http::header::AUTHORIZATION, value)])
     }
 
@@ -348,7 +353,7 @@ fn first_ipv4(ips: &[ApiIp]) -> Option<(Ipv4Addr, &ApiIp)> {
 pub fn parse_vm_list(
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<(Vec<ApiVm>, Vec<String>), String> {
+) -> Result<(Vec<ApiVm>, Vec<String>), DecodeError> {
     let env: Envelope<BoundedList<Box<serde_json::value::RawValue>>> =
         decode_json(content_type, body)?;
     let mut vms = Vec::with_capacity(env.data.0.len());
@@ -369,7 +374,7 @@ pub fn parse_vm_list(
 pub fn parse_time_series(
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<Vec<ApiTimeSeriesPoint>, String> {
+) -> Result<Vec<ApiTimeSeriesPoint>, DecodeError> {
     let env: Envelope<BoundedList<ApiTimeSeriesPoint>> = decode_json(content_type, body)?;
     Ok(env.data.0)
 }

@@ -162,9 +162,10 @@ pub struct ProbePorts {
 
 impl Default for ProbePorts {
     fn default() -> Self {
+        let port = |kind| vpswatch_providers::module(kind).default_probe_port();
         Self {
-            lnvps: 22,
-            stablevps: 3389,
+            lnvps: port(ProviderKind::Lnvps),
+            stablevps: port(ProviderKind::Stablevps),
         }
     }
 }

@@ -92,10 +92,7 @@ impl ProbeSettings {
             .get(&(provider, account.to_string()))
             .or_else(|| self.default_ports.get(&provider))
             .copied()
-            .unwrap_or(match provider {
-                ProviderKind::Lnvps => 22,
-                ProviderKind::Stablevps => 3389,
-            })
+            .unwrap_or_else(|| vpswatch_providers::module(provider).default_probe_port())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,10 +12,40 @@ use vpswatch_model::account::ProviderKind;
 use vpswatch_model::config_doc::KeyDoc;
 use vpswatch_model::problem::Problem;
 use vpswatch_model::redact;
-use vpswatch_model::secret::{self, Secret};
+use vpswatch_model::secret::Secret;
 
-use crate::lnvps::BtcUnit;
-use crate::stablevps::ApiKeyHeader;
+/// How to read BTC amounts: the real server sends millisatoshis, the older public
+/// document says satoshis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BtcUnit {
+    /// Decide by magnitude (see [`crate::lnvps::btc_amount_to_btc`]).
+    #[default]
+    Auto,
+    Msat,
+    Sat,
+}
+
+/// Which header carries the key. The API accepts both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ApiKeyHeader {
+    /// `Authorization: Bearer svps_live_…`
+    #[default]
+    #[serde(rename = "bearer")]
+    Bearer,
+    /// `X-API-Key: svps_live_…`
+    #[serde(rename = "x-api-key")]
+    XApiKey,
+}
+
+impl ApiKeyHeader {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKeyHeader::Bearer => "bearer",
+            ApiKeyHeader::XApiKey => "x-api-key",
+        }
+    }
+}
 
 /// Limits shared by all accounts of one provider.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -172,21 +202,46 @@ pub const ACCOUNT_KEYS: &[KeyDoc] = &[
 #[derive(Debug, Deserialize)]
 pub struct RawAccount {
     pub name: String,
-    provider: ProviderKind,
-    base_url: Option<String>,
+    pub(crate) provider: ProviderKind,
+    pub(crate) base_url: Option<String>,
     #[serde(default, with = "humantime_serde")]
-    poll_interval: Option<Duration>,
-    nsec_file: Option<PathBuf>,
-    nsec_env: Option<String>,
-    api_key_file: Option<PathBuf>,
-    api_key_env: Option<String>,
-    write_api_key_file: Option<PathBuf>,
-    write_api_key_env: Option<String>,
-    auth_header: Option<ApiKeyHeader>,
-    btc_amount_unit: Option<BtcUnit>,
+    pub(crate) poll_interval: Option<Duration>,
+    pub(crate) nsec_file: Option<PathBuf>,
+    pub(crate) nsec_env: Option<String>,
+    pub(crate) api_key_file: Option<PathBuf>,
+    pub(crate) api_key_env: Option<String>,
+    pub(crate) write_api_key_file: Option<PathBuf>,
+    pub(crate) write_api_key_env: Option<String>,
+    pub(crate) auth_header: Option<ApiKeyHeader>,
+    pub(crate) btc_amount_unit: Option<BtcUnit>,
     #[serde(default)]
-    vm_names: HashMap<String, String>,
-    probe_port: Option<u16>,
+    pub(crate) vm_names: HashMap<String, String>,
+    pub(crate) probe_port: Option<u16>,
+}
+
+/// Where a provider records what is wrong with one account's entry while it loads the
+/// account's credentials; problems and warnings carry the entry's key path.
+pub struct CheckContext<'a> {
+    pub prefix: &'a str,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub problems: &'a mut Vec<Problem>,
+    pub warnings: &'a mut Vec<Problem>,
+}
+
+impl CheckContext<'_> {
+    pub fn problem(&mut self, key: &str, message: String) {
+        self.problems.push(Problem {
+            path: format!("{}.{key}", self.prefix),
+            message,
+        });
+    }
+
+    pub fn warning(&mut self, key: &str, message: String) {
+        self.warnings.push(Problem {
+            path: format!("{}.{key}", self.prefix),
+            message,
+        });
+    }
 }
 
 /// Checks one `[[accounts]]` entry (`prefix` is its key path) and loads its credentials;
@@ -204,10 +259,7 @@ pub fn validate(
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
         problem("name", why.to_string());
     }
-    let default_url = match raw.provider {
-        ProviderKind::Lnvps => "https://api.lnvps.net",
-        ProviderKind::Stablevps => "https://stablevps.com",
-    };
+    let default_url = crate::module(raw.provider).default_base_url();
     let url_text = raw.base_url.as_deref().unwrap_or(default_url);
     let base_url = match Url::parse(url_text) {
         Ok(u) if u.scheme() == "https" => Some(u),
@@ -239,132 +291,17 @@ pub fn validate(
     if poll_interval.is_zero() {
         problem("poll_interval", "must be greater than zero".into());
     }
-    let credentials = match raw.provider {
-        ProviderKind::Lnvps => {
-            for (key, set) in [
-                ("api_key_file", raw.api_key_file.is_some()),
-                ("api_key_env", raw.api_key_env.is_some()),
-                ("write_api_key_file", raw.write_api_key_file.is_some()),
-                ("write_api_key_env", raw.write_api_key_env.is_some()),
-                ("auth_header", raw.auth_header.is_some()),
-            ] {
-                if set {
-                    problem(
-                        key,
-                        "only applies to stablevps accounts (lnvps accounts sign every \
-                         request with the key in nsec_file or nsec_env)"
-                            .into(),
-                    );
-                }
-            }
-            let loaded = secret::load_one(
-                raw.nsec_file.as_deref(),
-                raw.nsec_env.as_deref(),
-                "nsec_file",
-                "nsec_env",
-                env,
-            );
-            match loaded {
-                Ok((text, source, warn)) => {
-                    if let Some(w) = warn {
-                        warnings.push(Problem {
-                            path: format!("{prefix}.nsec_file"),
-                            message: w,
-                        });
-                    }
-                    match secret::parse_nostr_key(&text) {
-                        Ok(keys) => Some(Credentials::Nostr(Secret::new(keys))),
-                        Err(why) => {
-                            problem(source.key(), format!("{}: {why}", source.describe()));
-                            None
-                        }
-                    }
-                }
-                Err((key, why)) => {
-                    problem(key, why);
-                    None
-                }
-            }
-        }
-        ProviderKind::Stablevps => {
-            for (key, set) in [
-                ("nsec_file", raw.nsec_file.is_some()),
-                ("nsec_env", raw.nsec_env.is_some()),
-            ] {
-                if set {
-                    problem(
-                        key,
-                        "not used by stablevps accounts: they authenticate with an API key \
-                         (api_key_file or api_key_env)"
-                            .into(),
-                    );
-                }
-            }
-            if raw.btc_amount_unit.is_some() {
-                problem(
-                    "btc_amount_unit",
-                    "only applies to lnvps accounts (StableVPS amounts are EUR)".into(),
-                );
-            }
-            let mut load =
-                |file: Option<&Path>, var: Option<&str>, keys: (&'static str, &'static str)| {
-                    match secret::load_one(file, var, keys.0, keys.1, env) {
-                        Ok((text, source, warn)) => {
-                            if let Some(w) = warn {
-                                warnings.push(Problem {
-                                    path: format!("{prefix}.{}", keys.0),
-                                    message: w,
-                                });
-                            }
-                            match secret::parse_api_key(&text) {
-                                Ok((key, note)) => {
-                                    if let Some(n) = note {
-                                        warnings.push(Problem {
-                                            path: format!("{prefix}.{}", source.key()),
-                                            message: format!("{}: {n}", source.describe()),
-                                        });
-                                    }
-                                    Ok(Secret::new(key))
-                                }
-                                Err(why) => {
-                                    Err((source.key(), format!("{}: {why}", source.describe())))
-                                }
-                            }
-                        }
-                        Err(e) => Err(e),
-                    }
-                };
-            let read = load(
-                raw.api_key_file.as_deref(),
-                raw.api_key_env.as_deref(),
-                ("api_key_file", "api_key_env"),
-            );
-            let write = (raw.write_api_key_file.is_some() || raw.write_api_key_env.is_some())
-                .then(|| {
-                    load(
-                        raw.write_api_key_file.as_deref(),
-                        raw.write_api_key_env.as_deref(),
-                        ("write_api_key_file", "write_api_key_env"),
-                    )
-                })
-                .transpose();
-            match (read, write) {
-                (Ok(read), Ok(write)) => Some(Credentials::ApiKey {
-                    read,
-                    write,
-                    header: raw.auth_header.unwrap_or_default(),
-                }),
-                (read, write) => {
-                    for (key, why) in [read.err(), write.err()].into_iter().flatten() {
-                        problem(key, why);
-                    }
-                    None
-                }
-            }
-        }
-    };
-    // Done recording under this prefix: `problems` itself is read next.
+    // Done recording under this prefix: the provider records its own problems next.
     drop(problem);
+    let credentials = crate::module(raw.provider).credentials(
+        &raw,
+        &mut CheckContext {
+            prefix,
+            env,
+            problems,
+            warnings,
+        },
+    );
     if problems.len() > before {
         return None;
     }

@@ -2,8 +2,8 @@
 //! ([`build`]) that makes them from a configured account.
 //!
 //! The poller, the metrics encoder and the watchdog only ever see the model's types
-//! (`vpswatch_model::account`, `vpswatch_model::vm`) and [`Provider`], so adding a provider
-//! means one new module here plus one arm in [`build`].
+//! (`vpswatch_model::account`, `vpswatch_model::vm`), [`Provider`] and [`ProviderModule`],
+//! so adding a provider means one new module here plus one arm in [`module`].
 
 pub mod account;
 pub mod bounded;
@@ -20,7 +20,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use vpswatch_model::account::{AccountData, ProviderKind};
 use vpswatch_model::clock::SharedClock;
-use vpswatch_model::secret::Secret;
 use vpswatch_model::vm::VmAction;
 
 pub use account::{AccountConfig, Credentials, ProviderLimits};
@@ -121,7 +120,7 @@ pub struct BuildContext<'a> {
 impl BuildContext<'_> {
     /// The request budget of the account's upstream host: every client of every account
     /// at one host (the poller's and the billing's) draws from the same one.
-    fn budget(&self, account: &AccountConfig) -> Arc<budget::RateBudget> {
+    pub(crate) fn budget(&self, account: &AccountConfig) -> Arc<budget::RateBudget> {
         let host = format!(
             "{}@{}:{}",
             account.provider,
@@ -132,7 +131,7 @@ impl BuildContext<'_> {
             .get(&host, self.settings.limits.requests_per_minute)
     }
 
-    fn http_settings(&self) -> http::HttpSettings {
+    pub(crate) fn http_settings(&self) -> http::HttpSettings {
         http::HttpSettings {
             timeout: self.settings.request_timeout,
             max_attempts: self.settings.limits.max_attempts,
@@ -142,71 +141,41 @@ impl BuildContext<'_> {
     }
 }
 
-/// Builds the client for one configured account. Adding a provider adds one arm here.
-pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedProvider, BuildError> {
-    let budget = ctx.budget(account);
-    let settings = ctx.http_settings();
-    let limits = &ctx.settings.limits;
-    match (&account.provider, &account.credentials) {
-        (ProviderKind::Lnvps, Credentials::Nostr(keys)) => {
-            let signer = Arc::new(lnvps::Nip98Signer::new(
-                keys.expose().clone(),
-                ctx.clock.clone(),
-            ));
-            let api = http::ApiClient::new(
-                account.base_url.clone(),
-                budget,
-                signer,
-                ctx.observer,
-                settings,
-            )
-            .map_err(BuildError::HttpClient)?;
-            let opts = lnvps::LnvpsOptions {
-                account: account.name.clone(),
-                btc_unit: account.btc_amount_unit,
-                vm_names: account.vm_names.clone(),
-                concurrency: limits.concurrency,
-            };
-            Ok(Arc::new(lnvps::LnvpsClient::new(opts, api, ctx.clock)))
-        }
-        (
-            ProviderKind::Stablevps,
-            Credentials::ApiKey {
-                read,
-                write,
-                header,
-            },
-        ) => {
-            let api = |key: &Secret<String>| {
-                let auth = Arc::new(stablevps::ApiKeyAuth::new(key.clone(), *header));
-                let client = http::ApiClient::new(
-                    account.base_url.clone(),
-                    budget.clone(),
-                    auth.clone(),
-                    ctx.observer.clone(),
-                    settings.clone(),
-                )
-                .map_err(BuildError::HttpClient)?;
-                Ok::<_, BuildError>((client, auth))
-            };
-            let read = api(read)?;
-            let write = write.as_ref().map(api).transpose()?;
-            let opts = stablevps::StableVpsOptions {
-                account: account.name.clone(),
-                vm_names: account.vm_names.clone(),
-                plans: ctx.settings.stablevps_plans.clone(),
-                concurrency: limits.concurrency,
-                runway_horizon_seconds: runway::DEFAULT_HORIZON_SECONDS,
-            };
-            Ok(Arc::new(stablevps::StableVpsClient::new(
-                opts, read, write, ctx.clock,
-            )))
-        }
-        (kind, creds) => Err(BuildError::Credentials {
-            kind: *kind,
-            credentials: format!("{creds:?}"),
-        }),
+/// What differs between providers, behind one trait: the daemon, the config checks and
+/// [`build`] reach every provider through [`module`], so adding a provider is a module
+/// implementing this trait, its `ProviderKind` variant in the model, and one arm in
+/// [`module`].
+pub trait ProviderModule: Sync {
+    /// The API's address when an account sets no `base_url`.
+    fn default_base_url(&self) -> &'static str;
+    /// The TCP port VMs are probed on when neither the account nor `[probes]` sets one.
+    fn default_probe_port(&self) -> u16;
+    /// Loads and checks an account's credentials, recording every problem with its key
+    /// path; `None` when they are unusable.
+    fn credentials(
+        &self,
+        raw: &account::RawAccount,
+        ctx: &mut account::CheckContext<'_>,
+    ) -> Option<Credentials>;
+    /// The poller's client for one configured account of this provider.
+    fn build(
+        &self,
+        account: &AccountConfig,
+        ctx: BuildContext<'_>,
+    ) -> Result<SharedProvider, BuildError>;
+}
+
+/// The registry: the one place that lists the providers.
+pub fn module(kind: ProviderKind) -> &'static dyn ProviderModule {
+    match kind {
+        ProviderKind::Lnvps => &lnvps::Lnvps,
+        ProviderKind::Stablevps => &stablevps::StableVps,
     }
+}
+
+/// Builds the client for one configured account.
+pub fn build(account: &AccountConfig, ctx: BuildContext<'_>) -> Result<SharedProvider, BuildError> {
+    module(account.provider).build(account, ctx)
 }
 
 /// The billing client of an LNVPS account (`None` for other accounts): its own NIP-98

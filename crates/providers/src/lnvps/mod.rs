@@ -258,17 +258,7 @@ fn lenient_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateTim
 // Units
 // ---------------------------------------------------------------------------------------
 
-/// How to read BTC amounts: the real server sends millisatoshis, the older public
-/// document says satoshis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BtcUnit {
-    /// Decide by magnitude (see [`btc_amount_to_btc`]).
-    #[default]
-    Auto,
-    Msat,
-    Sat,
-}
+pub use crate::account::BtcUnit;
 
 /// Above this many units per 30 days an amount cannot be satoshis (0.01 BTC a month is
 /// far beyond any LNVPS plan) and must be millisatoshis; below it, as millisatoshis it
@@ -791,5 +781,101 @@ mod tests {
         assert_eq!(vm.state, VmState::Running);
         assert_eq!(vm.ipv4, Some(Ipv4Addr::new(127, 9, 94, 167)));
         assert_eq!(vm.renewal.map(|r| r.price.currency), Some("BTC".into()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The provider's entry in the registry
+// ---------------------------------------------------------------------------------------
+
+/// LNVPS in the registry ([`crate::module`]).
+pub struct Lnvps;
+
+impl crate::ProviderModule for Lnvps {
+    fn default_base_url(&self) -> &'static str {
+        "https://api.lnvps.net"
+    }
+
+    fn default_probe_port(&self) -> u16 {
+        22
+    }
+
+    /// Every request is signed with the account's Nostr key (`nsec_file` or `nsec_env`).
+    fn credentials(
+        &self,
+        raw: &crate::account::RawAccount,
+        ctx: &mut crate::account::CheckContext<'_>,
+    ) -> Option<crate::Credentials> {
+        for (key, set) in [
+            ("api_key_file", raw.api_key_file.is_some()),
+            ("api_key_env", raw.api_key_env.is_some()),
+            ("write_api_key_file", raw.write_api_key_file.is_some()),
+            ("write_api_key_env", raw.write_api_key_env.is_some()),
+            ("auth_header", raw.auth_header.is_some()),
+        ] {
+            if set {
+                ctx.problem(
+                    key,
+                    "only applies to stablevps accounts (lnvps accounts sign every \
+                     request with the key in nsec_file or nsec_env)"
+                        .into(),
+                );
+            }
+        }
+        let loaded = vpswatch_model::secret::load_one(
+            raw.nsec_file.as_deref(),
+            raw.nsec_env.as_deref(),
+            "nsec_file",
+            "nsec_env",
+            ctx.env,
+        );
+        match loaded {
+            Ok((text, source, warn)) => {
+                if let Some(w) = warn {
+                    ctx.warning("nsec_file", w);
+                }
+                match vpswatch_model::secret::parse_nostr_key(&text) {
+                    Ok(keys) => Some(crate::Credentials::Nostr(
+                        vpswatch_model::secret::Secret::new(keys),
+                    )),
+                    Err(why) => {
+                        ctx.problem(source.key(), format!("{}: {why}", source.describe()));
+                        None
+                    }
+                }
+            }
+            Err((key, why)) => {
+                ctx.problem(key, why);
+                None
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        account: &crate::AccountConfig,
+        ctx: crate::BuildContext<'_>,
+    ) -> Result<crate::SharedProvider, crate::BuildError> {
+        let crate::Credentials::Nostr(keys) = &account.credentials else {
+            return Err(crate::BuildError::Credentials {
+                kind: ProviderKind::Lnvps,
+                credentials: format!("{:?}", account.credentials),
+            });
+        };
+        let signer = Arc::new(Nip98Signer::new(keys.expose().clone(), ctx.clock.clone()));
+        let api = ApiClient::new(
+            account.base_url.clone(),
+            ctx.budget(account),
+            signer,
+            ctx.observer.clone(),
+            ctx.http_settings(),
+        )?;
+        let opts = LnvpsOptions {
+            account: account.name.clone(),
+            btc_unit: account.btc_amount_unit,
+            vm_names: account.vm_names.clone(),
+            concurrency: ctx.settings.limits.concurrency,
+        };
+        Ok(Arc::new(LnvpsClient::new(opts, api, ctx.clock)))
     }
 }

@@ -890,6 +890,147 @@ impl Provider for StableVpsClient {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The provider's entry in the registry
+// ---------------------------------------------------------------------------------------
+
+/// StableVPS in the registry ([`crate::module`]).
+pub struct StableVps;
+
+impl StableVps {
+    /// One API key from `<file_key>` or `<env_key>`; a key that does not look like
+    /// StableVPS's is used with a warning.
+    fn api_key(
+        ctx: &mut crate::account::CheckContext<'_>,
+        file: Option<&std::path::Path>,
+        var: Option<&str>,
+        keys: (&'static str, &'static str),
+    ) -> Result<Secret<String>, (&'static str, String)> {
+        let (text, source, warn) =
+            vpswatch_model::secret::load_one(file, var, keys.0, keys.1, ctx.env)?;
+        if let Some(w) = warn {
+            ctx.warning(keys.0, w);
+        }
+        match vpswatch_model::secret::parse_api_key(&text) {
+            Ok((key, note)) => {
+                if let Some(n) = note {
+                    ctx.warning(source.key(), format!("{}: {n}", source.describe()));
+                }
+                Ok(Secret::new(key))
+            }
+            Err(why) => Err((source.key(), format!("{}: {why}", source.describe()))),
+        }
+    }
+}
+
+impl crate::ProviderModule for StableVps {
+    fn default_base_url(&self) -> &'static str {
+        "https://stablevps.com"
+    }
+
+    fn default_probe_port(&self) -> u16 {
+        3389
+    }
+
+    /// A read key (`api_key_file`/`api_key_env`) and, for least privilege, an optional
+    /// separate write key used only for actions.
+    fn credentials(
+        &self,
+        raw: &crate::account::RawAccount,
+        ctx: &mut crate::account::CheckContext<'_>,
+    ) -> Option<crate::Credentials> {
+        for (key, set) in [
+            ("nsec_file", raw.nsec_file.is_some()),
+            ("nsec_env", raw.nsec_env.is_some()),
+        ] {
+            if set {
+                ctx.problem(
+                    key,
+                    "not used by stablevps accounts: they authenticate with an API key \
+                     (api_key_file or api_key_env)"
+                        .into(),
+                );
+            }
+        }
+        if raw.btc_amount_unit.is_some() {
+            ctx.problem(
+                "btc_amount_unit",
+                "only applies to lnvps accounts (StableVPS amounts are EUR)".into(),
+            );
+        }
+        let read = Self::api_key(
+            ctx,
+            raw.api_key_file.as_deref(),
+            raw.api_key_env.as_deref(),
+            ("api_key_file", "api_key_env"),
+        );
+        let write = (raw.write_api_key_file.is_some() || raw.write_api_key_env.is_some())
+            .then(|| {
+                Self::api_key(
+                    ctx,
+                    raw.write_api_key_file.as_deref(),
+                    raw.write_api_key_env.as_deref(),
+                    ("write_api_key_file", "write_api_key_env"),
+                )
+            })
+            .transpose();
+        match (read, write) {
+            (Ok(read), Ok(write)) => Some(crate::Credentials::ApiKey {
+                read,
+                write,
+                header: raw.auth_header.unwrap_or_default(),
+            }),
+            (read, write) => {
+                for (key, why) in [read.err(), write.err()].into_iter().flatten() {
+                    ctx.problem(key, why);
+                }
+                None
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        account: &crate::AccountConfig,
+        ctx: crate::BuildContext<'_>,
+    ) -> Result<crate::SharedProvider, crate::BuildError> {
+        let crate::Credentials::ApiKey {
+            read,
+            write,
+            header,
+        } = &account.credentials
+        else {
+            return Err(crate::BuildError::Credentials {
+                kind: ProviderKind::Stablevps,
+                credentials: format!("{:?}", account.credentials),
+            });
+        };
+        let budget = ctx.budget(account);
+        let settings = ctx.http_settings();
+        let api = |key: &Secret<String>| {
+            let auth = Arc::new(ApiKeyAuth::new(key.clone(), *header));
+            let client = ApiClient::new(
+                account.base_url.clone(),
+                budget.clone(),
+                auth.clone(),
+                ctx.observer.clone(),
+                settings.clone(),
+            )?;
+            Ok::<_, crate::BuildError>((client, auth))
+        };
+        let read = api(read)?;
+        let write = write.as_ref().map(api).transpose()?;
+        let opts = StableVpsOptions {
+            account: account.name.clone(),
+            vm_names: account.vm_names.clone(),
+            plans: ctx.settings.stablevps_plans.clone(),
+            concurrency: ctx.settings.limits.concurrency,
+            runway_horizon_seconds: crate::runway::DEFAULT_HORIZON_SECONDS,
+        };
+        Ok(Arc::new(StableVpsClient::new(opts, read, write, ctx.clock)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,146 +1200,5 @@ mod tests {
         assert!(!is_plain_id("../account"));
         assert!(!is_plain_id("a?b"));
         assert!(!is_plain_id(""));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The provider's entry in the registry
-// ---------------------------------------------------------------------------------------
-
-/// StableVPS in the registry ([`crate::module`]).
-pub struct StableVps;
-
-impl StableVps {
-    /// One API key from `<file_key>` or `<env_key>`; a key that does not look like
-    /// StableVPS's is used with a warning.
-    fn api_key(
-        ctx: &mut crate::account::CheckContext<'_>,
-        file: Option<&std::path::Path>,
-        var: Option<&str>,
-        keys: (&'static str, &'static str),
-    ) -> Result<Secret<String>, (&'static str, String)> {
-        let (text, source, warn) =
-            vpswatch_model::secret::load_one(file, var, keys.0, keys.1, ctx.env)?;
-        if let Some(w) = warn {
-            ctx.warning(keys.0, w);
-        }
-        match vpswatch_model::secret::parse_api_key(&text) {
-            Ok((key, note)) => {
-                if let Some(n) = note {
-                    ctx.warning(source.key(), format!("{}: {n}", source.describe()));
-                }
-                Ok(Secret::new(key))
-            }
-            Err(why) => Err((source.key(), format!("{}: {why}", source.describe()))),
-        }
-    }
-}
-
-impl crate::ProviderModule for StableVps {
-    fn default_base_url(&self) -> &'static str {
-        "https://stablevps.com"
-    }
-
-    fn default_probe_port(&self) -> u16 {
-        3389
-    }
-
-    /// A read key (`api_key_file`/`api_key_env`) and, for least privilege, an optional
-    /// separate write key used only for actions.
-    fn credentials(
-        &self,
-        raw: &crate::account::RawAccount,
-        ctx: &mut crate::account::CheckContext<'_>,
-    ) -> Option<crate::Credentials> {
-        for (key, set) in [
-            ("nsec_file", raw.nsec_file.is_some()),
-            ("nsec_env", raw.nsec_env.is_some()),
-        ] {
-            if set {
-                ctx.problem(
-                    key,
-                    "not used by stablevps accounts: they authenticate with an API key \
-                     (api_key_file or api_key_env)"
-                        .into(),
-                );
-            }
-        }
-        if raw.btc_amount_unit.is_some() {
-            ctx.problem(
-                "btc_amount_unit",
-                "only applies to lnvps accounts (StableVPS amounts are EUR)".into(),
-            );
-        }
-        let read = Self::api_key(
-            ctx,
-            raw.api_key_file.as_deref(),
-            raw.api_key_env.as_deref(),
-            ("api_key_file", "api_key_env"),
-        );
-        let write = (raw.write_api_key_file.is_some() || raw.write_api_key_env.is_some())
-            .then(|| {
-                Self::api_key(
-                    ctx,
-                    raw.write_api_key_file.as_deref(),
-                    raw.write_api_key_env.as_deref(),
-                    ("write_api_key_file", "write_api_key_env"),
-                )
-            })
-            .transpose();
-        match (read, write) {
-            (Ok(read), Ok(write)) => Some(crate::Credentials::ApiKey {
-                read,
-                write,
-                header: raw.auth_header.unwrap_or_default(),
-            }),
-            (read, write) => {
-                for (key, why) in [read.err(), write.err()].into_iter().flatten() {
-                    ctx.problem(key, why);
-                }
-                None
-            }
-        }
-    }
-
-    fn build(
-        &self,
-        account: &crate::AccountConfig,
-        ctx: crate::BuildContext<'_>,
-    ) -> Result<crate::SharedProvider, crate::BuildError> {
-        let crate::Credentials::ApiKey {
-            read,
-            write,
-            header,
-        } = &account.credentials
-        else {
-            return Err(crate::BuildError::Credentials {
-                kind: ProviderKind::Stablevps,
-                credentials: format!("{:?}", account.credentials),
-            });
-        };
-        let budget = ctx.budget(account);
-        let settings = ctx.http_settings();
-        let api = |key: &Secret<String>| {
-            let auth = Arc::new(ApiKeyAuth::new(key.clone(), *header));
-            let client = ApiClient::new(
-                account.base_url.clone(),
-                budget.clone(),
-                auth.clone(),
-                ctx.observer.clone(),
-                settings.clone(),
-            )?;
-            Ok::<_, crate::BuildError>((client, auth))
-        };
-        let read = api(read)?;
-        let write = write.as_ref().map(api).transpose()?;
-        let opts = StableVpsOptions {
-            account: account.name.clone(),
-            vm_names: account.vm_names.clone(),
-            plans: ctx.settings.stablevps_plans.clone(),
-            concurrency: ctx.settings.limits.concurrency,
-            runway_horizon_seconds: crate::runway::DEFAULT_HORIZON_SECONDS,
-        };
-        Ok(Arc::new(StableVpsClient::new(opts, read, write, ctx.clock)))
     }
 }

@@ -721,69 +721,6 @@ impl Provider for LnvpsClient {
 /// Shared so the daemon can build clients without naming this module's types.
 pub type SharedLnvps = Arc<LnvpsClient>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn btc_units_told_apart_by_magnitude() {
-        // Real server: 10,000,000 msat = 10,000 sat = 0.0001 BTC a month.
-        let real = btc_amount_to_btc(10_000_000.0, 30.0, BtcUnit::Auto);
-        assert!((real - 0.0001).abs() < 1e-12);
-        // Seed: 21,000 sat a month.
-        let seed = btc_amount_to_btc(21_000.0, 30.0, BtcUnit::Auto);
-        assert!((seed - 0.00021).abs() < 1e-12);
-        // Explicit units override the guess.
-        assert!((btc_amount_to_btc(21_000.0, 30.0, BtcUnit::Msat) - 0.00000021).abs() < 1e-15);
-    }
-
-    #[test]
-    fn fiat_is_cents() {
-        assert!((to_major_units(1249.0, "EUR", 30.0, BtcUnit::Auto) - 12.49).abs() < 1e-9);
-    }
-
-    #[test]
-    fn calendar_month_period() {
-        let from = DateTime::parse_from_rfc3339("2026-12-23T06:44:53Z")
-            .map(|t| t.with_timezone(&Utc))
-            .ok();
-        let p = from.and_then(|f| period_seconds(1, "month", f));
-        assert_eq!(p, Some(2_678_400.0)); // 31 days in December
-    }
-
-    #[test]
-    fn memory_fraction_and_bytes() {
-        let frac = ApiTimeSeriesPoint {
-            timestamp: 100,
-            memory: 0.25,
-            memory_size: 1024.0,
-            cpu: 0.1,
-            ..Default::default()
-        };
-        assert_eq!(usage_from_point(&frac).map(|u| u.memory_bytes), Some(256.0));
-        let bytes = ApiTimeSeriesPoint {
-            memory: 300_000_000.0,
-            ..frac
-        };
-        assert_eq!(
-            usage_from_point(&bytes).map(|u| u.memory_bytes),
-            Some(300_000_000.0)
-        );
-    }
-
-    #[test]
-    fn parses_real_samples() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/lnvps");
-        let text = std::fs::read_to_string(format!("{dir}/get_vm_list.json"))
-            .expect("tests/fixtures/lnvps holds the real LNVPS samples");
-        let env: Envelope<Vec<ApiVm>> = serde_json::from_str(&text).expect("sample parses");
-        let vm = map_vm(&env.data[0], Utc::now(), BtcUnit::Auto, &HashMap::new());
-        assert_eq!(vm.state, VmState::Running);
-        assert_eq!(vm.ipv4, Some(Ipv4Addr::new(127, 9, 94, 167)));
-        assert_eq!(vm.renewal.map(|r| r.price.currency), Some("BTC".into()));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The provider's entry in the registry
 // ---------------------------------------------------------------------------------------
@@ -877,5 +814,68 @@ impl crate::ProviderModule for Lnvps {
             concurrency: ctx.settings.limits.concurrency,
         };
         Ok(Arc::new(LnvpsClient::new(opts, api, ctx.clock)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btc_units_told_apart_by_magnitude() {
+        // Real server: 10,000,000 msat = 10,000 sat = 0.0001 BTC a month.
+        let real = btc_amount_to_btc(10_000_000.0, 30.0, BtcUnit::Auto);
+        assert!((real - 0.0001).abs() < 1e-12);
+        // Seed: 21,000 sat a month.
+        let seed = btc_amount_to_btc(21_000.0, 30.0, BtcUnit::Auto);
+        assert!((seed - 0.00021).abs() < 1e-12);
+        // Explicit units override the guess.
+        assert!((btc_amount_to_btc(21_000.0, 30.0, BtcUnit::Msat) - 0.00000021).abs() < 1e-15);
+    }
+
+    #[test]
+    fn fiat_is_cents() {
+        assert!((to_major_units(1249.0, "EUR", 30.0, BtcUnit::Auto) - 12.49).abs() < 1e-9);
+    }
+
+    #[test]
+    fn calendar_month_period() {
+        let from = DateTime::parse_from_rfc3339("2026-12-23T06:44:53Z")
+            .map(|t| t.with_timezone(&Utc))
+            .ok();
+        let p = from.and_then(|f| period_seconds(1, "month", f));
+        assert_eq!(p, Some(2_678_400.0)); // 31 days in December
+    }
+
+    #[test]
+    fn memory_fraction_and_bytes() {
+        let frac = ApiTimeSeriesPoint {
+            timestamp: 100,
+            memory: 0.25,
+            memory_size: 1024.0,
+            cpu: 0.1,
+            ..Default::default()
+        };
+        assert_eq!(usage_from_point(&frac).map(|u| u.memory_bytes), Some(256.0));
+        let bytes = ApiTimeSeriesPoint {
+            memory: 300_000_000.0,
+            ..frac
+        };
+        assert_eq!(
+            usage_from_point(&bytes).map(|u| u.memory_bytes),
+            Some(300_000_000.0)
+        );
+    }
+
+    #[test]
+    fn parses_real_samples() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/lnvps");
+        let text = std::fs::read_to_string(format!("{dir}/get_vm_list.json"))
+            .expect("tests/fixtures/lnvps holds the real LNVPS samples");
+        let env: Envelope<Vec<ApiVm>> = serde_json::from_str(&text).expect("sample parses");
+        let vm = map_vm(&env.data[0], Utc::now(), BtcUnit::Auto, &HashMap::new());
+        assert_eq!(vm.state, VmState::Running);
+        assert_eq!(vm.ipv4, Some(Ipv4Addr::new(127, 9, 94, 167)));
+        assert_eq!(vm.renewal.map(|r| r.price.currency), Some("BTC".into()));
     }
 }

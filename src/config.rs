@@ -18,14 +18,9 @@ use vpswatch_providers::{AccountConfig, ProviderLimits};
 use crate::notify::email::settings::{self as email_settings, EmailSettings};
 use crate::watchdog::maintenance::MaintenanceConfig;
 use crate::watchdog::rules::{self, RawRule, RawWatchdog, WatchdogConfig};
-use crate::web_config::limits::{ServerLimits, MIN_HEADER_BYTES};
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::{bounded_file, redact};
 use vpswatch_providers::stablevps::PlanTable;
-
-/// The port vpswatch listens on by default. Prometheus' allocation list for exporters
-/// (9100–9999) is exhausted; 10047 was unallocated when chosen.
-pub const DEFAULT_PORT: u16 = 10047;
 
 /// Where the journal and the alert outbox live unless `state_dir` says otherwise
 /// (systemd's `StateDirectory=vpswatch`).
@@ -48,7 +43,7 @@ struct RawGlobals {
     staleness_limit: Duration,
     max_response_bytes: usize,
     state_dir: PathBuf,
-    web: RawWeb,
+    web: crate::web_config::section::RawWeb,
     providers: vpswatch_providers::section::RawProviders,
     probes: ProbeConfig,
 }
@@ -62,67 +57,9 @@ impl Default for RawGlobals {
             staleness_limit: Duration::from_secs(300),
             max_response_bytes: 16 * 1024 * 1024,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            web: RawWeb::default(),
+            web: crate::web_config::section::RawWeb::default(),
             providers: vpswatch_providers::section::RawProviders::default(),
             probes: ProbeConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawWeb {
-    listen_address: String,
-    // --- web config file and server limits ---
-    config_file: Option<PathBuf>,
-    #[serde(with = "humantime_serde")]
-    config_reload_interval: Duration,
-    max_connections: usize,
-    #[serde(with = "humantime_serde")]
-    header_read_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    idle_timeout: Duration,
-    max_header_bytes: usize,
-    max_request_body_bytes: u64,
-}
-
-impl Default for RawWeb {
-    fn default() -> Self {
-        let limits = ServerLimits::default();
-        Self {
-            listen_address: format!("0.0.0.0:{DEFAULT_PORT}"),
-            config_file: None,
-            config_reload_interval: DEFAULT_WEB_CONFIG_RELOAD,
-            max_connections: limits.max_connections,
-            header_read_timeout: limits.header_read_timeout,
-            idle_timeout: limits.idle_timeout,
-            max_header_bytes: limits.max_header_bytes,
-            max_request_body_bytes: limits.max_request_body_bytes,
-        }
-    }
-}
-
-/// How often the web config file is checked for changes unless configured.
-pub const DEFAULT_WEB_CONFIG_RELOAD: Duration = Duration::from_secs(5);
-
-/// `[web]` beyond the listen address: the web config file (TLS, auth, headers) and the
-/// server's resource limits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebSettings {
-    /// `--web.config.file` / `web.config_file`: exporter-toolkit YAML; `None` = plain
-    /// HTTP without auth.
-    pub config_file: Option<PathBuf>,
-    /// How often the file (and the files it names) are checked for changes.
-    pub config_reload_interval: Duration,
-    pub limits: ServerLimits,
-}
-
-impl Default for WebSettings {
-    fn default() -> Self {
-        Self {
-            config_file: None,
-            config_reload_interval: DEFAULT_WEB_CONFIG_RELOAD,
-            limits: ServerLimits::default(),
         }
     }
 }
@@ -186,7 +123,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub listen_address: SocketAddr,
     /// Web config file and HTTP server limits (`[web]`).
-    pub web: WebSettings,
+    pub web: crate::web_config::section::WebSettings,
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
     pub probes: ProbeConfig,
@@ -273,50 +210,6 @@ pub const GLOBAL_KEYS: &[KeyDoc] = &[
     },
 ];
 
-/// `[web]`.
-pub const WEB_KEYS: &[KeyDoc] = &[
-    KeyDoc {
-        key: r#"`web.listen_address`"#,
-        default: r#"`0.0.0.0:10047`"#,
-        meaning: r#"address:port of the HTTP server"#,
-    },
-    KeyDoc {
-        key: r#"`web.config_file`"#,
-        default: r#"—"#,
-        meaning: r#"web config file (exporter-toolkit YAML: TLS, client certificates, basic auth, headers); `--web.config.file` overrides it. See [Security](security.md#web-config-tls-client-certificates-basic-auth-headers)"#,
-    },
-    KeyDoc {
-        key: r#"`web.config_reload_interval`"#,
-        default: r#"`5s`"#,
-        meaning: r#"how often the web config file and the certificate, key and CA files it names are checked for changes"#,
-    },
-    KeyDoc {
-        key: r#"`web.max_connections`"#,
-        default: r#"256"#,
-        meaning: r#"HTTP connections served at once; at the cap a new client is still accepted and the connection cheapest to lose is closed (one without a complete request head, else the longest idle)"#,
-    },
-    KeyDoc {
-        key: r#"`web.header_read_timeout`"#,
-        default: r#"`10s`"#,
-        meaning: r#"deadline for a request head (HTTP/1) and for the TLS handshake; also closes an idle HTTP/1 keep-alive connection"#,
-    },
-    KeyDoc {
-        key: r#"`web.idle_timeout`"#,
-        default: r#"`2m`"#,
-        meaning: r#"a connection on which no byte moves in either direction for this long is closed (HTTP/1 and HTTP/2, also a client that stops reading)"#,
-    },
-    KeyDoc {
-        key: r#"`web.max_header_bytes`"#,
-        default: r#"16384"#,
-        meaning: r#"largest request head; larger gets 431 (HTTP/1) or a stream error (HTTP/2); at least 8192"#,
-    },
-    KeyDoc {
-        key: r#"`web.max_request_body_bytes`"#,
-        default: r#"65536"#,
-        meaning: r#"largest request body; larger (declared or chunked) gets 413 and the connection is closed"#,
-    },
-];
-
 /// `[probes]`.
 pub const PROBE_KEYS: &[KeyDoc] = &[
     KeyDoc {
@@ -340,7 +233,7 @@ pub const PROBE_KEYS: &[KeyDoc] = &[
 pub fn reference_table() -> String {
     vpswatch_model::config_doc::markdown_table(&[
         GLOBAL_KEYS,
-        WEB_KEYS,
+        crate::web_config::section::WEB_KEYS,
         PROBE_KEYS,
         vpswatch_providers::account::LIMIT_KEYS,
         vpswatch_providers::account::ACCOUNT_KEYS,
@@ -499,9 +392,6 @@ fn parse_unredacted(
         ("request_timeout", g.request_timeout),
         ("poll_timeout", g.poll_timeout),
         ("staleness_limit", g.staleness_limit),
-        ("web.config_reload_interval", g.web.config_reload_interval),
-        ("web.header_read_timeout", g.web.header_read_timeout),
-        ("web.idle_timeout", g.web.idle_timeout),
     ] {
         if d.is_zero() {
             problems.push(Problem {
@@ -510,42 +400,7 @@ fn parse_unredacted(
             });
         }
     }
-    let listen_address = match g.web.listen_address.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            problems.push(Problem {
-                path: "web.listen_address".into(),
-                message: format!(
-                    "{:?} is not an address:port (e.g. \"0.0.0.0:{DEFAULT_PORT}\")",
-                    g.web.listen_address
-                ),
-            });
-            None
-        }
-    };
-    if g.web.max_connections == 0 {
-        problems.push(Problem {
-            path: "web.max_connections".into(),
-            message: "must be at least 1".into(),
-        });
-    }
-    if g.web.max_header_bytes < MIN_HEADER_BYTES {
-        problems.push(Problem {
-            path: "web.max_header_bytes".into(),
-            message: format!("must be at least {MIN_HEADER_BYTES}"),
-        });
-    }
-    let web = WebSettings {
-        config_file: g.web.config_file.clone(),
-        config_reload_interval: g.web.config_reload_interval,
-        limits: ServerLimits {
-            max_connections: g.web.max_connections,
-            header_read_timeout: g.web.header_read_timeout,
-            idle_timeout: g.web.idle_timeout,
-            max_header_bytes: g.web.max_header_bytes,
-            max_request_body_bytes: g.web.max_request_body_bytes,
-        },
-    };
+    let web = crate::web_config::section::check(g.web, &mut problems);
     let (provider_limits, stablevps_plans) =
         vpswatch_providers::section::check(g.providers, &mut problems);
 
@@ -572,8 +427,8 @@ fn parse_unredacted(
 
     check_rule_targets(&watchdog, &valid_accounts, &mut warnings);
 
-    match listen_address {
-        Some(listen_address) if problems.is_empty() => Ok(Config {
+    match web {
+        Some((listen_address, web)) if problems.is_empty() => Ok(Config {
             poll_interval: g.poll_interval,
             request_timeout: g.request_timeout,
             poll_timeout: g.poll_timeout,

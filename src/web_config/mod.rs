@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod limits;
 pub mod live;
+pub mod section;
 pub mod tls;
 
 use std::collections::BTreeMap;

@@ -210,8 +210,9 @@ async fn dispatch(command: Command) -> ExitCode {
                     vpswatch_sim::cli::serve_lnvps(listen, &scenario, owner, wait_for_signal())
                         .await
                 }
-                SimProvider::Stablevps if owner.is_some() => Err(anyhow::anyhow!(
+                SimProvider::Stablevps if owner.is_some() => Err(vpswatch_sim::SimError::Scenario(
                     "--owner is for LNVPS scenarios; StableVPS scenarios name their API keys"
+                        .into(),
                 )),
                 SimProvider::Stablevps => {
                     vpswatch_sim::cli::serve_stablevps(listen, &scenario, wait_for_signal()).await

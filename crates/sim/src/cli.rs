@@ -1,6 +1,7 @@
 //! `vpswatch simulate`: one fake provider on the system clock, with what a person needs
 //! to point a vpswatch at it printed on stdout.
 
+use crate::SimError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub async fn serve_lnvps(
     scenario: &str,
     owner_pubkey: Option<String>,
     stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), SimError> {
     let (owner, generated) = match owner_pubkey {
         Some(o) => (crate::scenario::normalize_pubkey(&o)?, None),
         None => {
@@ -70,7 +71,7 @@ pub async fn serve_stablevps(
     listen: SocketAddr,
     scenario: &str,
     stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), SimError> {
     let scenario = StableScenario::load(scenario)?;
     let keys: Vec<(String, KeyScope)> = scenario
         .accounts

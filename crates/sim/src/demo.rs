@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::SimError;
 use tokio_util::sync::CancellationToken;
 use vpswatch_model::clock::SharedClock;
 
@@ -69,21 +69,21 @@ pub struct DemoWorld {
 
 impl DemoWorld {
     /// Starts both simulators and the wallet on loopback, on `clock`.
-    pub async fn start(clock: SharedClock) -> anyhow::Result<DemoWorld> {
+    pub async fn start(clock: SharedClock) -> Result<DemoWorld, SimError> {
         let keys = nostr::Keys::generate();
         let owner = keys.public_key().to_hex();
-        let mut scenario =
-            Scenario::load("demo", Some(&owner)).context("loading the demo scenario")?;
+        let mut scenario = Scenario::load("demo", Some(&owner))
+            .map_err(|e| e.context("loading the demo scenario"))?;
         scenario.settings.vm_listen_port = Some(DEMO_VM_PORT);
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let sim = LnvpsSim::start(loopback, scenario, clock.clone())
             .await
-            .context("starting the LNVPS simulator")?;
+            .map_err(|e| e.context("starting the LNVPS simulator"))?;
         let mut stable = StableScenario::demo();
         stable.rdp_port = DEMO_RDP_PORT;
         let stablevps = StableVpsSim::start(loopback, stable, clock)
             .await
-            .context("starting the StableVPS simulator")?;
+            .map_err(|e| e.context("starting the StableVPS simulator"))?;
         let renewing = sim.add_vm(
             &owner,
             VmSpec {
@@ -96,11 +96,11 @@ impl DemoWorld {
             },
         );
         if renewing != DEMO_RENEWING_VM {
-            anyhow::bail!("the demo's renewing VM got id {renewing}, not {DEMO_RENEWING_VM}");
+            refuse!("the demo's renewing VM got id {renewing}, not {DEMO_RENEWING_VM}");
         }
         let wallet = NwcWalletService::start(sim.clone(), loopback, DEMO_WALLET_MSAT)
             .await
-            .context("starting the demo's NWC wallet service")?;
+            .map_err(|e| e.context("starting the demo's NWC wallet service"))?;
         Ok(DemoWorld {
             nwc_uri: wallet.uri(),
             sim,

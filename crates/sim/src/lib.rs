@@ -22,6 +22,60 @@
 //!   endpoints sit beside it);
 //! - `http`: hyper plumbing shared by the fake servers (bodies, replies, serving).
 
+/// Why a simulator could not load its scenario or start. Messages name the scenario key
+/// or the file, so `vpswatch simulate` prints them as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A scenario the simulator cannot run; the message names the key.
+    #[error("{0}")]
+    Scenario(String),
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Other {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SimError {
+    /// `source`, said to have happened while doing `what`.
+    pub fn other(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SimError {
+        SimError::Other {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// For `map_err` on an I/O result: the error, said to have happened while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SimError {
+        let what = what.into();
+        move |source| SimError::Io { what, source }
+    }
+
+    /// This error, said to have happened while doing `what`.
+    pub fn context(self, what: impl Into<String>) -> SimError {
+        SimError::other(what, self)
+    }
+}
+
+/// Returns a [`SimError::Scenario`] with a formatted message.
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        return Err($crate::SimError::Scenario(format!($($arg)*)))
+    };
+}
+
 pub mod cli;
 mod control;
 pub mod demo;

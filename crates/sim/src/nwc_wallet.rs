@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::SimError;
 use lightning_invoice::Bolt11Invoice;
 use nostr::nips::nip04;
 use nostr::nips::nip47::{
@@ -102,7 +102,7 @@ impl NwcWalletService {
         sim: LnvpsSimHandle,
         relay_addr: SocketAddr,
         balance_msat: u64,
-    ) -> anyhow::Result<NwcWalletService> {
+    ) -> Result<NwcWalletService, SimError> {
         let mut builder = RelayBuilder::default().addr(relay_addr.ip());
         if relay_addr.port() != 0 {
             builder = builder.port(relay_addr.port());
@@ -111,7 +111,7 @@ impl NwcWalletService {
         relay
             .run()
             .await
-            .context("starting the local Nostr relay")?;
+            .map_err(|e| SimError::other("starting the local Nostr relay", e))?;
         let relay_url = relay.url().await;
         let service = Keys::generate();
         let app = Keys::generate();
@@ -125,11 +125,11 @@ impl NwcWalletService {
         client
             .add_relay(relay_url.clone())
             .await
-            .context("adding the local relay")?;
+            .map_err(|e| SimError::other("adding the local relay", e))?;
         client
             .try_connect_relay(relay_url.clone(), Duration::from_secs(10))
             .await
-            .context("connecting the wallet service to the local relay")?;
+            .map_err(|e| SimError::other("connecting the wallet service to the local relay", e))?;
         let filter = Filter::new()
             .kind(Kind::WalletConnectRequest)
             .pubkey(service.public_key())
@@ -137,7 +137,7 @@ impl NwcWalletService {
         client
             .subscribe(filter, None)
             .await
-            .context("subscribing to wallet requests")?;
+            .map_err(|e| SimError::other("subscribing to wallet requests", e))?;
         let inner = Arc::new(Inner {
             relay,
             relay_url,

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use crate::SimError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -428,23 +428,23 @@ impl TimelineEvent {
             || self.remove
     }
 
-    fn validate(&self, index: usize, vm_count: usize) -> anyhow::Result<()> {
+    fn validate(&self, index: usize, vm_count: usize) -> Result<(), SimError> {
         let global = self.clear_faults
             || self.add_fault.is_some()
             || self.end_blackout
             || self.blackout.is_some()
             || self.reboot_duration.is_some();
         if !self.targets_vm() && !global {
-            bail!("timeline[{index}]: no action (set_state, set_expires, set_stale, set_timeseries_error, set_status_unavailable, crash, hang, stays_dead, needs_power_cycle, clear_action_failures, fail_actions, remove, clear_faults, add_fault, end_blackout, blackout or reboot_duration)");
+            refuse!("timeline[{index}]: no action (set_state, set_expires, set_stale, set_timeseries_error, set_status_unavailable, crash, hang, stays_dead, needs_power_cycle, clear_action_failures, fail_actions, remove, clear_faults, add_fault, end_blackout, blackout or reboot_duration)");
         }
         if let Some(problem) = self.fail_actions.as_ref().and_then(ActionFailure::problem) {
-            bail!("timeline[{index}].{problem}");
+            refuse!("timeline[{index}].{problem}");
         }
         if self.targets_vm() {
             match self.vm {
-                None => bail!("timeline[{index}]: a VM action needs `vm`"),
+                None => refuse!("timeline[{index}]: a VM action needs `vm`"),
                 Some(id) if id == 0 || id as usize > vm_count => {
-                    bail!("timeline[{index}]: vm {id} is not in the scenario (1..={vm_count})")
+                    refuse!("timeline[{index}]: vm {id} is not in the scenario (1..={vm_count})")
                 }
                 Some(_) => {}
             }
@@ -572,7 +572,7 @@ where
 impl Scenario {
     /// Loads a built-in by name (`demo`, `bench`, `bench:N`, `empty`) or a TOML/JSON
     /// file, then replaces the owner placeholder "default" with `owner_pubkey`.
-    pub fn load(path_or_name: &str, owner_pubkey: Option<&str>) -> anyhow::Result<Scenario> {
+    pub fn load(path_or_name: &str, owner_pubkey: Option<&str>) -> Result<Scenario, SimError> {
         let mut scenario = match Self::builtin(path_or_name)? {
             Some(s) => s,
             None => Self::from_file(path_or_name)?,
@@ -582,7 +582,7 @@ impl Scenario {
         Ok(scenario)
     }
 
-    fn builtin(name: &str) -> anyhow::Result<Option<Scenario>> {
+    fn builtin(name: &str) -> Result<Option<Scenario>, SimError> {
         Ok(match name {
             "demo" => Some(Self::demo(DEFAULT_OWNER)),
             "empty" => Some(Scenario::default()),
@@ -591,13 +591,13 @@ impl Scenario {
                 Some(spec) if spec.contains('x') => {
                     let (a, n) = spec.split_once('x').unwrap_or_default();
                     let (Ok(a), Ok(n)) = (a.parse::<usize>(), n.parse::<usize>()) else {
-                        bail!("scenario `{name}`: `bench:AxN` needs an account and a VM count");
+                        refuse!("scenario `{name}`: `bench:AxN` needs an account and a VM count");
                     };
                     Some(Self::bench_accounts(a, n)?)
                 }
                 Some(n) => {
-                    let n: usize = n.parse().with_context(|| {
-                        format!("scenario `{name}`: `bench:N` needs a VM count")
+                    let n: usize = n.parse().map_err(|e| {
+                        SimError::other(format!("scenario `{name}`: `bench:N` needs a VM count"), e)
                     })?;
                     Some(Self::bench(n, DEFAULT_OWNER))
                 }
@@ -606,35 +606,35 @@ impl Scenario {
         })
     }
 
-    fn from_file(path: &str) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("scenario `{path}` is neither a built-in (demo, bench, bench:N, empty) nor a readable file (or bench:AxN)")
-        })?;
+    fn from_file(path: &str) -> Result<Scenario, SimError> {
+        let text = std::fs::read_to_string(path).map_err(SimError::io(format!(
+            "scenario `{path}` is neither a built-in (demo, bench, bench:N, empty) nor a readable file (or bench:AxN)"
+        )))?;
         if path.ends_with(".json") {
-            Self::from_json(&text).with_context(|| format!("scenario file {path}"))
+            Self::from_json(&text).map_err(|e| e.context(format!("scenario file {path}")))
         } else {
-            Self::from_toml(&text).with_context(|| format!("scenario file {path}"))
+            Self::from_toml(&text).map_err(|e| e.context(format!("scenario file {path}")))
         }
     }
 
-    pub fn from_toml(text: &str) -> anyhow::Result<Scenario> {
+    pub fn from_toml(text: &str) -> Result<Scenario, SimError> {
         Ok(toml::from_str(text)?)
     }
 
-    pub fn from_json(text: &str) -> anyhow::Result<Scenario> {
+    pub fn from_json(text: &str) -> Result<Scenario, SimError> {
         Ok(serde_json::from_str(text)?)
     }
 
     /// Replaces "default" owners with `owner` (hex or npub), and normalises every
     /// owner to lowercase hex.
-    pub fn resolve_owners(&mut self, owner: Option<&str>) -> anyhow::Result<()> {
+    pub fn resolve_owners(&mut self, owner: Option<&str>) -> Result<(), SimError> {
         let default = owner.map(normalize_pubkey).transpose()?;
-        let resolve = |o: &mut String| -> anyhow::Result<()> {
+        let resolve = |o: &mut String| -> Result<(), SimError> {
             if o == DEFAULT_OWNER {
                 match &default {
                     Some(d) => *o = d.clone(),
                     None => {
-                        bail!("the scenario uses owner \"default\" but no owner pubkey was given")
+                        refuse!("the scenario uses owner \"default\" but no owner pubkey was given")
                     }
                 }
             } else {
@@ -652,12 +652,12 @@ impl Scenario {
     }
 
     /// Checks what serde cannot: timeline targets and actions.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), SimError> {
         for (i, ev) in self.timeline.iter().enumerate() {
             ev.validate(i, self.vms.len())?;
         }
         if self.rate_limit.window.is_zero() {
-            bail!("rate_limit.window must be positive");
+            refuse!("rate_limit.window must be positive");
         }
         Ok(())
     }
@@ -776,10 +776,11 @@ impl Scenario {
     /// `accounts` users, each owning `per_account` VMs shaped like [`Scenario::bench`]
     /// (`bench:AxN`). Owner `i`'s secret key is [`bench_account_secret`]`(i)`, so a
     /// benchmark can sign as every owner without being told the keys.
-    pub fn bench_accounts(accounts: usize, per_account: usize) -> anyhow::Result<Scenario> {
+    pub fn bench_accounts(accounts: usize, per_account: usize) -> Result<Scenario, SimError> {
         let mut scenario = Scenario::default();
         for i in 0..accounts {
-            let owner = nostr::Keys::parse(&bench_account_secret(i))?
+            let owner = nostr::Keys::parse(&bench_account_secret(i))
+                .map_err(|e| SimError::other(format!("bench account {i}'s key"), e))?
                 .public_key()
                 .to_hex();
             scenario.users.push(UserSpec {
@@ -800,8 +801,11 @@ pub fn bench_account_secret(i: usize) -> String {
 }
 
 /// Hex or npub → lowercase hex, validating the key.
-pub fn normalize_pubkey(s: &str) -> anyhow::Result<String> {
-    let pk = nostr::PublicKey::parse(s.trim())
-        .map_err(|e| anyhow::anyhow!("`{s}` is not a Nostr public key (hex or npub): {e}"))?;
+pub fn normalize_pubkey(s: &str) -> Result<String, SimError> {
+    let pk = nostr::PublicKey::parse(s.trim()).map_err(|e| {
+        SimError::Scenario(format!(
+            "`{s}` is not a Nostr public key (hex or npub): {e}"
+        ))
+    })?;
     Ok(pk.to_hex())
 }

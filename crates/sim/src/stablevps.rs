@@ -43,7 +43,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::SimError;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::header::RETRY_AFTER;
@@ -113,12 +113,16 @@ impl StableVpsSim {
         listen: SocketAddr,
         scenario: StableScenario,
         clock: SharedClock,
-    ) -> anyhow::Result<StableVpsSimHandle> {
+    ) -> Result<StableVpsSimHandle, SimError> {
         scenario.validate()?;
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding the StableVPS simulator to {listen}"))?;
-        let addr = listener.local_addr()?;
+            .map_err(SimError::io(format!(
+                "binding the StableVPS simulator to {listen}"
+            )))?;
+        let addr = listener
+            .local_addr()
+            .map_err(SimError::io("reading the listening address"))?;
         let shutdown = CancellationToken::new();
         let runtime = tokio::runtime::Handle::current();
         let world = World::new(scenario, clock.now(), runtime, shutdown.clone());

@@ -6,6 +6,7 @@
 //! Everything is advanced lazily by [`World::tick`] with the simulator's "now", so a
 //! manual test clock drives the whole world.
 
+use crate::SimError;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -658,7 +659,7 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(scenario: Scenario, start: DateTime<Utc>) -> anyhow::Result<World> {
+    pub fn new(scenario: Scenario, start: DateTime<Utc>) -> Result<World, SimError> {
         let start = whole_seconds(start);
         let mut timeline = scenario.timeline;
         timeline.sort_by_key(|e| e.at);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::SimError;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
@@ -82,12 +82,16 @@ impl LnvpsSim {
         listen: SocketAddr,
         scenario: Scenario,
         clock: SharedClock,
-    ) -> anyhow::Result<LnvpsSimHandle> {
+    ) -> Result<LnvpsSimHandle, SimError> {
         scenario.validate()?;
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding the LNVPS simulator to {listen}"))?;
-        let addr = listener.local_addr()?;
+            .map_err(SimError::io(format!(
+                "binding the LNVPS simulator to {listen}"
+            )))?;
+        let addr = listener
+            .local_addr()
+            .map_err(SimError::io("reading the listening address"))?;
         let default_owner = scenario.vms.first().map(|v| v.owner.clone());
         let limiter = RateLimiter::new(scenario.rate_limit.clone());
         let world = World::new(scenario, clock.now())?;

@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use crate::SimError;
 use serde::{Deserialize, Serialize};
 
 use crate::faults::Fault;
@@ -94,26 +94,26 @@ impl StableTimelineEvent {
             || self.remove
     }
 
-    fn validate(&self, index: usize, vps_count: usize) -> anyhow::Result<()> {
+    fn validate(&self, index: usize, vps_count: usize) -> Result<(), SimError> {
         let global = self.clear_faults
             || self.add_fault.is_some()
             || self.end_blackout
             || self.blackout.is_some()
             || self.reboot_duration.is_some();
         if !self.targets_vps() && !global {
-            bail!("timeline[{index}]: no action (set_status, set_vps_status, crash, hang, stays_dead, needs_power_cycle, clear_action_failures, fail_actions, remove, clear_faults, add_fault, end_blackout, blackout or reboot_duration)");
+            refuse!("timeline[{index}]: no action (set_status, set_vps_status, crash, hang, stays_dead, needs_power_cycle, clear_action_failures, fail_actions, remove, clear_faults, add_fault, end_blackout, blackout or reboot_duration)");
         }
         if self.targets_vps() {
             match self.vps {
-                None => bail!("timeline[{index}]: a VPS action needs `vps`"),
+                None => refuse!("timeline[{index}]: a VPS action needs `vps`"),
                 Some(i) if i >= vps_count => {
-                    bail!("timeline[{index}]: vps {i} is not in the scenario (0..{vps_count})")
+                    refuse!("timeline[{index}]: vps {i} is not in the scenario (0..{vps_count})")
                 }
                 Some(_) => {}
             }
         }
         if let Some(problem) = self.fail_actions.as_ref().and_then(ActionFailure::problem) {
-            bail!("timeline[{index}].{problem}");
+            refuse!("timeline[{index}].{problem}");
         }
         Ok(())
     }
@@ -395,7 +395,7 @@ impl StableScenario {
     }
 
     /// A built-in by name (`demo`, `empty`, `bench:AxN`) or a TOML/JSON file (by extension).
-    pub fn load(path_or_name: &str) -> anyhow::Result<StableScenario> {
+    pub fn load(path_or_name: &str) -> Result<StableScenario, SimError> {
         let scenario = match path_or_name {
             "demo" => Self::demo(),
             "empty" => Self::default(),
@@ -403,63 +403,61 @@ impl StableScenario {
                 let spec = &name["bench:".len()..];
                 let (a, n) = spec.split_once('x').unwrap_or(("1", spec));
                 let (Ok(a), Ok(n)) = (a.parse::<usize>(), n.parse::<usize>()) else {
-                    bail!("scenario `{name}`: `bench:AxN` needs an account and a VPS count");
+                    refuse!("scenario `{name}`: `bench:AxN` needs an account and a VPS count");
                 };
                 Self::bench(a, n)
             }
             path => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!(
-                        "scenario `{path}` is neither a built-in (demo, empty) nor a readable file"
-                    )
-                })?;
+                let text = std::fs::read_to_string(path).map_err(SimError::io(format!(
+                    "scenario `{path}` is neither a built-in (demo, empty) nor a readable file"
+                )))?;
                 if path.ends_with(".json") {
                     Self::from_json(&text)
                 } else {
                     Self::from_toml(&text)
                 }
-                .with_context(|| format!("scenario file {path}"))?
+                .map_err(|e| e.context(format!("scenario file {path}")))?
             }
         };
         scenario.validate()?;
         Ok(scenario)
     }
 
-    pub fn from_toml(text: &str) -> anyhow::Result<StableScenario> {
+    pub fn from_toml(text: &str) -> Result<StableScenario, SimError> {
         Ok(toml::from_str(text)?)
     }
 
-    pub fn from_json(text: &str) -> anyhow::Result<StableScenario> {
+    pub fn from_json(text: &str) -> Result<StableScenario, SimError> {
         Ok(serde_json::from_str(text)?)
     }
 
     /// Checks what serde cannot: key format and uniqueness, balances, VPS owners.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), SimError> {
         let mut seen = std::collections::HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
             if !a.balance.is_finite() {
-                bail!("accounts[{i}].balance must be a finite number");
+                refuse!("accounts[{i}].balance must be a finite number");
             }
             if let Some(id) = &a.id {
                 if id.is_empty() {
-                    bail!("accounts[{i}].id must not be empty");
+                    refuse!("accounts[{i}].id must not be empty");
                 }
             }
             for k in &a.keys {
                 if !k.key.starts_with("svps_live_") || k.key.len() <= "svps_live_".len() {
-                    bail!(
+                    refuse!(
                         "accounts[{i}]: key `{}` must look like svps_live_<hex>",
                         k.key
                     );
                 }
                 if !seen.insert(k.key.as_str()) {
-                    bail!("accounts[{i}]: key `{}` is used twice", k.key);
+                    refuse!("accounts[{i}]: key `{}` is used twice", k.key);
                 }
             }
         }
         for (i, v) in self.vps.iter().enumerate() {
             if self.account_index(&v.account).is_none() {
-                bail!("vps[{i}].account `{}` names no account", v.account);
+                refuse!("vps[{i}].account `{}` names no account", v.account);
             }
         }
         for (i, ev) in self.timeline.iter().enumerate() {

@@ -194,6 +194,8 @@ pub struct Config {
     pub renew_rules: Vec<crate::renew::config::RenewRule>,
     /// The `[email]` section; `None` when mail is not configured (alerts go to the log).
     pub email: Option<EmailSettings>,
+    /// `[alertmanager]`: the webhook receiver; `None` = off.
+    pub alertmanager: Option<crate::watchdog::webhook::WebhookConfig>,
     /// StableVPS plans by `planId`: the built-in table with the config's overrides.
     pub stablevps_plans: PlanTable,
     /// Things worth telling the operator that do not stop the daemon.
@@ -343,6 +345,7 @@ pub fn reference_table() -> String {
         PROBE_KEYS,
         vpswatch_providers::account::LIMIT_KEYS,
         vpswatch_providers::account::ACCOUNT_KEYS,
+        crate::watchdog::webhook::KEYS,
     ])
 }
 
@@ -449,6 +452,7 @@ fn parse_unredacted(
     let raw_watchdog = table.remove("watchdog");
     let raw_maintenance = table.remove("maintenance");
     let raw_email = table.remove("email");
+    let raw_alertmanager = table.remove("alertmanager");
     let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
@@ -483,6 +487,19 @@ fn parse_unredacted(
         raw_maintenance,
         &mut problems,
         (env, &mut warnings, &mut renew_rules),
+    );
+    let rule_names: Vec<String> = watchdog
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(renew_rules.iter().map(|r| r.name.clone()))
+        .collect();
+    let alertmanager = crate::watchdog::webhook::read(
+        raw_alertmanager,
+        &rule_names,
+        env,
+        &mut problems,
+        &mut warnings,
     );
     // Read before the early return below so every section's problems are listed.
     let email =
@@ -587,6 +604,7 @@ fn parse_unredacted(
             watchdog,
             renew_rules,
             email,
+            alertmanager,
             stablevps_plans,
             warnings,
         }),

@@ -17,3 +17,4 @@ pub mod rules;
 pub mod selector;
 pub mod silences;
 pub mod state;
+pub mod webhook;

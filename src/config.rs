@@ -137,6 +137,8 @@ pub struct ProbeConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub ports: ProbePorts,
+    /// `[[probes.targets]]`: per-VM ports, hosts, exclusions (see `watchdog::probe_targets`).
+    pub targets: Vec<crate::watchdog::probe_targets::ProbeTargetConfig>,
 }
 
 impl Default for ProbeConfig {
@@ -146,6 +148,7 @@ impl Default for ProbeConfig {
             interval: Duration::from_secs(30),
             timeout: Duration::from_secs(3),
             ports: ProbePorts::default(),
+            targets: Vec::new(),
         }
     }
 }
@@ -343,6 +346,7 @@ pub fn reference_table() -> String {
         GLOBAL_KEYS,
         WEB_KEYS,
         PROBE_KEYS,
+        crate::watchdog::probe_targets::KEYS,
         vpswatch_providers::account::LIMIT_KEYS,
         vpswatch_providers::account::ACCOUNT_KEYS,
         crate::watchdog::webhook::KEYS,
@@ -587,6 +591,15 @@ fn parse_unredacted(
     }
 
     check_rule_targets(&watchdog, &valid_accounts, &mut warnings);
+    crate::watchdog::probe_targets::check(
+        &g.probes.targets,
+        &valid_accounts
+            .iter()
+            .map(|a| (a.provider, a.name.clone()))
+            .collect::<Vec<_>>(),
+        &mut problems,
+        &mut warnings,
+    );
 
     match listen_address {
         Some(listen_address) if problems.is_empty() => Ok(Config {

@@ -53,6 +53,7 @@ fn probe_settings(config: &Config) -> ProbeSettings {
         ]
         .into_iter()
         .collect(),
+        targets: crate::watchdog::probe_targets::ProbeTargets::new(&config.probes.targets),
         rule_ports: config
             .watchdog
             .rules

@@ -323,6 +323,13 @@ impl Engine {
             if !self.rules[rule_idx].selector.matches(target) {
                 continue;
             }
+            let probe_key = (snap.provider, snap.account.clone(), vm.id.clone());
+            if self.rules[rule_idx].condition == Condition::ProbeFailing
+                && probes.get(&probe_key).is_some_and(Vec::is_empty)
+            {
+                // Excluded from probing ([[probes.targets]]): not this rule's target.
+                continue;
+            }
             let port = self.rules[rule_idx].port;
             let probe = probes
                 .get(&(snap.provider, snap.account.clone(), vm.id.clone()))

@@ -12,6 +12,7 @@ pub mod gates;
 pub mod journal;
 pub mod maintenance;
 pub mod probe;
+pub mod probe_targets;
 pub mod report;
 pub mod rules;
 pub mod selector;

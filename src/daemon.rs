@@ -145,8 +145,7 @@ impl Daemon {
         // The state store is only opened (and created) when something persists: the
         // watchdog's journal or the email outbox.
         let watchdog_runs = !config.watchdog.rules.is_empty() || config.alertmanager.is_some();
-        let state = if !watchdog_runs && config.email.is_none() && config.renew_rules.is_empty()
-        {
+        let state = if !watchdog_runs && config.email.is_none() && config.renew_rules.is_empty() {
             None
         } else {
             Some(StateStore::open(&config.state_dir)?)

@@ -645,7 +645,11 @@ impl Engine {
         else {
             return;
         };
-        if self.guards(rule, key, remedy, vm, &provider, now).await.is_err() {
+        if self
+            .guards(rule, key, remedy, vm, &provider, now)
+            .await
+            .is_err()
+        {
             return;
         }
         self.act(rule, key, remedy, snap, vm, obs, provider, now, None);
@@ -797,7 +801,9 @@ impl Engine {
             } else {
                 Source::Rule
             },
-            alert: episode.as_ref().map(|e| format!("{} {}", e.alertname, e.key)),
+            alert: episode
+                .as_ref()
+                .map(|e| format!("{} {}", e.alertname, e.key)),
         };
         let episode = episode.map(|mut e| {
             e.action = Some(id);
@@ -1053,7 +1059,10 @@ impl Engine {
                 ));
             }
             if e.resolved_at.is_some() {
-                return Ok(("duplicate", "this firing episode is already resolved".into()));
+                return Ok((
+                    "duplicate",
+                    "this firing episode is already resolved".into(),
+                ));
             }
         }
         let Some(mapping) = self.mappings.iter().find(|m| m.matches(&alert.labels)) else {
@@ -1188,10 +1197,7 @@ impl Engine {
         else {
             return Ok(self.ignored(alert, "unknown_vm", "no provider client".into()));
         };
-        if let Err(s) = self
-            .guards(&rule, &key, remedy, vm, &provider, now)
-            .await
-        {
+        if let Err(s) = self.guards(&rule, &key, remedy, vm, &provider, now).await {
             return Ok(("skipped", s.describe()));
         }
         let obs = Observation {
@@ -1210,10 +1216,23 @@ impl Engine {
             updated_at: now,
         };
         let dry_run = self.dry_run || rule.dry_run;
-        match self.act(&rule, &key, remedy, &snap, vm, &obs, provider, now, Some(ep)) {
+        match self.act(
+            &rule,
+            &key,
+            remedy,
+            &snap,
+            vm,
+            &obs,
+            provider,
+            now,
+            Some(ep),
+        ) {
             Some(id) if dry_run => Ok((
                 "dry_run",
-                format!("dry run: would have sent {} (journal #{id})", remedy.as_str()),
+                format!(
+                    "dry run: would have sent {} (journal #{id})",
+                    remedy.as_str()
+                ),
             )),
             Some(id) => Ok(("acted", format!("{} sent (journal #{id})", remedy.as_str()))),
             None => Err("the journal could not be written; nothing was sent".into()),
@@ -1232,16 +1251,19 @@ impl Engine {
             Ok((_, a, v)) => (a.to_string(), v.to_string()),
             Err(_) => Default::default(),
         };
-        let ep = self.episodes.entry(episode.clone()).or_insert_with(|| Episode {
-            key: episode,
-            alertname: alert.alertname().to_string(),
-            rule: String::new(),
-            account,
-            vm,
-            action: None,
-            resolved_at: None,
-            updated_at: now,
-        });
+        let ep = self
+            .episodes
+            .entry(episode.clone())
+            .or_insert_with(|| Episode {
+                key: episode,
+                alertname: alert.alertname().to_string(),
+                rule: String::new(),
+                account,
+                vm,
+                action: None,
+                resolved_at: None,
+                updated_at: now,
+            });
         if ep.resolved_at.is_some() {
             return ("duplicate", "this episode is already closed".into());
         }

@@ -138,7 +138,10 @@ async fn probe_addr(addr: &Addr, port: u16, timeout: Duration) -> (bool, Duratio
 /// The targets of one round: every running VM in the current snapshots, on its own
 /// target (`[[probes.targets]]`, else its account's port on its IPv4) and on every port a
 /// matching rule asks for; plus the VMs excluded from probing.
-fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> (Vec<(VmKey, Addr, u16, bool)>, Vec<VmKey>) {
+fn targets(
+    store: &SnapshotStore,
+    settings: &ProbeSettings,
+) -> (Vec<(VmKey, Addr, u16, bool)>, Vec<VmKey>) {
     let mut out = Vec::new();
     let mut excluded = Vec::new();
     for snap in store.all() {
@@ -176,7 +179,11 @@ fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> (Vec<(VmKey, Addr
                 .collect();
             extra.sort_unstable();
             extra.dedup();
-            out.extend(extra.into_iter().map(|p| (key.clone(), ip.clone(), p, false)));
+            out.extend(
+                extra
+                    .into_iter()
+                    .map(|p| (key.clone(), ip.clone(), p, false)),
+            );
         }
     }
     (out, excluded)

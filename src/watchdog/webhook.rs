@@ -426,7 +426,10 @@ impl Alert {
     }
 
     pub fn alertname(&self) -> &str {
-        self.labels.get("alertname").map(String::as_str).unwrap_or("")
+        self.labels
+            .get("alertname")
+            .map(String::as_str)
+            .unwrap_or("")
     }
 }
 
@@ -564,7 +567,10 @@ mod tests {
         let a = &p.alerts[0];
         assert_eq!(a.alertname(), "VpsUnhealthy");
         assert_eq!(a.vm(), Ok((ProviderKind::Lnvps, "main", "101")));
-        assert_eq!(a.episode(), "c0ffee0123456789@2030-01-02T03:04:05.678+00:00");
+        assert_eq!(
+            a.episode(),
+            "c0ffee0123456789@2030-01-02T03:04:05.678+00:00"
+        );
     }
 
     #[test]
@@ -639,7 +645,10 @@ action = "explode"
         let paths: Vec<&str> = e.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["alertmanager.actions[0].name", "alertmanager.actions[0].action"]
+            [
+                "alertmanager.actions[0].name",
+                "alertmanager.actions[0].action"
+            ]
         );
     }
 

@@ -176,7 +176,10 @@ vms = ["3"]
     // Bad input: 400 with the reason, 413 over the limit.
     let (status, body) = post(&h, Some(TOKEN), "{".into()).await;
     assert_eq!(status, 400);
-    assert!(body.contains("not an Alertmanager webhook payload"), "{body}");
+    assert!(
+        body.contains("not an Alertmanager webhook payload"),
+        "{body}"
+    );
     let (status, body) = post(&h, Some(TOKEN), firing.replace("\"4\"", "\"3\"")).await;
     assert_eq!(status, 400);
     assert!(body.contains("version \"3\""), "{body}");
@@ -186,7 +189,11 @@ vms = ["3"]
 
     // The first accepted delivery acts: so none of the refused ones did.
     let (status, body) = post(&h, Some(TOKEN), firing.clone()).await;
-    assert_eq!((status, result_of(&body).as_str()), (200, "acted"), "{body}");
+    assert_eq!(
+        (status, result_of(&body).as_str()),
+        (200, "acted"),
+        "{body}"
+    );
     wait_for("the restart reached the simulator", T, || async {
         restarts(&h, 1) == 1
     })
@@ -244,7 +251,11 @@ vms = ["3"]
     };
     assert_eq!(with("2", "dry_run"), Some(1.0), "{}", e.text);
     assert_eq!(with("3", "skipped_maintenance"), Some(1.0), "{}", e.text);
-    assert_eq!(restarts(&h, 2) + restarts(&h, 3), 0, "dry run and maintenance never send");
+    assert_eq!(
+        restarts(&h, 2) + restarts(&h, 3),
+        0,
+        "dry run and maintenance never send"
+    );
 
     let journal = h
         .http
@@ -258,7 +269,10 @@ vms = ["3"]
     let journal: Value = serde_json::from_str(&journal).expect("json");
     let entries = journal["actions"].as_array().expect("actions");
     assert_eq!(entries.len(), 2, "{journal}");
-    assert!(entries.iter().all(|a| a["source"] == "alertmanager"), "{journal}");
+    assert!(
+        entries.iter().all(|a| a["source"] == "alertmanager"),
+        "{journal}"
+    );
     assert!(
         entries
             .iter()
@@ -401,8 +415,10 @@ scrape_configs:
 
     // Episode 1: the guest hangs; the alert fires; one restart cures it.
     h.sim.set_hung(1, true);
-    h.wait_metrics("the first episode acted", T, |e| am_alerts(e, "acted") == 1.0)
-        .await;
+    h.wait_metrics("the first episode acted", T, |e| {
+        am_alerts(e, "acted") == 1.0
+    })
+    .await;
     // Both peers and their repeats deliver the same episode again while the VM boots.
     let e = h
         .wait_metrics("re-sends of the first episode", T, |e| {
@@ -433,8 +449,10 @@ scrape_configs:
 
     // Episode 2, after the cooldown: acts again, once.
     h.sim.set_hung(1, true);
-    h.wait_metrics("the second episode acted", T, |e| am_alerts(e, "acted") == 2.0)
-        .await;
+    h.wait_metrics("the second episode acted", T, |e| {
+        am_alerts(e, "acted") == 2.0
+    })
+    .await;
     wait_for("the second restart reached the simulator", T, || async {
         restarts(&h, 1) == 2
     })

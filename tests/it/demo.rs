@@ -171,7 +171,10 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         .expect("webhook answered");
     let status = r.status();
     let body = r.text().await.unwrap_or_default();
-    assert!(status.is_success() && body.contains("\"acted\""), "{status} {body}");
+    assert!(
+        status.is_success() && body.contains("\"acted\""),
+        "{status} {body}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = client
@@ -190,7 +193,10 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         }) {
             break;
         }
-        assert!(Instant::now() < deadline, "no alert-driven restart:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no alert-driven restart:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -207,7 +207,11 @@ patience = "1m"
     assert!(!e.has("vps_probe_success", &[("vm", "3")]));
     // VM 3 is no target of the probe rule at all (not even "unknown").
     assert!(!e.has("vpswatch_rule_firing", &[("vm", "3")]), "{}", e.text);
-    assert!(!e.has("vpswatch_rule_unknown", &[("vm", "3")]), "{}", e.text);
+    assert!(
+        !e.has("vpswatch_rule_unknown", &[("vm", "3")]),
+        "{}",
+        e.text
+    );
 
     // VM 2's own port dies: the rule reboots VM 2, and only VM 2.
     h.sim.set_hung(2, true);
@@ -218,12 +222,7 @@ patience = "1m"
         ) == Some(1.0)
     })
     .await;
-    let restarted: Vec<u64> = h
-        .sim
-        .actions()
-        .iter()
-        .map(|a| a.vm_id)
-        .collect();
+    let restarted: Vec<u64> = h.sim.actions().iter().map(|a| a.vm_id).collect();
     assert_eq!(restarted, vec![2]);
     h.shutdown().await;
 }

@@ -112,6 +112,10 @@ pub async fn probe_tcp(ip: Ipv4Addr, port: u16, timeout: Duration) -> (bool, Dur
     (ok, started.elapsed())
 }
 
+/// One probe of a round: the VM, where to connect, the port, and whether it is the VM's
+/// own target (as opposed to a port a rule added).
+type ProbeTarget = (VmKey, Addr, u16, bool);
+
 /// Where one probe connects: the VM's IPv4 or a configured host (IP or DNS name).
 #[derive(Debug, Clone)]
 enum Addr {
@@ -141,7 +145,7 @@ async fn probe_addr(addr: &Addr, port: u16, timeout: Duration) -> (bool, Duratio
 fn targets(
     store: &SnapshotStore,
     settings: &ProbeSettings,
-) -> (Vec<(VmKey, Addr, u16, bool)>, Vec<VmKey>) {
+) -> (Vec<ProbeTarget>, Vec<VmKey>) {
     let mut out = Vec::new();
     let mut excluded = Vec::new();
     for snap in store.all() {

@@ -142,10 +142,7 @@ async fn probe_addr(addr: &Addr, port: u16, timeout: Duration) -> (bool, Duratio
 /// The targets of one round: every running VM in the current snapshots, on its own
 /// target (`[[probes.targets]]`, else its account's port on its IPv4) and on every port a
 /// matching rule asks for; plus the VMs excluded from probing.
-fn targets(
-    store: &SnapshotStore,
-    settings: &ProbeSettings,
-) -> (Vec<ProbeTarget>, Vec<VmKey>) {
+fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> (Vec<ProbeTarget>, Vec<VmKey>) {
     let mut out = Vec::new();
     let mut excluded = Vec::new();
     for snap in store.all() {

@@ -74,6 +74,8 @@ pub struct ProbeConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub ports: ProbePorts,
+    /// `[[probes.targets]]`: per-VM ports, hosts, exclusions (see `watchdog::probe_targets`).
+    pub targets: Vec<crate::watchdog::probe_targets::ProbeTargetConfig>,
 }
 
 impl Default for ProbeConfig {
@@ -83,6 +85,7 @@ impl Default for ProbeConfig {
             interval: Duration::from_secs(30),
             timeout: Duration::from_secs(3),
             ports: ProbePorts::default(),
+            targets: Vec::new(),
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct Config {
     pub renew_rules: Vec<crate::renew::config::RenewRule>,
     /// The `[email]` section; `None` when mail is not configured (alerts go to the log).
     pub email: Option<EmailSettings>,
+    /// `[alertmanager]`: the webhook receiver; `None` = off.
+    pub alertmanager: Option<crate::watchdog::webhook::WebhookConfig>,
     /// StableVPS plans by `planId`: the built-in table with the config's overrides.
     pub stablevps_plans: PlanTable,
     /// Things worth telling the operator that do not stop the daemon.
@@ -235,8 +240,10 @@ pub fn reference_table() -> String {
         GLOBAL_KEYS,
         crate::web_config::section::WEB_KEYS,
         PROBE_KEYS,
+        crate::watchdog::probe_targets::KEYS,
         vpswatch_providers::account::LIMIT_KEYS,
         vpswatch_providers::account::ACCOUNT_KEYS,
+        crate::watchdog::webhook::KEYS,
     ])
 }
 
@@ -343,6 +350,7 @@ fn parse_unredacted(
     let raw_watchdog = table.remove("watchdog");
     let raw_maintenance = table.remove("maintenance");
     let raw_email = table.remove("email");
+    let raw_alertmanager = table.remove("alertmanager");
     let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
@@ -377,6 +385,19 @@ fn parse_unredacted(
         raw_maintenance,
         &mut problems,
         (env, &mut warnings, &mut renew_rules),
+    );
+    let rule_names: Vec<String> = watchdog
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(renew_rules.iter().map(|r| r.name.clone()))
+        .collect();
+    let alertmanager = crate::watchdog::webhook::read(
+        raw_alertmanager,
+        &rule_names,
+        env,
+        &mut problems,
+        &mut warnings,
     );
     // Read before the early return below so every section's problems are listed.
     let email =
@@ -426,6 +447,15 @@ fn parse_unredacted(
     }
 
     check_rule_targets(&watchdog, &valid_accounts, &mut warnings);
+    crate::watchdog::probe_targets::check(
+        &g.probes.targets,
+        &valid_accounts
+            .iter()
+            .map(|a| (a.provider, a.name.clone()))
+            .collect::<Vec<_>>(),
+        &mut problems,
+        &mut warnings,
+    );
 
     match web {
         Some((listen_address, web)) if problems.is_empty() => Ok(Config {
@@ -443,6 +473,7 @@ fn parse_unredacted(
             watchdog,
             renew_rules,
             email,
+            alertmanager,
             stablevps_plans,
             warnings,
         }),

@@ -52,6 +52,7 @@ fn probe_settings(config: &Config) -> ProbeSettings {
         ]
         .into_iter()
         .collect(),
+        targets: crate::watchdog::probe_targets::ProbeTargets::new(&config.probes.targets),
         rule_ports: config
             .watchdog
             .rules
@@ -172,10 +173,8 @@ impl Daemon {
 
         // The state store is only opened (and created) when something persists: the
         // watchdog's journal or the email outbox.
-        let state = if config.watchdog.rules.is_empty()
-            && config.email.is_none()
-            && config.renew_rules.is_empty()
-        {
+        let watchdog_runs = !config.watchdog.rules.is_empty() || config.alertmanager.is_some();
+        let state = if !watchdog_runs && config.email.is_none() && config.renew_rules.is_empty() {
             None
         } else {
             Some(StateStore::open(&config.state_dir)?)
@@ -229,8 +228,16 @@ impl Daemon {
         let renewals = Arc::new(RenewReport::default());
         let journal = state
             .clone()
-            .filter(|_| !config.watchdog.rules.is_empty())
+            .filter(|_| watchdog_runs)
             .map(|s| Journal::keeping(s, config.watchdog.journal_entries));
+        // The webhook's receiver (web side) and inbox (engine side).
+        let (alertmanager, inbox) = match &config.alertmanager {
+            Some(c) => {
+                let (receiver, inbox) = crate::watchdog::webhook::Receiver::new(c);
+                (Some(Arc::new(receiver)), Some((c.mappings.clone(), inbox)))
+            }
+            None => (None, None),
+        };
         if let Some(journal) = &journal {
             if !config.probes.enabled
                 && config
@@ -253,6 +260,7 @@ impl Daemon {
                     clock: clock.clone(),
                     report: watchdog.clone(),
                     gates: crate::watchdog::gates::build(&config.watchdog),
+                    webhook: inbox,
                 },
                 cancel.child_token(),
             ));
@@ -292,8 +300,14 @@ impl Daemon {
             ));
         }
         // Probes, then renewals, then the watchdog: the order their families appear in.
+        let process = Arc::new(crate::metrics::process::ProcessMetrics::default());
+        tasks.spawn(process.clone().run(cancel.child_token()));
         let sources: Vec<Arc<dyn FamilySource>> =
-            vec![probes.clone(), renewals.clone(), watchdog.clone()];
+            vec![probes.clone(), renewals.clone(), watchdog.clone(), process];
+        // A well-formed exposition from the first scrape (every account `provider_up 0`
+        // until its first poll): an empty 200 would read to Prometheus as "every series
+        // gone".
+        cache.store(Arc::new(encoder::render(&store, &sources, &self_metrics)));
         tasks.spawn(encoder::run(
             store.clone(),
             sources,
@@ -306,6 +320,7 @@ impl Daemon {
             store: store.clone(),
             journal: journal.clone(),
             state_db: state.clone(),
+            alertmanager,
         });
         // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

@@ -21,6 +21,8 @@ pub struct Demo {
     pub daemon: Daemon,
     /// The journal and outbox live here for the demo's lifetime only.
     pub state_dir: tempfile::TempDir,
+    /// The file holding the webhook's throw-away bearer token (in `state_dir`).
+    pub webhook_token: PathBuf,
 }
 
 impl Demo {
@@ -75,6 +77,9 @@ pub async fn start(
     if let Some((host, port)) = &smtp {
         text.push_str(&vpswatch_sim::demo::email_toml(host, *port));
     }
+    let webhook_token = state_dir.path().join("alertmanager.token");
+    write_token(&webhook_token)?;
+    text.push_str(&webhook_toml(&webhook_token));
     let mut config = vpswatch::config::parse(&text, "<demo>", &|name| world.env(name))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     config.web.config_file = web_config_file;
@@ -84,7 +89,41 @@ pub async fn start(
         world,
         daemon,
         state_dir,
+        webhook_token,
     })
+}
+
+/// A fresh random token, readable by the owner only.
+fn write_token(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = hex::encode(rand::random::<[u8; 24]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The demo's webhook: `VpsUnhealthy` for a VM restarts it, through every guard.
+fn webhook_toml(token: &std::path::Path) -> String {
+    format!(
+        r#"
+[alertmanager]
+bearer_token_file = {:?}
+
+[[alertmanager.actions]]
+name = "alertmanager-unhealthy"
+alertname = "VpsUnhealthy"
+action = "restart"
+cooldown = "1m"
+patience = "2m"
+"#,
+        token.display().to_string()
+    )
 }
 
 /// Runs the demo until Ctrl-C.
@@ -102,10 +141,12 @@ pub async fn run(
         "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
          metrics:                 {scheme}://{addr}/metrics\n  readiness:               \
          {scheme}://{addr}/-/ready\n  watchdog journal:        {scheme}://{addr}/api/v1/actions\n  \
+         alertmanager webhook: {scheme}://{addr}/api/v1/alertmanager (bearer token in {})\n  \
          Lightning renewal:       VM 6 renews itself through NWC about a minute after start\n\
          {}Press Ctrl-C to stop.\n",
         demo.world.sim.base_url(),
         demo.world.stablevps.base_url(),
+        demo.webhook_token.display(),
         match smtp {
             Some(s) => format!("  alert mail:              smtp://{s}\n"),
             None => "  alerts:                  logged (add --smtp HOST:PORT to mail them)\n".into(),

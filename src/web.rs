@@ -46,6 +46,8 @@ pub struct WebState {
     pub journal: Option<Journal>,
     /// The state database, when something persists (its health is the daemon's).
     pub state_db: Option<StateStore>,
+    /// The Alertmanager webhook (`POST /api/v1/alertmanager`), when configured.
+    pub alertmanager: Option<Arc<crate::watchdog::webhook::Receiver>>,
 }
 
 type Body = ChunksBody;
@@ -287,6 +289,12 @@ async fn handle_inner(
     client: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // The webhook has its own credentials and body limit.
+    if let Some(hook) = &st.alertmanager {
+        if req.uri().path() == crate::watchdog::webhook::PATH {
+            return alertmanager_webhook(hook, cfg, client, req).await;
+        }
+    }
     let limit = limits.max_request_body_bytes;
     let declared = req
         .headers()
@@ -336,6 +344,85 @@ async fn handle_inner(
         return actions(st, &req).await;
     }
     route(st, &req)
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(ChunksBody::from(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `POST /api/v1/alertmanager`: authenticates (bearer token, or the web config's basic
+/// auth when allowed), reads at most the webhook's body limit, parses, and hands the
+/// alerts to the watchdog. 4xx for what a retry cannot fix, 5xx only when it can.
+async fn alertmanager_webhook(
+    hook: &crate::watchdog::webhook::Receiver,
+    cfg: &WebConfig,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    use crate::watchdog::webhook::{self, DeliveryError};
+    if req.method() != Method::POST {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed: POST\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return r;
+    }
+    let credential = req.headers().get(header::AUTHORIZATION);
+    let mut ok = hook.bearer_ok(credential);
+    if !ok && hook.basic_auth {
+        if let Some(auth) = &cfg.auth {
+            match auth.check(credential, client).await {
+                Ok(()) => ok = true,
+                Err(Denied::Throttled(wait)) => {
+                    tokio::time::sleep(THROTTLE_PAUSE).await;
+                    return throttled(wait.saturating_sub(THROTTLE_PAUSE));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    if !ok {
+        tracing::debug!(%client, "unauthorized Alertmanager webhook request");
+        let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"vpswatch\""),
+        );
+        return r;
+    }
+    let limit = hook.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(limit);
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), limit as usize);
+    let body = match http_body_util::BodyExt::collect(limited).await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return too_large(limit),
+    };
+    let payload = match webhook::parse(&body) {
+        Ok(p) => p,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    match hook.deliver(payload.alerts).await {
+        Ok(results) => json(StatusCode::OK, &serde_json::json!({ "alerts": results })),
+        Err(e @ DeliveryError::Unavailable) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+        }
+        Err(e @ DeliveryError::Journal(_)) => {
+            tracing::error!(error = %e, "Alertmanager notification not handled");
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
+    }
 }
 
 /// Serves until `cancel` fires, then lets open requests finish (at most 5 s). TLS, auth

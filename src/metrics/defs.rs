@@ -314,8 +314,8 @@ metric!(
     ACTIONS,
     "vpswatch_actions_total",
     Counter,
-    &["rule", "provider", "account", "vm", "action", "result"],
-    "Watchdog action decisions by result: ok, failed, dry_run, gave_up, skipped_cooldown, skipped_cap, skipped_maintenance, skipped_silenced, skipped_guard, skipped_disabled, skipped_unknown, skipped_error."
+    &["rule", "provider", "account", "vm", "action", "result", "source"],
+    "Watchdog action decisions by result: ok, failed, dry_run, gave_up, skipped_cooldown, skipped_cap, skipped_maintenance, skipped_silenced, skipped_guard, skipped_disabled, skipped_unknown, skipped_error; source says what asked for the action: rule (vpswatch's own [[rules]]) or alertmanager (the webhook)."
 );
 metric!(
     ACTION_OUTCOMES,
@@ -410,6 +410,58 @@ metric!(
     "When --web.config.file was last loaded successfully (Unix seconds)."
 );
 
+metric!(
+    ALERTMANAGER_ALERTS,
+    "vpswatch_alertmanager_alerts_total",
+    Counter,
+    &["result"],
+    "Alerts received on the Alertmanager webhook by what came of them: acted, dry_run, skipped (a guard or gate held the action back; see vpswatch_actions_total), duplicate (its firing episode already acted), resolved (closed its episode), no_mapping (no [[alertmanager.actions]] entry matches), unknown_vm (its provider/account/vm labels name no watched VM)."
+);
+
+// Standard process metrics (as every Prometheus client library exports them).
+metric!(
+    PROCESS_CPU,
+    "process_cpu_seconds_total",
+    Counter,
+    &[],
+    "Total user and system CPU time spent in seconds."
+);
+metric!(
+    PROCESS_RESIDENT_MEMORY,
+    "process_resident_memory_bytes",
+    Gauge,
+    &[],
+    "Resident memory size in bytes."
+);
+metric!(
+    PROCESS_VIRTUAL_MEMORY,
+    "process_virtual_memory_bytes",
+    Gauge,
+    &[],
+    "Virtual memory size in bytes."
+);
+metric!(
+    PROCESS_OPEN_FDS,
+    "process_open_fds",
+    Gauge,
+    &[],
+    "Number of open file descriptors."
+);
+metric!(
+    PROCESS_MAX_FDS,
+    "process_max_fds",
+    Gauge,
+    &[],
+    "Maximum number of open file descriptors."
+);
+metric!(
+    PROCESS_START_TIME,
+    "process_start_time_seconds",
+    Gauge,
+    &[],
+    "Start time of the process since unix epoch in seconds."
+);
+
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[
     &VPS_INFO,
@@ -455,6 +507,7 @@ pub const ALL: &[&MetricDef] = &[
     &WATCHDOG_DRY_RUN,
     &WATCHDOG_LAST_EVALUATION,
     &WATCHDOG_ERRORS,
+    &ALERTMANAGER_ALERTS,
     &RENEWALS,
     &RENEWAL_PAID_SATS,
     &ALERTS,
@@ -465,6 +518,12 @@ pub const ALL: &[&MetricDef] = &[
     &ALERT_OUTBOX_REJECTED,
     &WEB_CONFIG_RELOAD_SUCCESS,
     &WEB_CONFIG_RELOAD_TIMESTAMP,
+    &PROCESS_CPU,
+    &PROCESS_RESIDENT_MEMORY,
+    &PROCESS_VIRTUAL_MEMORY,
+    &PROCESS_OPEN_FDS,
+    &PROCESS_MAX_FDS,
+    &PROCESS_START_TIME,
 ];
 
 // ---- Lightning renewal (src/renew) ----

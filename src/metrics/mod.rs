@@ -5,6 +5,7 @@ pub mod chunked;
 pub mod defs;
 pub mod encoder;
 pub mod families;
+pub mod process;
 pub mod self_metrics;
 pub mod source;
 

@@ -16,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::action::{self, Skip};
 use super::evaluate::{self, Freshness, Observation, Verdict};
-use super::journal::{ActionRecord, ActionStatus, Journal, Outcome, TargetKey};
+use super::journal::{ActionRecord, ActionStatus, Episode, Journal, Outcome, Source, TargetKey};
 use super::probe::{ProbeResult, ProbeStore, VmKey};
 use super::report::WatchdogReport;
-use super::rules::{Remedy, Rule, WatchdogConfig};
+use super::rules::{Condition, Remedy, Rule, WatchdogConfig};
 use super::selector::Target;
 use super::state::{Changes, TargetState, Want};
+use super::webhook::{Alert, AlertResult, AlertStatus as AmStatus, Delivery, Mapping};
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
@@ -51,6 +52,8 @@ pub struct WatchdogParts {
     pub clock: SharedClock,
     pub report: Arc<WatchdogReport>,
     pub gates: Vec<Arc<dyn ActionGate>>,
+    /// The Alertmanager webhook's mappings and the inbox its deliveries arrive in.
+    pub webhook: Option<(Vec<Mapping>, mpsc::Receiver<Delivery>)>,
 }
 
 /// The result of one provider call, sent back to the loop.
@@ -87,6 +90,22 @@ struct Engine {
     /// every round) is logged when it starts and ends, not every round.
     journal_failing: bool,
     done_tx: mpsc::UnboundedSender<Finished>,
+    /// `[[alertmanager.actions]]`; their rules are in `rules` too.
+    mappings: Vec<Mapping>,
+    /// Alertmanager firing episodes remembered (journaled), by `fingerprint@startsAt`.
+    episodes: HashMap<String, Episode>,
+    /// Episodes changed since the last commit.
+    pending_episodes: Vec<Episode>,
+    /// Episodes whose "not acted on" reason was logged, so re-sends do not log again.
+    logged_episodes: HashSet<String>,
+}
+
+/// Waits for the next webhook delivery; never resolves without a webhook.
+async fn next_delivery(inbox: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Restores the journal and runs until cancelled.
@@ -117,8 +136,19 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
     for (key, s) in &restored.targets {
         parts.report.set_target(key, s.firing, s.unknown.is_some());
     }
+    let (mappings, mut inbox) = match parts.webhook {
+        Some((m, rx)) => (m, Some(rx)),
+        None => (Vec::new(), None),
+    };
+    if inbox.is_some() {
+        parts
+            .report
+            .enable_alertmanager(mappings.iter().map(|m| m.rule.name.clone()));
+    }
+    let mut rules: Vec<Arc<Rule>> = parts.config.rules.into_iter().map(Arc::new).collect();
+    rules.extend(mappings.iter().map(|m| Arc::new(m.rule.clone())));
     let mut engine = Engine {
-        rules: parts.config.rules.into_iter().map(Arc::new).collect(),
+        rules,
         dry_run: parts.config.dry_run,
         freshness: Freshness {
             staleness_limit: parts.staleness_limit,
@@ -141,6 +171,10 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
         last_skip: HashMap::new(),
         journal_failing: false,
         done_tx,
+        mappings,
+        episodes: restored.episodes,
+        pending_episodes: Vec::new(),
+        logged_episodes: HashSet::new(),
     };
     // Alerts that were open when vpswatch stopped are announced again; the notifier
     // drops repeats, so a crash between its queue and our commit loses nothing.
@@ -162,6 +196,10 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
             r = probes.changed() => if r.is_err() { break },
             _ = tick.tick() => {}
             Some(done) = done_rx.recv() => engine.finished(done),
+            Some(delivery) = next_delivery(&mut inbox) => {
+                engine.delivery(delivery).await;
+                continue;
+            }
         }
         engine.round().await;
     }
@@ -239,9 +277,11 @@ impl Engine {
         seen: &mut HashSet<TargetKey>,
     ) {
         let rule = &self.rules[rule_idx];
-        if !rule
-            .selector
-            .may_match_account(snap.provider, &snap.account)
+        // Alertmanager mappings act on deliveries, not on vpswatch's own data.
+        if rule.condition == Condition::Alertmanager
+            || !rule
+                .selector
+                .may_match_account(snap.provider, &snap.account)
         {
             return;
         }
@@ -281,6 +321,13 @@ impl Engine {
                 vm_name: Some(&vm.name),
             };
             if !self.rules[rule_idx].selector.matches(target) {
+                continue;
+            }
+            let probe_key = (snap.provider, snap.account.clone(), vm.id.clone());
+            if self.rules[rule_idx].condition == Condition::ProbeFailing
+                && probes.get(&probe_key).is_some_and(Vec::is_empty)
+            {
+                // Excluded from probing ([[probes.targets]]): not this rule's target.
                 continue;
             }
             let port = self.rules[rule_idx].port;
@@ -434,17 +481,15 @@ impl Engine {
     ) {
         if changes.fired {
             tracing::warn!(rule = %rule.name, account = %key.account, vm = %key.vm, summary = %obs.summary, "rule firing");
+            let next = if !rule.ladder.is_empty() && !self.actions_enabled(key) {
+                format!("alert only: {}", Skip::Disabled.describe())
+            } else {
+                next_step_when_firing(rule, state)
+            };
             self.notifier.alert(AlertUpdate {
                 key: alert_key(key),
                 status: AlertStatus::Firing,
-                facts: facts(
-                    rule,
-                    state,
-                    obs,
-                    snap,
-                    vm,
-                    next_step_when_firing(rule, state),
-                ),
+                facts: facts(rule, state, obs, snap, vm, next),
                 at: now,
             });
         }
@@ -529,6 +574,13 @@ impl Engine {
         }
     }
 
+    /// Whether the target's account may act at all (false for a read-only key).
+    fn actions_enabled(&self, key: &TargetKey) -> bool {
+        self.providers
+            .get(&(key.provider, key.account.clone()))
+            .is_some_and(|p| p.actions_enabled())
+    }
+
     /// A journal entry, from this round's pending writes or the store.
     fn record(&self, id: u64) -> Option<ActionRecord> {
         if let Some(r) = self.records.iter().rev().find(|r| r.id == id) {
@@ -593,15 +645,37 @@ impl Engine {
         else {
             return;
         };
+        if self
+            .guards(rule, key, remedy, vm, &provider, now)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        self.act(rule, key, remedy, snap, vm, obs, provider, now, None);
+    }
+
+    /// The guards and gates every action passes, rule- or alert-driven: read-only key,
+    /// the VM's state, cooldown, cap (giving up at it), maintenance and silences. A skip
+    /// is counted and logged here.
+    async fn guards(
+        &mut self,
+        rule: &Rule,
+        key: &TargetKey,
+        remedy: Remedy,
+        vm: &Vm,
+        provider: &SharedProvider,
+        now: DateTime<Utc>,
+    ) -> Result<(), Skip> {
         let action = remedy.as_str();
         if !provider.actions_enabled() {
             self.skipped(key, action, &Skip::Disabled, Skip::Disabled.result());
-            return;
+            return Err(Skip::Disabled);
         }
         if let Err(why) = action::vm_guard(rule, remedy, vm, now) {
             let s = Skip::Guard(why);
             self.skipped(key, action, &s, s.result());
-            return;
+            return Err(s);
         }
         let vm_key = (key.provider, key.account.clone(), key.vm.clone());
         if let Some(last) = self.last_action.get(&vm_key) {
@@ -610,7 +684,7 @@ impl Engine {
             if now < until {
                 let s = Skip::Cooldown { until };
                 self.skipped(key, action, &s, s.result());
-                return;
+                return Err(s);
             }
         }
         let count = self
@@ -622,7 +696,7 @@ impl Engine {
             let s = Skip::Cap { count };
             self.skipped(key, action, &s, s.result());
             self.give_up(rule, key, &s.describe(), now);
-            return;
+            return Err(s);
         }
         let target = Target {
             provider: key.provider,
@@ -636,10 +710,10 @@ impl Engine {
                     self.report.count_error("gate");
                 }
                 self.skipped(key, action, &s, s.result());
-                return;
+                return Err(s);
             }
         }
-        self.act(rule, key, remedy, snap, vm, obs, provider, now);
+        Ok(())
     }
 
     fn give_up(&mut self, rule: &Rule, key: &TargetKey, why: &str, now: DateTime<Utc>) {
@@ -678,7 +752,9 @@ impl Engine {
         });
     }
 
-    /// Journals the action (with the state it changes) and sends it.
+    /// Journals the action (with the state it changes, and the Alertmanager episode it
+    /// consumes) and sends it. The journal id, or `None` when the journal could not be
+    /// written (nothing was sent).
     #[allow(clippy::too_many_arguments)]
     fn act(
         &mut self,
@@ -690,10 +766,9 @@ impl Engine {
         obs: &Observation,
         provider: SharedProvider,
         now: DateTime<Utc>,
-    ) {
-        let Some(state) = self.targets.get_mut(key) else {
-            return;
-        };
+        episode: Option<Episode>,
+    ) -> Option<u64> {
+        let state = self.targets.get_mut(key)?;
         let dry_run = self.dry_run || rule.dry_run;
         let id = self.next_id;
         let rung = state.rung;
@@ -721,17 +796,33 @@ impl Engine {
             error: None,
             outcome: None,
             outcome_at: None,
+            source: if episode.is_some() {
+                Source::Alertmanager
+            } else {
+                Source::Rule
+            },
+            alert: episode
+                .as_ref()
+                .map(|e| format!("{} {}", e.alertname, e.key)),
         };
+        let episode = episode.map(|mut e| {
+            e.action = Some(id);
+            e
+        });
         // Written before it is sent: if this fails, do not act.
-        if let Err(e) = self.journal.commit(
+        if let Err(e) = self.journal.commit_with_episodes(
             &[(key.clone(), Some(state.clone()))],
             std::slice::from_ref(&record),
+            episode.as_slice(),
         ) {
             self.targets.insert(key.clone(), previous);
             self.report.count_error("journal");
             let s = Skip::Error(e.to_string());
             self.skipped(key, remedy.as_str(), &s, s.result());
-            return;
+            return None;
+        }
+        if let Some(e) = episode {
+            self.episodes.insert(e.key.clone(), e);
         }
         self.next_id += 1;
         self.dirty.remove(key);
@@ -748,6 +839,7 @@ impl Engine {
             action = remedy.as_str(),
             dry_run,
             reason = %obs.summary,
+            source = record.source.as_str(),
             "watchdog action"
         );
         if dry_run {
@@ -769,7 +861,7 @@ impl Engine {
                 ),
                 at: now,
             });
-            return;
+            return Some(id);
         }
         self.in_flight.insert(key.clone());
         let tx = self.done_tx.clone();
@@ -779,6 +871,7 @@ impl Engine {
             let result = action::execute(provider.as_ref(), &vm_id, remedy).await;
             let _ = tx.send(Finished { key, id, result });
         });
+        Some(id)
     }
 
     /// Journals a provider call's result.
@@ -850,10 +943,15 @@ impl Engine {
         self.flush();
     }
 
-    /// Commits changed states and journal updates in one transaction.
-    fn flush(&mut self) {
-        if self.dirty.is_empty() && self.removed.is_empty() && self.records.is_empty() {
-            return;
+    /// Commits changed states, journal updates and episodes in one transaction; false
+    /// when that failed (everything is kept for the next attempt).
+    fn flush(&mut self) -> bool {
+        if self.dirty.is_empty()
+            && self.removed.is_empty()
+            && self.records.is_empty()
+            && self.pending_episodes.is_empty()
+        {
+            return true;
         }
         let mut targets: Vec<(TargetKey, Option<TargetState>)> = self
             .dirty
@@ -861,14 +959,19 @@ impl Engine {
             .filter_map(|k| self.targets.get(k).map(|s| (k.clone(), Some(s.clone()))))
             .collect();
         targets.extend(self.removed.iter().map(|k| (k.clone(), None)));
-        match self.journal.commit(&targets, &self.records) {
+        match self
+            .journal
+            .commit_with_episodes(&targets, &self.records, &self.pending_episodes)
+        {
             Ok(()) => {
                 self.dirty.clear();
                 self.removed.clear();
                 self.records.clear();
+                self.pending_episodes.clear();
                 if std::mem::take(&mut self.journal_failing) {
                     tracing::info!("watchdog journal written again");
                 }
+                true
             }
             Err(e) => {
                 // Kept for the next attempt; actions are refused meanwhile (act() commits
@@ -877,8 +980,349 @@ impl Engine {
                 if !std::mem::replace(&mut self.journal_failing, true) {
                     tracing::error!(error = %e, "cannot write the watchdog journal; retrying every round, no action until it works");
                 }
+                false
             }
         }
+    }
+}
+
+/// The Alertmanager webhook: each delivered alert through the same guards and journal.
+impl Engine {
+    /// Handles one notification and answers it: `Err` only when the journal could not be
+    /// written, so Alertmanager retries (what was decided before stays decided).
+    async fn delivery(&mut self, d: Delivery) {
+        let now = self.clock.now();
+        let mut results = Vec::with_capacity(d.alerts.len());
+        let mut failed = None;
+        for alert in &d.alerts {
+            match self.alert(alert, now).await {
+                Ok((result, reason)) => {
+                    self.report.count_alertmanager(result);
+                    results.push(AlertResult {
+                        fingerprint: alert.fingerprint.clone(),
+                        result,
+                        reason,
+                    });
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_none() && !self.flush() {
+            failed = Some("the journal could not be written".into());
+        }
+        let _ = d.reply.send(match failed {
+            Some(e) => Err(e),
+            None => Ok(results),
+        });
+    }
+
+    /// Logs once per episode why an alert does not act, and says so.
+    fn ignored(
+        &mut self,
+        alert: &Alert,
+        result: &'static str,
+        reason: String,
+    ) -> (&'static str, String) {
+        if self.logged_episodes.len() >= 10_000 {
+            self.logged_episodes.clear();
+        }
+        if self.logged_episodes.insert(alert.episode()) {
+            tracing::info!(
+                alertname = alert.alertname(),
+                fingerprint = %alert.fingerprint,
+                result,
+                why = %reason,
+                "Alertmanager alert not acted on"
+            );
+        }
+        (result, reason)
+    }
+
+    /// One alert: `(result, reason)`, or `Err` when the journal could not be written.
+    async fn alert(
+        &mut self,
+        alert: &Alert,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, String), String> {
+        let episode = alert.episode();
+        if alert.status == AmStatus::Resolved {
+            return Ok(self.resolve(alert, episode, now));
+        }
+        if let Some(e) = self.episodes.get(&episode) {
+            if let Some(id) = e.action {
+                return Ok((
+                    "duplicate",
+                    format!("this firing episode already acted (journal #{id})"),
+                ));
+            }
+            if e.resolved_at.is_some() {
+                return Ok((
+                    "duplicate",
+                    "this firing episode is already resolved".into(),
+                ));
+            }
+        }
+        let Some(mapping) = self.mappings.iter().find(|m| m.matches(&alert.labels)) else {
+            let why = format!(
+                "no [[alertmanager.actions]] entry maps alert {:?} with these labels",
+                alert.alertname()
+            );
+            return Ok(self.ignored(alert, "no_mapping", why));
+        };
+        let rule_name = mapping.rule.name.clone();
+        let (provider_kind, account, vm_id) = match alert.vm() {
+            Ok(v) => v,
+            Err(why) => {
+                let why = format!("the alert's labels name no VM: {why}");
+                return Ok(self.ignored(alert, "unknown_vm", why));
+            }
+        };
+        let Some(snap) = self
+            .store
+            .all()
+            .into_iter()
+            .find(|s| s.provider == provider_kind && s.account == account)
+        else {
+            let why = format!("no configured {provider_kind} account {account:?}");
+            return Ok(self.ignored(alert, "unknown_vm", why));
+        };
+        let data = snap.data.clone();
+        let vm = data
+            .as_deref()
+            .and_then(|d| d.vms.iter().find(|v| v.id == vm_id));
+        if vm.is_none() && snap.is_up() && data.is_some() {
+            let why = format!("account {account:?} lists no VM {vm_id:?}");
+            return Ok(self.ignored(alert, "unknown_vm", why));
+        }
+        let target = Target {
+            provider: provider_kind,
+            account,
+            vm: Some(vm_id),
+            vm_name: vm.map(|v| v.name.as_str()),
+        };
+        if !mapping.rule.selector.matches(target) {
+            let why = format!("mapping {rule_name:?} does not cover this VM (its `match`)");
+            return Ok(self.ignored(alert, "no_mapping", why));
+        }
+        let Some(rule) = self.rules.iter().find(|r| r.name == rule_name).cloned() else {
+            return Ok(("no_mapping", format!("mapping {rule_name:?} has no rule")));
+        };
+        let key = TargetKey {
+            rule: rule_name,
+            provider: provider_kind,
+            account: account.to_string(),
+            vm: vm_id.to_string(),
+        };
+        let first = rule.ladder.first().copied().map_or("none", Remedy::as_str);
+        // Never on stale data for the VM's account: the same freshness a rule needs.
+        let fresh = evaluate::evaluate_vm(
+            &Condition::Alertmanager,
+            &snap,
+            vm,
+            None,
+            now,
+            self.freshness,
+        );
+        let (Verdict::Good, Some(vm)) = (&fresh.verdict, vm) else {
+            let why = match &fresh.verdict {
+                Verdict::Unknown(w) => w.clone(),
+                _ => "VM not in the provider's list".into(),
+            };
+            let s = Skip::Error(format!("data unknown: {why}"));
+            self.skipped(&key, first, &s, "skipped_unknown");
+            return Ok(("skipped", s.describe()));
+        };
+        let summary = format!(
+            "Alertmanager alert {} firing since {} ({})",
+            alert.alertname(),
+            alert.starts_at.to_rfc3339(),
+            alert
+                .annotations
+                .get("summary")
+                .map(String::as_str)
+                .unwrap_or("no summary")
+        );
+        let state = self.targets.entry(key.clone()).or_default();
+        state.vm_name = vm.name.clone();
+        state.last_summary = summary.clone();
+        if !state.firing {
+            state.firing = true;
+            state.firing_since = Some(now);
+        }
+        let expired = state.patience_expired(now);
+        let state = state.clone();
+        self.dirty.insert(key.clone());
+        self.report.set_target(&key, true, false);
+        if let Some(a) = expired {
+            self.outcome(
+                &rule,
+                &key,
+                &state,
+                a.journal_id,
+                a.remedy,
+                Outcome::NotRecovered,
+                now,
+            );
+        }
+        if self.in_flight.contains(&key) {
+            return Ok(("skipped", "an action on this VM is still under way".into()));
+        }
+        if let Some(a) = &state.awaiting {
+            let s = Skip::Guard(format!(
+                "waiting until {} for the effect of journal #{}",
+                a.deadline.to_rfc3339(),
+                a.journal_id
+            ));
+            self.skipped(&key, first, &s, s.result());
+            return Ok(("skipped", s.describe()));
+        }
+        if state.gave_up {
+            return Ok((
+                "skipped",
+                "vpswatch gave up on this VM until the alert resolves".into(),
+            ));
+        }
+        let Some(remedy) = rule.ladder.get(state.rung).copied() else {
+            let why = "every rung of the ladder was tried without recovery";
+            self.give_up(&rule, &key, why, now);
+            return Ok(("skipped", why.into()));
+        };
+        let Some(provider) = self
+            .providers
+            .get(&(key.provider, key.account.clone()))
+            .cloned()
+        else {
+            return Ok(self.ignored(alert, "unknown_vm", "no provider client".into()));
+        };
+        if let Err(s) = self.guards(&rule, &key, remedy, vm, &provider, now).await {
+            return Ok(("skipped", s.describe()));
+        }
+        let obs = Observation {
+            verdict: Verdict::Bad,
+            sample_at: now,
+            summary,
+        };
+        let ep = Episode {
+            key: episode,
+            alertname: alert.alertname().to_string(),
+            rule: key.rule.clone(),
+            account: key.account.clone(),
+            vm: key.vm.clone(),
+            action: None,
+            resolved_at: None,
+            updated_at: now,
+        };
+        let dry_run = self.dry_run || rule.dry_run;
+        match self.act(
+            &rule,
+            &key,
+            remedy,
+            &snap,
+            vm,
+            &obs,
+            provider,
+            now,
+            Some(ep),
+        ) {
+            Some(id) if dry_run => Ok((
+                "dry_run",
+                format!(
+                    "dry run: would have sent {} (journal #{id})",
+                    remedy.as_str()
+                ),
+            )),
+            Some(id) => Ok(("acted", format!("{} sent (journal #{id})", remedy.as_str()))),
+            None => Err("the journal could not be written; nothing was sent".into()),
+        }
+    }
+
+    /// A resolved alert closes its episode; if the episode acted, that action is
+    /// recovered and the mapping's ladder starts again.
+    fn resolve(
+        &mut self,
+        alert: &Alert,
+        episode: String,
+        now: DateTime<Utc>,
+    ) -> (&'static str, String) {
+        let (account, vm) = match alert.vm() {
+            Ok((_, a, v)) => (a.to_string(), v.to_string()),
+            Err(_) => Default::default(),
+        };
+        let ep = self
+            .episodes
+            .entry(episode.clone())
+            .or_insert_with(|| Episode {
+                key: episode,
+                alertname: alert.alertname().to_string(),
+                rule: String::new(),
+                account,
+                vm,
+                action: None,
+                resolved_at: None,
+                updated_at: now,
+            });
+        if ep.resolved_at.is_some() {
+            return ("duplicate", "this episode is already closed".into());
+        }
+        ep.resolved_at = Some(now);
+        ep.updated_at = now;
+        let ep = ep.clone();
+        self.pending_episodes.push(ep.clone());
+        // The target of this alert: the mapping that would act on it, on its VM.
+        let key = self
+            .mappings
+            .iter()
+            .find(|m| m.matches(&alert.labels))
+            .and_then(|m| {
+                let (p, a, v) = alert.vm().ok()?;
+                Some(TargetKey {
+                    rule: m.rule.name.clone(),
+                    provider: p,
+                    account: a.to_string(),
+                    vm: v.to_string(),
+                })
+            });
+        let Some(key) = key else {
+            return ("resolved", "episode closed".into());
+        };
+        let Some(state) = self.targets.get_mut(&key) else {
+            return ("resolved", "episode closed".into());
+        };
+        // Only the episode that acted proves its action worked.
+        let recovered = match (&state.awaiting, ep.action) {
+            (Some(a), Some(id)) if a.journal_id == id => state.awaiting.take(),
+            _ => None,
+        };
+        if state.awaiting.is_none() {
+            state.firing = false;
+            state.firing_since = None;
+            state.rung = 0;
+            state.gave_up = false;
+        }
+        let state = state.clone();
+        self.dirty.insert(key.clone());
+        self.report.set_target(&key, state.firing, false);
+        if let Some(a) = recovered {
+            if let Some(rule) = self.rules.iter().find(|r| r.name == key.rule).cloned() {
+                self.outcome(
+                    &rule,
+                    &key,
+                    &state,
+                    a.journal_id,
+                    a.remedy,
+                    Outcome::Recovered,
+                    now,
+                );
+            }
+            return (
+                "resolved",
+                format!("episode closed; journal #{} recovered", a.journal_id),
+            );
+        }
+        ("resolved", "episode closed".into())
     }
 }
 

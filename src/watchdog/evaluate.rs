@@ -217,6 +217,8 @@ pub fn evaluate_vm(
         Condition::ProviderUnreachable | Condition::ApiKeyExpiring(_) => {
             unknown(polled, "account-level condition evaluated per VM".into())
         }
+        // The alert is the evidence; this only says the VM's data is fresh enough to act.
+        Condition::Alertmanager => good(polled, "the provider's data of the VM is fresh"),
     }
 }
 

@@ -19,6 +19,48 @@ use vpswatch_model::account::ProviderKind;
 
 const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("watchdog_actions");
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watchdog_targets");
+const EPISODES: TableDefinition<&str, &[u8]> = TableDefinition::new("alertmanager_episodes");
+
+/// Episodes untouched for this long are pruned at start-up: Alertmanager stops re-sending
+/// a resolved alert after its `resolve_timeout` and keeps no notification that long.
+const EPISODE_RETENTION_DAYS: i64 = 30;
+
+/// What asked for an action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// One of vpswatch's own `[[rules]]`.
+    #[default]
+    Rule,
+    /// An alert delivered to the Alertmanager webhook.
+    Alertmanager,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Rule => "rule",
+            Source::Alertmanager => "alertmanager",
+        }
+    }
+}
+
+/// One firing episode of one Alertmanager alert (fingerprint + `startsAt`): whether it
+/// acted (and which journal entry) and whether it is resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// `fingerprint@startsAt`.
+    pub key: String,
+    pub alertname: String,
+    /// The mapping (its rule name) and VM, when known.
+    pub rule: String,
+    pub account: String,
+    pub vm: String,
+    /// The journal entry of the one action this episode caused.
+    pub action: Option<u64>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
 
 /// Where an action stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +107,12 @@ pub struct ActionRecord {
     pub error: Option<String>,
     pub outcome: Option<Outcome>,
     pub outcome_at: Option<DateTime<Utc>>,
+    /// A rule or an Alertmanager alert (entries from before the webhook are rules').
+    #[serde(default)]
+    pub source: Source,
+    /// For `alertmanager`: the alert's name and episode (`fingerprint@startsAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
 }
 
 /// The identity of one rule's target.
@@ -120,6 +168,8 @@ pub struct Restored {
     pub next_id: u64,
     /// Entries found in `sending` and now marked interrupted.
     pub interrupted: Vec<u64>,
+    /// Alertmanager episodes still remembered, by key.
+    pub episodes: HashMap<String, Episode>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -186,6 +236,24 @@ impl Journal {
                     Err(err) => tracing::warn!(error = %err, "unreadable rule state skipped"),
                 }
             }
+            let mut episodes = txn.open_table(EPISODES).map_err(|x| self.store.error(x))?;
+            let horizon = now - chrono::Duration::days(EPISODE_RETENTION_DAYS);
+            let mut old = Vec::new();
+            for row in episodes.iter().map_err(|x| self.store.error(x))? {
+                let (k, v) = row.map_err(|x| self.store.error(x))?;
+                match serde_json::from_slice::<Episode>(v.value()) {
+                    Ok(e) if e.updated_at < horizon => old.push(k.value().to_string()),
+                    Ok(e) => {
+                        out.episodes.insert(e.key.clone(), e);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "unreadable episode skipped"),
+                }
+            }
+            for k in old {
+                episodes
+                    .remove(k.as_str())
+                    .map_err(|x| self.store.error(x))?;
+            }
         }
         self.store.commit(txn)?;
         Ok(out)
@@ -198,11 +266,29 @@ impl Journal {
         targets: &[(TargetKey, Option<TargetState>)],
         records: &[ActionRecord],
     ) -> Result<(), StoreError> {
-        if targets.is_empty() && records.is_empty() {
+        self.commit_with_episodes(targets, records, &[])
+    }
+
+    /// Like [`Journal::commit`], with Alertmanager episodes in the same transaction (an
+    /// alert-driven action and the episode it consumes are written together).
+    pub fn commit_with_episodes(
+        &self,
+        targets: &[(TargetKey, Option<TargetState>)],
+        records: &[ActionRecord],
+        episodes: &[Episode],
+    ) -> Result<(), StoreError> {
+        if targets.is_empty() && records.is_empty() && episodes.is_empty() {
             return Ok(());
         }
         let txn = self.store.begin_write()?;
         {
+            if !episodes.is_empty() {
+                let mut e = txn.open_table(EPISODES).map_err(|x| self.store.error(x))?;
+                for ep in episodes {
+                    e.insert(ep.key.as_str(), to_json(ep).as_slice())
+                        .map_err(|x| self.store.error(x))?;
+                }
+            }
             let mut t = txn.open_table(TARGETS).map_err(|x| self.store.error(x))?;
             for (key, state) in targets {
                 let k = key.encode();
@@ -287,6 +373,8 @@ mod tests {
             error: None,
             outcome: None,
             outcome_at: None,
+            source: Source::Rule,
+            alert: None,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct ProbeSettings {
     pub default_ports: HashMap<ProviderKind, u16>,
     /// Further ports rules ask for, on the VMs their selectors match.
     pub rule_ports: Vec<(crate::watchdog::selector::Selector, u16)>,
+    /// Per-VM ports, hosts and exclusions (`[[probes.targets]]`).
+    pub targets: super::probe_targets::ProbeTargets,
 }
 
 impl ProbeSettings {
@@ -107,23 +109,66 @@ pub async fn probe_tcp(ip: Ipv4Addr, port: u16, timeout: Duration) -> (bool, Dur
     (ok, started.elapsed())
 }
 
-/// The targets of one round: every running VM with an IPv4 in the current snapshots, on
-/// its default port and on every port a matching rule asks for.
-fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> Vec<(VmKey, Ipv4Addr, u16, bool)> {
+/// One probe of a round: the VM, where to connect, the port, and whether it is the VM's
+/// own target (as opposed to a port a rule added).
+type ProbeTarget = (VmKey, Addr, u16, bool);
+
+/// Where one probe connects: the VM's IPv4 or a configured host (IP or DNS name).
+#[derive(Debug, Clone)]
+enum Addr {
+    Ip(Ipv4Addr),
+    Host(String),
+}
+
+async fn probe_addr(addr: &Addr, port: u16, timeout: Duration) -> (bool, Duration) {
+    match addr {
+        Addr::Ip(ip) => probe_tcp(*ip, port, timeout).await,
+        Addr::Host(h) => {
+            let started = Instant::now();
+            // The name is resolved inside the timeout: a slow resolver is a failed probe.
+            let ok = matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect((h.as_str(), port)))
+                    .await,
+                Ok(Ok(_))
+            );
+            (ok, started.elapsed())
+        }
+    }
+}
+
+/// The targets of one round: every running VM in the current snapshots, on its own
+/// target (`[[probes.targets]]`, else its account's port on its IPv4) and on every port a
+/// matching rule asks for; plus the VMs excluded from probing.
+fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> (Vec<ProbeTarget>, Vec<VmKey>) {
     let mut out = Vec::new();
+    let mut excluded = Vec::new();
     for snap in store.all() {
         let Some(data) = &snap.data else { continue };
-        let port = settings.port_for(snap.provider, &snap.account);
+        let account_port = settings.port_for(snap.provider, &snap.account);
         for vm in data.vms.iter().filter(|v| v.state.is_running()) {
-            let Some(ip) = vm.ipv4 else { continue };
             let key = (snap.provider, snap.account.clone(), vm.id.clone());
-            out.push((key.clone(), ip, port, true));
             let target = crate::watchdog::selector::Target {
                 provider: snap.provider,
                 account: &snap.account,
                 vm: Some(&vm.id),
                 vm_name: Some(&vm.name),
             };
+            let (port, host) = match settings.targets.decide(target) {
+                Some(super::probe_targets::Decision::Excluded) => {
+                    excluded.push(key);
+                    continue;
+                }
+                Some(super::probe_targets::Decision::Probe { port, host }) => {
+                    (port.unwrap_or(account_port), host.clone())
+                }
+                None => (account_port, None),
+            };
+            let ip = match (host, vm.ipv4) {
+                (Some(h), _) => Addr::Host(h),
+                (None, Some(ip)) => Addr::Ip(ip),
+                (None, None) => continue,
+            };
+            out.push((key.clone(), ip.clone(), port, true));
             let mut extra: Vec<u16> = settings
                 .rule_ports
                 .iter()
@@ -132,10 +177,14 @@ fn targets(store: &SnapshotStore, settings: &ProbeSettings) -> Vec<(VmKey, Ipv4A
                 .collect();
             extra.sort_unstable();
             extra.dedup();
-            out.extend(extra.into_iter().map(|p| (key.clone(), ip, p, false)));
+            out.extend(
+                extra
+                    .into_iter()
+                    .map(|p| (key.clone(), ip.clone(), p, false)),
+            );
         }
     }
-    out
+    (out, excluded)
 }
 
 /// Probes every target once and returns the results.
@@ -145,9 +194,10 @@ pub async fn run_round(
     clock: &SharedClock,
 ) -> HashMap<VmKey, Vec<ProbeResult>> {
     let timeout = settings.timeout;
-    let results: Vec<(VmKey, ProbeResult)> = stream::iter(targets(store, settings))
-        .map(|(key, ip, port, default)| async move {
-            let (success, duration) = probe_tcp(ip, port, timeout).await;
+    let (targets, excluded) = targets(store, settings);
+    let results: Vec<(VmKey, ProbeResult)> = stream::iter(targets)
+        .map(|(key, addr, port, default)| async move {
+            let (success, duration) = probe_addr(&addr, port, timeout).await;
             (key, port, default, success, duration)
         })
         .buffer_unordered(CONCURRENCY)
@@ -163,7 +213,9 @@ pub async fn run_round(
         })
         .collect()
         .await;
-    let mut by_vm: HashMap<VmKey, Vec<ProbeResult>> = HashMap::new();
+    // An excluded VM is present with no results: "not probed by configuration".
+    let mut by_vm: HashMap<VmKey, Vec<ProbeResult>> =
+        excluded.into_iter().map(|k| (k, Vec::new())).collect();
     for (key, r) in results {
         by_vm.entry(key).or_default().push(r);
     }

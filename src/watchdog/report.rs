@@ -4,7 +4,7 @@
 //! bumps a generation the encoder waits on, so a firing rule or an action appears on
 //! /metrics at once, not only at the next poll.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -20,6 +20,17 @@ use vpswatch_model::clock::unix_seconds;
 /// (rule, provider, account, vm, action, result-or-outcome).
 type CounterKey = (String, ProviderKind, String, String, String, String);
 
+/// What `vpswatch_alertmanager_alerts_total` counts, all shown from the start.
+pub const ALERT_RESULTS: &[&str] = &[
+    "acted",
+    "dry_run",
+    "skipped",
+    "duplicate",
+    "resolved",
+    "no_mapping",
+    "unknown_vm",
+];
+
 #[derive(Debug, Default, Clone)]
 struct Data {
     /// (firing, unknown) per target.
@@ -30,6 +41,10 @@ struct Data {
     errors: BTreeMap<String, u64>,
     last_evaluation: Option<f64>,
     dry_run: bool,
+    /// Rules that are Alertmanager mappings (their actions' `source`).
+    alertmanager_rules: HashSet<String>,
+    /// Webhook alerts by result; `None` while the webhook is off.
+    alertmanager_alerts: Option<BTreeMap<&'static str, u64>>,
 }
 
 /// Shared between the engine and the encoder.
@@ -62,6 +77,35 @@ impl WatchdogReport {
     /// Changes whenever something worth re-rendering changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Turns on `vpswatch_alertmanager_alerts_total` and names the rules that are
+    /// Alertmanager mappings, whose actions count with `source="alertmanager"`.
+    pub fn enable_alertmanager(&self, mapping_rules: impl IntoIterator<Item = String>) {
+        self.with(true, |d| {
+            d.alertmanager_rules = mapping_rules.into_iter().collect();
+            d.alertmanager_alerts = Some(ALERT_RESULTS.iter().map(|r| (*r, 0)).collect());
+        });
+    }
+
+    /// Counts one webhook alert by what came of it (one of [`ALERT_RESULTS`]).
+    pub fn count_alertmanager(&self, result: &'static str) {
+        self.with(true, |d| {
+            *d.alertmanager_alerts
+                .get_or_insert_with(BTreeMap::new)
+                .entry(result)
+                .or_default() += 1;
+        });
+    }
+
+    /// The webhook count for one result (tests and the demo).
+    pub fn alertmanager_count(&self, result: &str) -> u64 {
+        self.with(false, |d| {
+            d.alertmanager_alerts
+                .as_ref()
+                .and_then(|m| m.get(result).copied())
+                .unwrap_or(0)
+        })
     }
 
     pub fn set_dry_run(&self, on: bool) {
@@ -178,9 +222,14 @@ impl WatchdogReport {
             set.gauge(&defs::RULE_UNKNOWN, &labels, f64::from(u8::from(*unknown)));
         }
         for ((rule, p, account, vm, action, result), n) in &d.actions {
+            let source = if d.alertmanager_rules.contains(rule) {
+                "alertmanager"
+            } else {
+                "rule"
+            };
             set.counter(
                 &defs::ACTIONS,
-                &[rule, p.as_str(), account, vm, action, result],
+                &[rule, p.as_str(), account, vm, action, result, source],
                 *n as f64,
             );
         }
@@ -196,6 +245,9 @@ impl WatchdogReport {
         }
         for (kind, n) in &d.errors {
             set.counter(&defs::WATCHDOG_ERRORS, &[kind], *n as f64);
+        }
+        for (result, n) in d.alertmanager_alerts.iter().flatten() {
+            set.counter(&defs::ALERTMANAGER_ALERTS, &[result], *n as f64);
         }
     }
 }

@@ -33,6 +33,9 @@ pub enum Condition {
     MemoryAbove(f64),
     /// The account's API key expires within the duration. Account-level.
     ApiKeyExpiring(Duration),
+    /// An Alertmanager alert mapped by `[[alertmanager.actions]]`: never evaluated on
+    /// vpswatch's own data, only acted on when the webhook delivers it.
+    Alertmanager,
 }
 
 impl Condition {
@@ -44,6 +47,7 @@ impl Condition {
             Condition::CpuAbove(_) => "cpu_above",
             Condition::MemoryAbove(_) => "memory_above",
             Condition::ApiKeyExpiring(_) => "api_key_expiring",
+            Condition::Alertmanager => "alertmanager",
         }
     }
 

@@ -27,14 +27,28 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
     // Keep reading stdout to the end so the demo never writes into a closed pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.trim_start().starts_with("metrics:") {
-                let _ = tx.send(line.split_whitespace().last().unwrap_or("").to_string());
+            let line = line.trim_start();
+            if line.starts_with("metrics:") || line.starts_with("alertmanager webhook:") {
+                let _ = tx.send(line.to_string());
             }
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("demo printed the metrics URL");
+    let line = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("demo printed the {what} line"))
+    };
+    let url = line("metrics")
+        .split_whitespace()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    // alertmanager webhook: <URL> (bearer token in <PATH>)
+    let webhook = line("alertmanager webhook");
+    let (hook_url, token_path) = webhook
+        .strip_prefix("alertmanager webhook: ")
+        .and_then(|r| r.split_once(" (bearer token in "))
+        .map(|(u, p)| (u.to_string(), p.trim_end_matches(')').to_string()))
+        .unwrap_or_else(|| panic!("webhook line: {webhook}"));
 
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -73,6 +87,14 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
         "vps_api_key_expiry_timestamp_seconds{provider=\"stablevps\",account=\"demo-stablevps\"}",
         "vps_renewal_price{provider=\"stablevps\",account=\"demo-stablevps\",",
         "vps_info{provider=\"stablevps\",account=\"demo-stablevps\",",
+        // The standard process series of every exporter.
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_virtual_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+        "vpswatch_alertmanager_alerts_total{result=\"acted\"} 0",
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
     }
@@ -127,6 +149,55 @@ async fn demo_serves_lint_clean_metrics_and_stops_on_sigterm() {
             "the demo's hung VM was not healed:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The webhook: a hand-made firing VpsUnhealthy for running VM 2 restarts it once,
+    // through the guards, and says so with source="alertmanager".
+    let token = std::fs::read_to_string(&token_path).expect("the token file");
+    let alert = serde_json::json!({
+        "version": "4", "status": "firing", "receiver": "vpswatch", "groupKey": "demo",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "VpsUnhealthy", "provider": "lnvps", "account": "demo", "vm": "2"},
+            "annotations": {}, "startsAt": "2030-01-01T00:00:00Z"
+        }]
+    });
+    let r = client
+        .post(&hook_url)
+        .bearer_auth(token.trim())
+        .body(alert.to_string())
+        .send()
+        .await
+        .expect("webhook answered");
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert!(
+        status.is_success() && body.contains("\"acted\""),
+        "{status} {body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = client
+            .get(&url)
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .unwrap_or_default();
+        if text.lines().any(|l| {
+            l.starts_with("vpswatch_actions_total{")
+                && l.contains("vm=\"2\"")
+                && l.contains("result=\"ok\"")
+                && l.contains("source=\"alertmanager\"")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert-driven restart:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // SIGTERM → graceful exit with status 0.

@@ -338,6 +338,16 @@ fn amtool_accepts_the_example_alertmanager_config_and_routes_by_severity() {
             &["alertname=VpsExpiringVerySoon", "severity=critical"][..],
             "billing-email,ops-email",
         ),
+        // Alert-driven actions reach vpswatch's webhook, and people too.
+        (
+            &[
+                "alertname=VpsUnhealthy",
+                "severity=critical",
+                "provider=lnvps",
+                "vm=1",
+            ][..],
+            "vpswatch-actions,ops-email",
+        ),
     ] {
         run_ok(
             Command::new(&amtool)
@@ -347,6 +357,28 @@ fn amtool_accepts_the_example_alertmanager_config_and_routes_by_severity() {
                 .current_dir(&dir),
         );
     }
+}
+
+/// The webhook receiver of the example: bearer token from a file, resolved notifications
+/// on, vpswatch's path; and the example alert it is meant for passes `promtool check rules`.
+#[test]
+fn the_example_webhook_receiver_and_its_alert_rule_are_valid() {
+    let config = read("deploy/alertmanager/alertmanager.yml");
+    for needle in [
+        "url: http://127.0.0.1:10047/api/v1/alertmanager",
+        "send_resolved: true",
+        "credentials_file: /etc/alertmanager/vpswatch.token",
+    ] {
+        assert!(config.contains(needle), "alertmanager.yml lacks {needle:?}");
+    }
+    let promtool = tool("promtool", "prometheus");
+    let out = run_ok(
+        Command::new(&promtool)
+            .args(["check", "rules", "vpswatch-actions.rules.yml"])
+            .current_dir(repo("deploy/prometheus")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SUCCESS: 1 rules found"), "{text}");
 }
 
 /// The example alertmanager.yml in a real Alertmanager: a provider outage inhibits the

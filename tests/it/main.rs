@@ -8,6 +8,7 @@
     reason = "tests: a panic is a failed assertion"
 )]
 
+mod alertmanager_webhook;
 mod common;
 mod config;
 mod demo;

@@ -135,3 +135,94 @@ async fn simulated_vms_listen_and_a_hung_vm_stops_answering() {
     assert_eq!(exp.get("vps_probe_success", &[("vm", "1")]), Some(1.0));
     h.shutdown().await;
 }
+
+/// Per-VM probe targets: VM 1 on the account's port, VM 2 on its own port, VM 3 excluded.
+/// Only those targets are probed and exported (no `port` series a VM does not serve, no
+/// series at all for VM 3), and a probe rule reboots the VM whose own port dies.
+#[tokio::test]
+async fn per_vm_probe_targets_probe_only_what_is_configured() {
+    let (port_a, port_b) = (crate::common::free_port(), crate::common::free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let globals = format!(
+        r#"state_dir = {state:?}
+[probes]
+interval = "100ms"
+timeout = "300ms"
+[probes.ports]
+lnvps = {port_a}
+[[probes.targets]]
+port = {port_b}
+[probes.targets.match]
+vms = ["2"]
+[[probes.targets]]
+exclude = true
+[probes.targets.match]
+vms = ["3"]
+
+[[rules]]
+name = "port-dead"
+condition = "probe_failing"
+failures = 2
+recoveries = 2
+action = "reboot"
+cooldown = "1h"
+patience = "1m"
+"#,
+        state = dir.path().display().to_string()
+    );
+    let h = Harness::start_with(
+        move |owner| {
+            let vm = |ip: u8, port: Option<u16>| VmSpec {
+                owner: owner.to_string(),
+                state: VmState::Running,
+                ipv4: Some(Ipv4Addr::new(127, 7, 1, ip)),
+                listen_port: port,
+                ..VmSpec::default()
+            };
+            Scenario {
+                vms: vec![vm(1, Some(port_a)), vm(2, Some(port_b)), vm(3, None)],
+                ..Scenario::default()
+            }
+        },
+        &globals,
+        Arc::new(SystemClock),
+    )
+    .await;
+    let (a, b) = (port_a.to_string(), port_b.to_string());
+    let e = h
+        .wait_metrics("both probed VMs answer on their own ports", T, |e| {
+            e.get("vps_probe_success", &[("vm", "1"), ("port", &a)]) == Some(1.0)
+                && e.get("vps_probe_success", &[("vm", "2"), ("port", &b)]) == Some(1.0)
+                && e.get("vpswatch_rule_firing", &[("vm", "2")]) == Some(0.0)
+        })
+        .await;
+    let probe_series: Vec<String> = e
+        .text
+        .lines()
+        .filter(|l| l.starts_with("vps_probe_success{"))
+        .map(String::from)
+        .collect();
+    assert_eq!(probe_series.len(), 2, "{probe_series:#?}");
+    assert!(!e.has("vps_probe_success", &[("vm", "2"), ("port", &a)]));
+    assert!(!e.has("vps_probe_success", &[("vm", "3")]));
+    // VM 3 is no target of the probe rule at all (not even "unknown").
+    assert!(!e.has("vpswatch_rule_firing", &[("vm", "3")]), "{}", e.text);
+    assert!(
+        !e.has("vpswatch_rule_unknown", &[("vm", "3")]),
+        "{}",
+        e.text
+    );
+
+    // VM 2's own port dies: the rule reboots VM 2, and only VM 2.
+    h.sim.set_hung(2, true);
+    h.wait_metrics("VM 2 rebooted", T, |e| {
+        e.get(
+            "vpswatch_actions_total",
+            &[("vm", "2"), ("result", "ok"), ("source", "rule")],
+        ) == Some(1.0)
+    })
+    .await;
+    let restarted: Vec<u64> = h.sim.actions().iter().map(|a| a.vm_id).collect();
+    assert_eq!(restarted, vec![2]);
+    h.shutdown().await;
+}

@@ -44,8 +44,11 @@ fn every_metric_name_follows_prometheus_conventions() {
     let mut names = std::collections::HashSet::new();
     for d in ALL {
         assert!(names.insert(d.name), "{} declared twice", d.name);
+        // process_* are the standard series every client library exports.
         assert!(
-            d.name.starts_with("vps_") || d.name.starts_with("vpswatch_"),
+            d.name.starts_with("vps_")
+                || d.name.starts_with("vpswatch_")
+                || d.name.starts_with("process_"),
             "{}",
             d.name
         );

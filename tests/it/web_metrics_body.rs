@@ -50,6 +50,7 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
         store: SnapshotStore::new(std::iter::empty()),
         journal: None,
         state_db: None,
+        alertmanager: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -114,4 +115,33 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
     }
     cancel.cancel();
     let _ = server.await;
+}
+
+/// From the very first scrape /metrics is a well-formed exposition (an empty 200 reads
+/// to Prometheus as "every series gone"): the accounts not yet polled with
+/// `vpswatch_provider_up 0`, and the process series. Checked before any task of the
+/// daemon has run (this runtime is single-threaded and has not yielded since the start).
+#[tokio::test]
+async fn metrics_are_well_formed_before_the_first_poll() {
+    let unreachable = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let text = crate::common::config_text(&unreachable, "");
+    let key = nostr::Keys::generate().secret_key().to_secret_hex();
+    let config =
+        vpswatch::config::parse(&text, "test", &|n| (n == "TEST_NSEC").then(|| key.clone()))
+            .expect("config valid");
+    let daemon =
+        vpswatch::daemon::Daemon::start(config, Arc::new(vpswatch_model::clock::SystemClock))
+            .await
+            .expect("daemon starts");
+    let first = daemon.cache.load();
+    let body = String::from_utf8(first.plain.chunks().concat()).expect("utf-8");
+    for needle in [
+        "vpswatch_provider_up{provider=\"lnvps\",account=\"main\"} 0\n",
+        "vpswatch_build_info{",
+        "process_resident_memory_bytes ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from:\n{body}");
+    }
+    daemon.shutdown().await;
 }

@@ -184,6 +184,9 @@ pub struct VmSpec {
     pub memory_as_fraction: bool,
     /// Unpaid VM with an unexpired invoice pending: not purged.
     pub pending_payment: bool,
+    /// The port this VM listens on while running, instead of `settings.vm_listen_port`
+    /// (VMs serving different services).
+    pub listen_port: Option<u16>,
 }
 
 impl Default for VmSpec {
@@ -203,6 +206,7 @@ impl Default for VmSpec {
             timeseries_error: false,
             memory_as_fraction: false,
             pending_payment: false,
+            listen_port: None,
         }
     }
 }

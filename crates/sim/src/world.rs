@@ -144,6 +144,8 @@ pub struct SimVm {
     pub memory_as_fraction: bool,
     /// Unpaid but an invoice is pending: not purged.
     pub pending_payment: bool,
+    /// Its own listening port instead of `settings.vm_listen_port`.
+    pub listen_port: Option<u16>,
     /// Soft-deleted: hidden from lists, GET answers 404 "VM not found".
     pub deleted: bool,
     /// Hung: the state stays as it is but the VM's port stops answering (a frozen
@@ -769,6 +771,7 @@ impl World {
             timeseries_error: spec.timeseries_error,
             memory_as_fraction: spec.memory_as_fraction,
             pending_payment: spec.pending_payment,
+            listen_port: spec.listen_port,
             deleted: false,
             hung: false,
             stays_dead: false,
@@ -796,15 +799,16 @@ impl World {
     /// Every VM, deleted ones included, by id.
     /// Where running VMs should be listening right now (see `SimSettings::vm_listen_port`).
     pub fn listen_addrs(&self) -> Vec<(u64, std::net::SocketAddr)> {
-        let Some(port) = self.settings.vm_listen_port else {
-            return Vec::new();
-        };
+        let default = self.settings.vm_listen_port;
         self.vms
             .values()
             .filter(|v| {
                 v.state == VmState::Running && !v.deleted && !v.hung && v.booting_until.is_none()
             })
-            .map(|v| (v.id, std::net::SocketAddr::from((v.ipv4, port))))
+            .filter_map(|v| {
+                let port = v.listen_port.or(default)?;
+                Some((v.id, std::net::SocketAddr::from((v.ipv4, port))))
+            })
             .collect()
     }
 

@@ -54,12 +54,18 @@ pub fn client() -> reqwest::Client {
 impl Alertmanager {
     /// Starts one and waits for `/-/ready`; a port lost to a race is retried.
     pub async fn start() -> Alertmanager {
+        Self::start_with(CONFIG, &["--cluster.listen-address=".to_string()]).await
+    }
+
+    /// Starts one with this configuration and extra flags (`--cluster.*` to cluster
+    /// peers on loopback), and waits for `/-/ready`; a port lost to a race is retried.
+    pub async fn start_with(config_yaml: &str, flags: &[String]) -> Alertmanager {
         let bin = binary();
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
             let config = dir.path().join("alertmanager.yml");
-            std::fs::write(&config, CONFIG).expect("config written");
+            std::fs::write(&config, config_yaml).expect("config written");
             let log = std::fs::File::create(dir.path().join("log")).expect("log file");
             let port = free_port();
             let child = Command::new(&bin)
@@ -69,7 +75,7 @@ impl Alertmanager {
                     dir.path().join("data").display()
                 ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--cluster.listen-address=")
+                .args(flags)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -87,6 +93,11 @@ impl Alertmanager {
             last_log = std::fs::read_to_string(am.dir.path().join("log")).unwrap_or_default();
         }
         panic!("Alertmanager never became ready; its log:\n{last_log}");
+    }
+
+    /// Its log so far (stderr), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
     /// Polls `/-/ready` until it answers 200 (true) or the process exits / 30 s pass.

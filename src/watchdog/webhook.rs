@@ -248,7 +248,7 @@ fn check_mapping(prefix: &str, raw: RawMapping, problems: &mut Vec<Problem>) -> 
     let before = problems.len();
     let mut problem = vpswatch_model::problem::under(prefix, problems);
     if let Err(why) = vpswatch_model::problem::check_label_name(&raw.name) {
-        problem("name", why);
+        problem("name", why.to_string());
     }
     if raw.alertname.trim().is_empty() {
         problem("alertname", "must name an alert".into());

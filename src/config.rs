@@ -45,7 +45,7 @@ struct RawGlobals {
     state_dir: PathBuf,
     web: crate::web_config::section::RawWeb,
     providers: vpswatch_providers::section::RawProviders,
-    probes: ProbeConfig,
+    probes: crate::watchdog::probe_targets::ProbeConfig,
 }
 
 impl Default for RawGlobals {
@@ -59,53 +59,7 @@ impl Default for RawGlobals {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             web: crate::web_config::section::RawWeb::default(),
             providers: vpswatch_providers::section::RawProviders::default(),
-            probes: ProbeConfig::default(),
-        }
-    }
-}
-
-/// TCP liveness probes of running VMs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ProbeConfig {
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub ports: ProbePorts,
-    /// `[[probes.targets]]`: per-VM ports, hosts, exclusions (see `watchdog::probe_targets`).
-    pub targets: Vec<crate::watchdog::probe_targets::ProbeTargetConfig>,
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(3),
-            ports: ProbePorts::default(),
-            targets: Vec::new(),
-        }
-    }
-}
-
-/// Default probe port per provider.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ProbePorts {
-    /// LNVPS VMs are Linux: SSH.
-    pub lnvps: u16,
-    /// StableVPS VMs are Windows: RDP.
-    pub stablevps: u16,
-}
-
-impl Default for ProbePorts {
-    fn default() -> Self {
-        let port = |kind| vpswatch_providers::module(kind).default_probe_port();
-        Self {
-            lnvps: port(ProviderKind::Lnvps),
-            stablevps: port(ProviderKind::Stablevps),
+            probes: crate::watchdog::probe_targets::ProbeConfig::default(),
         }
     }
 }
@@ -129,7 +83,7 @@ pub struct Config {
     pub web: crate::web_config::section::WebSettings,
     pub providers: BTreeMap<ProviderKind, ProviderLimits>,
     pub accounts: Vec<AccountConfig>,
-    pub probes: ProbeConfig,
+    pub probes: crate::watchdog::probe_targets::ProbeConfig,
     pub watchdog: WatchdogConfig,
     /// `[[rules]]` with `action = "renew"` (Lightning renewal, run by `crate::renew`).
     pub renew_rules: Vec<crate::renew::config::RenewRule>,
@@ -215,31 +169,12 @@ pub const GLOBAL_KEYS: &[KeyDoc] = &[
     },
 ];
 
-/// `[probes]`.
-pub const PROBE_KEYS: &[KeyDoc] = &[
-    KeyDoc {
-        key: r#"`probes.enabled`"#,
-        default: r#"`true`"#,
-        meaning: r#"TCP-probe every VM the provider reports running"#,
-    },
-    KeyDoc {
-        key: r#"`probes.interval` / `probes.timeout`"#,
-        default: r#"`30s` / `3s`"#,
-        meaning: r#"probe round interval; connect timeout"#,
-    },
-    KeyDoc {
-        key: r#"`probes.ports.lnvps` / `.stablevps`"#,
-        default: r#"22 / 3389"#,
-        meaning: r#"port probed per provider (SSH for Linux, RDP for Windows)"#,
-    },
-];
-
 /// The configuration reference (docs/configuration.md), every section in file order.
 pub fn reference_table() -> String {
     vpswatch_model::config_doc::markdown_table(&[
         GLOBAL_KEYS,
         crate::web_config::section::WEB_KEYS,
-        PROBE_KEYS,
+        crate::watchdog::probe_targets::SECTION_KEYS,
         crate::watchdog::probe_targets::KEYS,
         vpswatch_providers::account::LIMIT_KEYS,
         vpswatch_providers::account::ACCOUNT_KEYS,
@@ -407,8 +342,6 @@ fn parse_unredacted(
         return Err(problems);
     };
     for (key, d) in [
-        ("probes.interval", g.probes.interval),
-        ("probes.timeout", g.probes.timeout),
         ("poll_interval", g.poll_interval),
         ("request_timeout", g.request_timeout),
         ("poll_timeout", g.poll_timeout),
@@ -447,8 +380,8 @@ fn parse_unredacted(
     }
 
     check_rule_targets(&watchdog, &valid_accounts, &mut warnings);
-    crate::watchdog::probe_targets::check(
-        &g.probes.targets,
+    crate::watchdog::probe_targets::check_section(
+        &g.probes,
         &valid_accounts
             .iter()
             .map(|a| (a.provider, a.name.clone()))

@@ -1,4 +1,5 @@
-//! Per-VM probe targets (`[[probes.targets]]`): which port (and optionally which host) a
+//! The `[probes]` section: whether, how often and on which port VMs are TCP-probed, and
+//! the per-VM targets (`[[probes.targets]]`): which port (and optionally which host) a
 //! VM is probed on instead of its account's default, or that it is not probed at all.
 //!
 //! Only configured targets are probed and exported, so a VM that serves another port
@@ -6,6 +7,7 @@
 //! VpsProbeFailing falsely). The first entry whose `match` covers a VM decides.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -13,6 +15,92 @@ use super::selector::{Selector, SelectorConfig, Target};
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::config_doc::KeyDoc;
 use vpswatch_model::problem::Problem;
+
+/// TCP liveness probes of running VMs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub ports: ProbePorts,
+    /// `[[probes.targets]]`: per-VM ports, hosts, exclusions.
+    pub targets: Vec<ProbeTargetConfig>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(3),
+            ports: ProbePorts::default(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// Default probe port per provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProbePorts {
+    /// LNVPS VMs are Linux: SSH.
+    pub lnvps: u16,
+    /// StableVPS VMs are Windows: RDP.
+    pub stablevps: u16,
+}
+
+impl Default for ProbePorts {
+    fn default() -> Self {
+        let port = |kind| vpswatch_providers::module(kind).default_probe_port();
+        Self {
+            lnvps: port(ProviderKind::Lnvps),
+            stablevps: port(ProviderKind::Stablevps),
+        }
+    }
+}
+
+/// `[probes]`.
+pub const SECTION_KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: r#"`probes.enabled`"#,
+        default: r#"`true`"#,
+        meaning: r#"TCP-probe every VM the provider reports running"#,
+    },
+    KeyDoc {
+        key: r#"`probes.interval` / `probes.timeout`"#,
+        default: r#"`30s` / `3s`"#,
+        meaning: r#"probe round interval; connect timeout"#,
+    },
+    KeyDoc {
+        key: r#"`probes.ports.lnvps` / `.stablevps`"#,
+        default: r#"22 / 3389"#,
+        meaning: r#"port probed per provider (SSH for Linux, RDP for Windows)"#,
+    },
+];
+
+/// Checks `[probes]`: the timings, then the targets (see [`check`]).
+pub fn check_section(
+    section: &ProbeConfig,
+    accounts: &[(ProviderKind, String)],
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) {
+    for (key, d) in [
+        ("probes.interval", section.interval),
+        ("probes.timeout", section.timeout),
+    ] {
+        if d.is_zero() {
+            problems.push(Problem {
+                path: key.into(),
+                message: "must be greater than zero".into(),
+            });
+        }
+    }
+    check(&section.targets, accounts, problems, warnings);
+}
 
 /// `[[probes.targets]]`.
 pub const KEYS: &[KeyDoc] = &[KeyDoc {

@@ -99,7 +99,8 @@ pub async fn run(
     // A closed stdout (piped into `head`, a test that stopped reading) must not kill the
     // demo, so write without println!'s panic.
     let banner = format!(
-        "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
+        "vpswatch demo is running.\n  status page:             {scheme}://{addr}/\n  \
+         simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
          metrics:                 {scheme}://{addr}/metrics\n  readiness:               \
          {scheme}://{addr}/-/ready\n  watchdog journal:        {scheme}://{addr}/api/v1/actions\n  \
          Lightning renewal:       VM 6 renews itself through NWC about a minute after start\n\
@@ -108,7 +109,8 @@ pub async fn run(
         demo.world.stablevps.base_url(),
         match smtp {
             Some(s) => format!("  alert mail:              smtp://{s}\n"),
-            None => "  alerts:                  logged (add --smtp HOST:PORT to mail them)\n".into(),
+            None =>
+                "  alerts:                  logged (add --smtp HOST:PORT to mail them)\n".into(),
         }
     );
     {

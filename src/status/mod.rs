@@ -811,3 +811,111 @@ pub async fn respond<B>(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpswatch_model::account::{AccountData, AccountFacts};
+    use vpswatch_model::clock::ManualClock;
+
+    fn vm(id: &str, state: VmState, expires_in: chrono::Duration, now: DateTime<Utc>) -> Vm {
+        Vm {
+            id: id.into(),
+            name: format!("vm-{id}"),
+            plan: "Tiny BTC".into(),
+            location: "Dublin".into(),
+            image: String::new(),
+            ipv4: None,
+            state,
+            status_time: Some(now),
+            created: None,
+            expires: Some(now + expires_in),
+            deleting_on: None,
+            auto_renewal_enabled: Some(false),
+            renewal: None,
+            cpus: None,
+            memory_bytes: None,
+            disk_bytes: None,
+            uptime_seconds: None,
+            usage: None,
+            usage_error: None,
+            subscription_id: None,
+            max_prepay_days: None,
+        }
+    }
+
+    fn sources(now: DateTime<Utc>, vms: Vec<Vm>, runway: Option<f64>) -> StatusSources {
+        let store = SnapshotStore::new([(ProviderKind::Stablevps, "acct".to_string())]);
+        let mut snap = AccountSnapshot::empty(ProviderKind::Stablevps, "acct");
+        snap.polls = 1;
+        snap.last_success = Some(now);
+        snap.data = Some(Arc::new(AccountData {
+            fetched_at: now,
+            vms,
+            wallet: None,
+            facts: AccountFacts {
+                wallet_runway_seconds: runway,
+                ..AccountFacts::default()
+            },
+            warnings: Vec::new(),
+        }));
+        store.publish(0, snap);
+        StatusSources::snapshots_only(store, Arc::new(ManualClock::new(now)))
+    }
+
+    #[test]
+    fn problems_come_first_worst_then_soonest() {
+        let now = Utc::now();
+        let days = chrono::Duration::days;
+        let s = sources(
+            now,
+            vec![
+                vm("1", VmState::Running, days(20), now),
+                vm("2", VmState::Stopped, days(25), now),
+                vm("3", VmState::Running, days(1), now),
+                vm("4", VmState::Running, days(5), now),
+                vm("5", VmState::Creating, days(20), now),
+            ],
+            None,
+        )
+        .build(now, &[]);
+        let order: Vec<(&str, Severity)> =
+            s.vms.iter().map(|v| (v.id.as_str(), v.severity)).collect();
+        assert_eq!(
+            order,
+            [
+                ("3", Severity::Critical),
+                ("2", Severity::Critical),
+                ("4", Severity::Warning),
+                ("5", Severity::Notice),
+                ("1", Severity::Ok),
+            ]
+        );
+        assert_eq!(s.summary.problems, 3);
+        assert_eq!(s.vms[1].findings[0].text, "stopped");
+        assert!(s.vms[0].findings[0].text.contains("nothing renews it"));
+    }
+
+    #[test]
+    fn a_wallet_that_reaches_past_the_expiry_covers_it() {
+        let now = Utc::now();
+        let days = chrono::Duration::days;
+        let s = sources(
+            now,
+            vec![
+                vm("1", VmState::Running, days(1), now),
+                vm("2", VmState::Running, days(3), now),
+            ],
+            Some(2.0 * 86_400.0),
+        )
+        .build(now, &[]);
+        let by_id = |id: &str| s.vms.iter().find(|v| v.id == id).expect("vm");
+        assert_eq!(by_id("1").renewal.covered_by.as_deref(), Some("wallet"));
+        assert_eq!(by_id("1").severity, Severity::Notice);
+        assert_eq!(by_id("2").renewal.covered_by, None);
+        assert_eq!(by_id("2").severity, Severity::Warning);
+        // Two days of runway is short: the account says so.
+        assert_eq!(s.accounts[0].severity, Severity::Warning);
+        assert!(s.accounts[0].findings[0].text.contains("wallet pays"));
+    }
+}

@@ -18,8 +18,8 @@ const LANE: f64 = 52.0;
 const MAX_LANES: usize = 12;
 /// Expiry dots per lane (the soonest).
 const MAX_DOTS: usize = 200;
-/// Labelled dots keep at least this much room between their labels.
-const LABEL_GAP: f64 = 120.0;
+/// A generous width of one character of an 11 px label, to keep labels apart.
+const CHAR_WIDTH: f64 = 6.6;
 
 fn colour(s: Severity) -> &'static str {
     match s {
@@ -144,7 +144,8 @@ pub fn render(out: &mut String, status: &Status) {
             })
             .collect();
         due.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let mut last_label = [f64::NEG_INFINITY; 2];
+        // Where the last label of each row (above, below the line) ends.
+        let mut label_end = [f64::NEG_INFINITY; 2];
         for (s, v) in due.into_iter().take(MAX_DOTS) {
             let x = x_of(s);
             let _ = write!(
@@ -154,22 +155,26 @@ pub fn render(out: &mut String, status: &Status) {
             );
             escape(out, &v.name);
             let _ = write!(out, ": expires {}</title></circle>", format::countdown(s));
-            let Some(row) = (0..2).find(|r| x - last_label[*r] >= LABEL_GAP) else {
-                continue;
-            };
-            last_label[row] = x;
-            let ty = if row == 0 { mid - 9.0 } else { mid + 17.0 };
+            let name = short(&v.name, 18);
+            let text_len = name.chars().count() + 3 + format::duration(s.max(0.0)).len();
+            let width = text_len as f64 * CHAR_WIDTH;
             // Near the right edge the label ends at its dot instead of starting there.
-            let (tx, anchor) = if x > X1 - LABEL_GAP {
-                (x + 4.0, "end")
+            let (start, anchor) = if x + width > WIDTH - 8.0 {
+                (x + 4.0 - width, "end")
             } else {
                 ((x - 4.0).max(X0), "start")
             };
+            let Some(row) = (0..2).find(|r| start >= label_end[*r] + 8.0) else {
+                continue;
+            };
+            label_end[row] = start + width;
+            let ty = if row == 0 { mid - 9.0 } else { mid + 17.0 };
+            let tx = if anchor == "end" { x + 4.0 } else { start };
             let _ = write!(
                 out,
                 "<text x=\"{tx:.1}\" y=\"{ty:.1}\" text-anchor=\"{anchor}\" font-size=\"11\">"
             );
-            escape(out, &short(&v.name, 18));
+            escape(out, &name);
             let _ = write!(out, " · {}</text>", format::duration(s.max(0.0)));
         }
     }

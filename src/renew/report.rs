@@ -21,11 +21,14 @@ struct Data {
     wallets: BTreeMap<String, f64>,
 }
 
+/// (mode, result, count) of one VM's renewals.
+pub type RenewResult = (String, String, u64);
+
 /// A copy of the renewal counters for the status page.
 #[derive(Debug, Default, Clone)]
 pub struct RenewSummary {
     /// (account, vm) → (mode, result, count).
-    pub results: BTreeMap<(String, String), Vec<(String, String, u64)>>,
+    pub results: BTreeMap<(String, String), Vec<RenewResult>>,
     /// NWC wallet (rule name) → balance in sats.
     pub wallets: BTreeMap<String, f64>,
 }
@@ -87,8 +90,7 @@ impl RenewReport {
     /// wallet's balance in sats: what the status page shows.
     pub fn summary(&self) -> RenewSummary {
         self.with(|d| {
-            let mut results: BTreeMap<(String, String), Vec<(String, String, u64)>> =
-                BTreeMap::new();
+            let mut results: BTreeMap<(String, String), Vec<RenewResult>> = BTreeMap::new();
             for ((account, vm, mode, result), n) in &d.renewals {
                 results
                     .entry((account.clone(), vm.clone()))

@@ -264,7 +264,7 @@ async fn basic_auth_guards_the_page_and_its_json() {
     let web = dir.path().join("web.yml");
     std::fs::write(&web, format!("basic_auth_users:\n  prometheus: {HASH}\n")).expect("write");
     let h = Harness::start_tweaked(
-        |owner| Scenario::demo(owner),
+        Scenario::demo,
         "",
         Arc::new(SystemClock),
         Arc::new(crate::common::RecordingNotifier::default()),

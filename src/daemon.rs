@@ -321,6 +321,15 @@ impl Daemon {
             journal: journal.clone(),
             state_db: state.clone(),
             alertmanager,
+            status: Arc::new(crate::status::StatusSources {
+                store: store.clone(),
+                probes: probes.clone(),
+                watchdog: watchdog.clone(),
+                renewals: renewals.clone(),
+                journal: journal.clone(),
+                clock: clock.clone(),
+                policy: crate::status::StatusPolicy::from_config(&config),
+            }),
         });
         // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

@@ -138,7 +138,8 @@ pub async fn run(
     // A closed stdout (piped into `head`, a test that stopped reading) must not kill the
     // demo, so write without println!'s panic.
     let banner = format!(
-        "vpswatch demo is running.\n  simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
+        "vpswatch demo is running.\n  status page:             {scheme}://{addr}/\n  \
+         simulated LNVPS API:     {}\n  simulated StableVPS API: {}\n  \
          metrics:                 {scheme}://{addr}/metrics\n  readiness:               \
          {scheme}://{addr}/-/ready\n  watchdog journal:        {scheme}://{addr}/api/v1/actions\n  \
          alertmanager webhook: {scheme}://{addr}/api/v1/alertmanager (bearer token in {})\n  \
@@ -149,7 +150,8 @@ pub async fn run(
         demo.webhook_token.display(),
         match smtp {
             Some(s) => format!("  alert mail:              smtp://{s}\n"),
-            None => "  alerts:                  logged (add --smtp HOST:PORT to mail them)\n".into(),
+            None =>
+                "  alerts:                  logged (add --smtp HOST:PORT to mail them)\n".into(),
         }
     );
     {

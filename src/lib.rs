@@ -13,6 +13,7 @@ pub mod notify;
 pub mod poll;
 pub mod renew;
 pub mod signal;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod watchdog;

@@ -1,5 +1,5 @@
-//! The HTTP side (hyper): `/metrics` from the cached rendering, `/-/healthy`, `/-/ready`
-//! and a landing page. Handlers only read shared state; nothing here calls a provider.
+//! The HTTP side (hyper): `/metrics` from the cached rendering, `/-/healthy`, `/-/ready`,
+//! the watchdog journal and the status page (`crate::status`). Handlers only read shared state; nothing here calls a provider.
 //!
 //! Every connection passes through the limits of `web_config::limits` (a connection cap
 //! that makes room by closing the connection cheapest to lose, a head deadline counted
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
+use crate::status::StatusSources;
 use crate::store::StateStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
@@ -48,6 +49,8 @@ pub struct WebState {
     pub state_db: Option<StateStore>,
     /// The Alertmanager webhook (`POST /api/v1/alertmanager`), when configured.
     pub alertmanager: Option<Arc<crate::watchdog::webhook::Receiver>>,
+    /// What the status page (`/`, `/api/v1/status`) reads.
+    pub status: Arc<StatusSources>,
 }
 
 type Body = ChunksBody;
@@ -140,17 +143,6 @@ fn healthy(state: &WebState) -> Response<Body> {
     }
 }
 
-const LANDING: &str = concat!(
-    "<!doctype html><html><head><meta charset=\"utf-8\"><title>vpswatch</title></head>",
-    "<body><h1>vpswatch ",
-    env!("CARGO_PKG_VERSION"),
-    "</h1><p>Prometheus exporter and watchdog for LNVPS and StableVPS.</p><ul>",
-    "<li><a href=\"metrics\">/metrics</a></li>",
-    "<li><a href=\"-/healthy\">/-/healthy</a></li>",
-    "<li><a href=\"-/ready\">/-/ready</a></li>",
-    "<li><a href=\"api/v1/actions\">/api/v1/actions</a> (watchdog journal)</li></ul></body></html>\n"
-);
-
 /// Entries `/api/v1/actions` returns unless `?limit=` says otherwise (at most 1000).
 const DEFAULT_ACTIONS_LIMIT: usize = 100;
 
@@ -210,14 +202,6 @@ pub fn route<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
         "/metrics" => metrics(state, req),
         "/-/healthy" => healthy(state),
         "/-/ready" => ready(state),
-        "/" => {
-            let mut r = text(StatusCode::OK, LANDING);
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r
-        }
         _ => text(StatusCode::NOT_FOUND, "Not found\n"),
     }
 }
@@ -342,6 +326,11 @@ async fn handle_inner(
     let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
     if is_get && req.uri().path() == "/api/v1/actions" {
         return actions(st, &req).await;
+    }
+    if is_get && matches!(req.uri().path(), "/" | "/api/v1/status") {
+        return crate::status::respond(&st.status, &req)
+            .await
+            .map(ChunksBody::from);
     }
     route(st, &req)
 }

@@ -21,6 +21,18 @@ struct Data {
     wallets: BTreeMap<String, f64>,
 }
 
+/// (mode, result, count) of one VM's renewals.
+pub type RenewResult = (String, String, u64);
+
+/// A copy of the renewal counters for the status page.
+#[derive(Debug, Default, Clone)]
+pub struct RenewSummary {
+    /// (account, vm) → (mode, result, count).
+    pub results: BTreeMap<(String, String), Vec<RenewResult>>,
+    /// NWC wallet (rule name) → balance in sats.
+    pub wallets: BTreeMap<String, f64>,
+}
+
 /// Renewal counters; the provider label is always `lnvps`.
 #[derive(Debug)]
 pub struct RenewReport {
@@ -72,6 +84,24 @@ impl RenewReport {
     /// Asks the encoder to re-render.
     pub fn touch(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Renewal results per (account, vm) as (mode, result, count), and each NWC
+    /// wallet's balance in sats: what the status page shows.
+    pub fn summary(&self) -> RenewSummary {
+        self.with(|d| {
+            let mut results: BTreeMap<(String, String), Vec<RenewResult>> = BTreeMap::new();
+            for ((account, vm, mode, result), n) in &d.renewals {
+                results
+                    .entry((account.clone(), vm.clone()))
+                    .or_default()
+                    .push((mode.clone(), result.clone(), *n));
+            }
+            RenewSummary {
+                results,
+                wallets: d.wallets.clone(),
+            }
+        })
     }
 
     pub fn render(&self, set: &mut FamilySet) {

@@ -200,6 +200,22 @@ impl WatchdogReport {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Every target's rule state as (target, firing, unknown), in key order: what the
+    /// status page shows beside each VM and account.
+    pub fn rule_states(&self) -> Vec<(TargetKey, bool, bool)> {
+        self.with(false, |d| {
+            d.targets
+                .iter()
+                .map(|(k, (firing, unknown))| (k.clone(), *firing, *unknown))
+                .collect()
+        })
+    }
+
+    /// Whether the global dry run is on.
+    pub fn dry_run(&self) -> bool {
+        self.with(false, |d| d.dry_run)
+    }
+
     /// Adds the watchdog's families.
     pub fn render(&self, set: &mut FamilySet) {
         let d = self.with(false, |d| d.clone());

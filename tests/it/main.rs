@@ -33,6 +33,7 @@ mod sim_renewal;
 mod sim_stablevps;
 mod stablevps_secrets;
 mod state_store;
+mod status_page;
 mod watchdog;
 mod watchdog_crash;
 mod watchdog_email;

@@ -4,8 +4,8 @@
 //! polls, every fault kind on both providers, watchdog reboots of hung VMs on both, mail
 //! it cannot deliver (SMTP port closed) and configuration errors; none of the secrets,
 //! in any obvious encoding (as written, hex, bech32, base64), may appear in the logs,
-//! /metrics, /api/v1/actions, the files in the state directory (redb bytes) or any
-//! error message. Once in-process with every tracing event captured at TRACE, once as
+//! /metrics, /api/v1/actions, the status page (`/`) and its JSON twin, the files in the
+//! state directory (redb bytes) or any error message. Once in-process with every tracing event captured at TRACE, once as
 //! the real binary with `--log.level debug`, stdout and stderr captured.
 //!
 //! Also: key files readable by group or others draw a warning naming the file.
@@ -404,6 +404,19 @@ async fn get_text(http: &reqwest::Client, url: &str) -> String {
         .expect("body")
 }
 
+/// The status page and its JSON twin, once they show the watchdog's reboots (so they
+/// hold everything there is to show: both accounts, every VM, the journal's entries).
+async fn status_page(http: &reqwest::Client, addr: SocketAddr) -> (String, String) {
+    let page = get_text(http, &format!("http://{addr}/")).await;
+    let status = get_text(http, &format!("http://{addr}/api/v1/status")).await;
+    assert!(
+        page.contains("id=\"problems\"") && page.contains("reboot"),
+        "{page}"
+    );
+    assert!(status.contains("\"last_action\":{"), "{status}");
+    (page, status)
+}
+
 /// Configuration errors name the file, never the content.
 fn config_errors(w: &World) -> Vec<String> {
     let d = w.dir.path();
@@ -516,6 +529,7 @@ async fn no_secret_leaks_in_process() {
 
     let actions = get_text(&http, &format!("http://{addr}/api/v1/actions")).await;
     assert!(actions.contains("\"reboot\""), "{actions}");
+    let (page, status) = status_page(&http, addr).await;
     let mut errors = config_errors(&w);
     for snap in daemon.store.all() {
         errors.extend(snap.last_error.clone());
@@ -537,6 +551,8 @@ async fn no_secret_leaks_in_process() {
     w.secrets.assert_absent("the logs", &logs);
     w.secrets.assert_absent("/metrics", &exp.text);
     w.secrets.assert_absent("/api/v1/actions", &actions);
+    w.secrets.assert_absent("the status page", &page);
+    w.secrets.assert_absent("/api/v1/status", &status);
     for e in &errors {
         w.secrets.assert_absent("an error message", e);
     }
@@ -605,6 +621,7 @@ async fn no_secret_leaks_from_the_binary() {
     let exp = all_up(&http, addr).await;
     let actions = get_text(&http, &format!("http://{addr}/api/v1/actions")).await;
     assert!(actions.contains("\"reboot\""), "{actions}");
+    let (page, status) = status_page(&http, addr).await;
     drop(http);
 
     let stopped = std::process::Command::new("kill")
@@ -627,6 +644,8 @@ async fn no_secret_leaks_from_the_binary() {
     w.secrets.assert_absent("stderr", &stderr);
     w.secrets.assert_absent("/metrics", &exp.text);
     w.secrets.assert_absent("/api/v1/actions", &actions);
+    w.secrets.assert_absent("the status page", &page);
+    w.secrets.assert_absent("/api/v1/status", &status);
     for (name, bytes) in &w.state_files() {
         w.secrets.assert_absent_bytes(name, bytes);
     }

@@ -45,12 +45,17 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
         rendered: true,
         ..Encoded::default()
     }));
+    let store = SnapshotStore::new(std::iter::empty());
     let state = Arc::new(WebState {
         cache,
-        store: SnapshotStore::new(std::iter::empty()),
+        store: store.clone(),
         journal: None,
         state_db: None,
         alertmanager: None,
+        status: Arc::new(vpswatch::status::StatusSources::snapshots_only(
+            store,
+            Arc::new(vpswatch_model::clock::SystemClock),
+        )),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

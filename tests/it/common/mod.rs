@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod chromium;
 pub mod daemon_process;
 pub mod docs;
 pub mod log_capture;

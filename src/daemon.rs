@@ -272,6 +272,10 @@ impl Daemon {
             store: store.clone(),
             journal: journal.clone(),
             state_db: state.clone(),
+            renewals: state
+                .clone()
+                .filter(|_| !config.renew_rules.is_empty())
+                .map(crate::renew::journal::RenewalJournal::new),
         });
         // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

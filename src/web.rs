@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
+use crate::renew::journal::RenewalJournal;
 use crate::store::StateStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
@@ -46,6 +47,8 @@ pub struct WebState {
     pub journal: Option<Journal>,
     /// The state database, when something persists (its health is the daemon's).
     pub state_db: Option<StateStore>,
+    /// The renewal journal, when a renewal rule is configured.
+    pub renewals: Option<RenewalJournal>,
 }
 
 type Body = ChunksBody;
@@ -146,7 +149,8 @@ const LANDING: &str = concat!(
     "<li><a href=\"metrics\">/metrics</a></li>",
     "<li><a href=\"-/healthy\">/-/healthy</a></li>",
     "<li><a href=\"-/ready\">/-/ready</a></li>",
-    "<li><a href=\"api/v1/actions\">/api/v1/actions</a> (watchdog journal)</li></ul></body></html>\n"
+    "<li><a href=\"api/v1/actions\">/api/v1/actions</a> (watchdog journal)</li>",
+    "<li><a href=\"api/v1/renewals\">/api/v1/renewals</a> (renewal journal)</li></ul></body></html>\n"
 );
 
 /// Entries `/api/v1/actions` returns unless `?limit=` says otherwise (at most 1000).
@@ -331,6 +335,9 @@ async fn handle_inner(
         }
     }
     let req = Request::from_parts(parts, ());
+    if let Some(r) = crate::renew::api::route(st.renewals.as_ref(), &req).await {
+        return r;
+    }
     let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
     if is_get && req.uri().path() == "/api/v1/actions" {
         return actions(st, &req).await;

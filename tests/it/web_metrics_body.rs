@@ -50,6 +50,7 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
         store: SnapshotStore::new(std::iter::empty()),
         journal: None,
         state_db: None,
+        renewals: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -184,6 +184,8 @@ pub struct VmSpec {
     pub memory_as_fraction: bool,
     /// Unpaid VM with an unexpired invoice pending: not purged.
     pub pending_payment: bool,
+    /// A VM without a subscription id (null in the VM, absent from `/subscriptions`).
+    pub no_subscription: bool,
 }
 
 impl Default for VmSpec {
@@ -203,6 +205,7 @@ impl Default for VmSpec {
             timeseries_error: false,
             memory_as_fraction: false,
             pending_payment: false,
+            no_subscription: false,
         }
     }
 }

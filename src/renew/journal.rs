@@ -331,7 +331,10 @@ mod tests {
         assert_eq!(j.request_rearm("a", "1", at).expect("rearm"), at);
         assert_eq!(j.rearm_requested("a", "1").expect("rearm"), Some(at));
         let again = j.request_rearm("a", "1", at).expect("rearm");
-        assert!(again > at, "a second clear in the same second is still newer");
+        assert!(
+            again > at,
+            "a second clear in the same second is still newer"
+        );
         let listed = j.list().expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].rearm_requested, Some(again));

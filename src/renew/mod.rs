@@ -464,7 +464,10 @@ impl Task {
                     rec.attempts
                 ),
                 vec![
-                    ("tries".into(), format!("{} of {}", rec.attempts, ctx.rule.max_attempts)),
+                    (
+                        "tries".into(),
+                        format!("{} of {}", rec.attempts, ctx.rule.max_attempts),
+                    ),
                     ("last error".into(), why),
                 ],
             )
@@ -646,13 +649,7 @@ impl Task {
             ctx.rule.max_per_renewal_sats,
             ctx.rule.max_per_month_sats,
         ) {
-            self.notice(
-                ctx,
-                rec,
-                EventKind::RenewalBlocked,
-                "blocked_budget",
-                why,
-            )?;
+            self.notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why)?;
             return Ok(Tried::Skipped(recheck));
         }
         if ctx.dry_run(self.parts.global_dry_run) {
@@ -903,9 +900,12 @@ impl Task {
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "the invoice expired unpaid".into());
-            self.parts
-                .journal
-                .put(&ctx.snap.account, &ctx.vm.id, rec, release.map(|d| (a.reserved_month.as_str(), d)))?;
+            self.parts.journal.put(
+                &ctx.snap.account,
+                &ctx.vm.id,
+                rec,
+                release.map(|d| (a.reserved_month.as_str(), d)),
+            )?;
             self.fail(ctx, rec, format!("renewal invoice {}: {why}", a.payment_id))?;
             return Ok(false);
         }

@@ -171,8 +171,16 @@ impl RenewReport {
         }
         for ((account, vm), s) in &d.states {
             let labels = ["lnvps", account.as_str(), vm.as_str(), s.rule.as_str()];
-            set.gauge(&defs::VPS_RENEWAL_FAILING, &labels, f64::from(u8::from(s.failing)));
-            set.gauge(&defs::VPS_RENEWAL_GAVE_UP, &labels, f64::from(u8::from(s.gave_up)));
+            set.gauge(
+                &defs::VPS_RENEWAL_FAILING,
+                &labels,
+                f64::from(u8::from(s.failing)),
+            );
+            set.gauge(
+                &defs::VPS_RENEWAL_GAVE_UP,
+                &labels,
+                f64::from(u8::from(s.gave_up)),
+            );
             set.gauge(&defs::RENEWAL_ATTEMPTS, &labels, f64::from(s.attempts));
         }
         for (wallet, sats) in &d.wallets {

@@ -853,8 +853,16 @@ async fn a_day_of_failing_invoice_minting_makes_at_most_max_attempts_requests_an
     for _ in 0..48 {
         t.step(30 * 60).await;
     }
-    assert_eq!(t.requests_to(SUB_RENEW), 3, "at most max_attempts renew requests");
-    assert_eq!(t.requests_to(VM_RENEW), 0, "the subscription endpoint is used");
+    assert_eq!(
+        t.requests_to(SUB_RENEW),
+        3,
+        "at most max_attempts renew requests"
+    );
+    assert_eq!(
+        t.requests_to(VM_RENEW),
+        0,
+        "the subscription endpoint is used"
+    );
     assert!(
         t.sim
             .requests()
@@ -878,8 +886,14 @@ async fn a_day_of_failing_invoice_minting_makes_at_most_max_attempts_requests_an
             ("result", result),
         ]
     };
-    assert_eq!(m.get("vpswatch_renewals_total", &labels("failed")), Some(3.0));
-    assert_eq!(m.get("vpswatch_renewals_total", &labels("gave_up")), Some(1.0));
+    assert_eq!(
+        m.get("vpswatch_renewals_total", &labels("failed")),
+        Some(3.0)
+    );
+    assert_eq!(
+        m.get("vpswatch_renewals_total", &labels("gave_up")),
+        Some(1.0)
+    );
     assert_eq!(m.get("vpswatch_renewals_total", &labels("paid")), Some(0.0));
     let vm_labels = [("account", "main"), ("vm", vm.as_str()), ("rule", "renew")];
     assert_eq!(m.get("vps_renewal_failing", &vm_labels), Some(1.0));
@@ -888,7 +902,10 @@ async fn a_day_of_failing_invoice_minting_makes_at_most_max_attempts_requests_an
     assert_eq!(
         m.get(
             "vpswatch_provider_requests_total",
-            &[("endpoint", "GET /api/v1/subscriptions/{id}/renew"), ("code", "500")]
+            &[
+                ("endpoint", "GET /api/v1/subscriptions/{id}/renew"),
+                ("code", "500")
+            ]
         ),
         Some(3.0)
     );
@@ -962,7 +979,13 @@ async fn an_operator_clear_re_arms_a_renewal_that_gave_up() {
     assert_eq!(rec["vm"], t.vm.to_string());
     assert_eq!(rec["gave_up"], true);
     assert_eq!(rec["attempts"], 2);
-    assert!(rec["last_error"].as_str().unwrap_or("").contains("HTTP 500"), "{rec}");
+    assert!(
+        rec["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("HTTP 500"),
+        "{rec}"
+    );
     // Bad requests name what is wrong.
     let r = http
         .post(t.web("/api/v1/renewals/clear"))
@@ -1023,7 +1046,11 @@ async fn tries_and_backoff_are_kept_across_a_restart() {
     t.start_daemon().await;
     t.step(60).await;
     t.step(60).await;
-    assert_eq!(t.renew_calls(), 2, "the restart does not skip the backoff (20 min)");
+    assert_eq!(
+        t.renew_calls(),
+        2,
+        "the restart does not skip the backoff (20 min)"
+    );
     t.step(20 * 60).await;
     assert_eq!(t.renew_calls(), 3);
     for _ in 0..8 {
@@ -1048,7 +1075,10 @@ async fn a_vm_without_a_subscription_id_falls_back_to_the_vm_endpoints() {
     assert_eq!(t.paid_invoices(), 1);
     assert_eq!(t.requests_to(VM_RENEW), 1);
     assert_eq!(t.requests_to(SUB_RENEW), 0);
-    assert!(t.requests_to("/api/v1/payment/{id}") >= 1, "followed by GET /payment/{{id}}");
+    assert!(
+        t.requests_to("/api/v1/payment/{id}") >= 1,
+        "followed by GET /payment/{{id}}"
+    );
     t.finish().await;
 }
 
@@ -1079,17 +1109,19 @@ async fn requests_made_between_polls_show_on_metrics_at_once() {
     wait_for("the quote counted on /metrics", WAIT, || {
         let (http, addr) = (http.clone(), d.addr);
         async move {
-            crate::common::Exposition::parse(&crate::common::scrape(&http, addr).await)
-                .get(
-                    "vpswatch_provider_requests_total",
-                    &[("endpoint", quote), ("code", "200")],
-                )
-                == Some(1.0)
+            crate::common::Exposition::parse(&crate::common::scrape(&http, addr).await).get(
+                "vpswatch_provider_requests_total",
+                &[("endpoint", quote), ("code", "200")],
+            ) == Some(1.0)
         }
     })
     .await;
     assert_eq!(d.store.get(0).map_or(0, |s| s.polls), 1, "no second poll");
-    assert_eq!(t.renewals_in("email", "failed"), 0, "the renew call still hangs");
+    assert_eq!(
+        t.renewals_in("email", "failed"),
+        0,
+        "the renew call still hangs"
+    );
     assert_eq!(t.events(EventKind::InvoiceSent), 0);
     t.finish().await;
 }

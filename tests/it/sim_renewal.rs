@@ -427,7 +427,9 @@ async fn minting_fails_with_the_real_500_for_n_mints_or_until_cleared() {
         assert_eq!((s, &body), (500, &real));
     }
     let (s, quote) = t
-        .get(&format!("/api/v1/subscriptions/{id}/renew/quote?intervals=1"))
+        .get(&format!(
+            "/api/v1/subscriptions/{id}/renew/quote?intervals=1"
+        ))
         .await;
     assert_eq!(s, 200, "quotes need no invoice: {quote}");
     let (s, p) = t.get(&renew).await;
@@ -446,7 +448,11 @@ async fn minting_fails_with_the_real_500_for_n_mints_or_until_cleared() {
     assert_eq!(s, 200);
     assert_eq!(again["data"]["id"], p["data"]["id"]);
     let (s, body) = t.get(&format!("/api/v1/vm/{id}/renew?intervals=3")).await;
-    assert_eq!((s, &body), (500, &real), "the deprecated endpoint mints the same way");
+    assert_eq!(
+        (s, &body),
+        (500, &real),
+        "the deprecated endpoint mints the same way"
+    );
     let state = control(reqwest::Method::GET, "").await;
     assert_eq!(state["mint_failure"]["remaining"], Value::Null);
     assert!(state["mint_failure"].is_object(), "in force until cleared");

@@ -258,3 +258,32 @@ impl Billing {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscription payment as the real server renders it (docs/providers.md): amounts
+    /// as `{currency, amount}`, `payment_type` capitalised, no `time`.
+    #[test]
+    fn subscription_payment_shape() {
+        let text = r#"{"data":[{"id":"ab12","subscription_id":1,"created":"2026-11-23T06:00:00Z",
+            "expires":"2026-11-23T06:10:00Z","amount":{"currency":"BTC","amount":500000},
+            "payment_method":"lightning","payment_type":"Renewal","is_paid":true,
+            "paid_at":"2026-11-23T06:01:00Z","tax":{"currency":"BTC","amount":0},
+            "processing_fee":{"currency":"BTC","amount":0},"data":{"lightning":"lnbc1x"}}],
+            "total":1,"limit":50,"offset":0}"#;
+        let page: Paginated<Payment> = serde_json::from_str(text).expect("parses");
+        let p = &page.data[0];
+        assert_eq!(p.amount, 500_000);
+        assert!(p.is_paid_renewal());
+        assert_eq!(p.bolt11(), Some("lnbc1x"));
+        assert_eq!(p.time, None);
+    }
+
+    #[test]
+    fn renew_targets() {
+        assert!(RenewTarget::Vm("1").is_deprecated());
+        assert!(!RenewTarget::Subscription("1").is_deprecated());
+    }
+}

@@ -1065,20 +1065,31 @@ async fn tries_and_backoff_are_kept_across_a_restart() {
 /// only ones that know it); every other VM through its subscription.
 #[tokio::test]
 async fn a_vm_without_a_subscription_id_falls_back_to_the_vm_endpoints() {
+    let logs = crate::common::log_capture::capture();
     let t = start(Setup {
         no_subscription: true,
+        mint_fails: true,
         ..Setup::default()
     })
     .await;
+    // Two tries (the first meets the minting fault), one log line.
+    until("first try failed", || t.renewals("failed") == 1).await;
+    t.sim.clear_mint_failure();
+    t.step(2).await;
     until("paid", || t.renewals("paid") == 1).await;
     t.polls(3).await;
     assert_eq!(t.paid_invoices(), 1);
-    assert_eq!(t.requests_to(VM_RENEW), 1);
+    assert_eq!(t.requests_to(VM_RENEW), 2);
     assert_eq!(t.requests_to(SUB_RENEW), 0);
     assert!(
         t.requests_to("/api/v1/payment/{id}") >= 1,
         "followed by GET /payment/{{id}}"
     );
+    let said = logs
+        .text()
+        .matches("renewal: the VM has no subscription id")
+        .count();
+    assert_eq!(said, 1, "the fallback is logged once");
     t.finish().await;
 }
 

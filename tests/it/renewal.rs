@@ -728,6 +728,8 @@ action = "renew"
 mode = "nwc"
 intervals = 0
 nwc_uri_env = "NWC"
+backoff = "2h"
+backoff_max = "1h"
 "#;
     let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
     let bad_uri = "nostr+walletconnect://nothex?secret=TOPSECRET".to_string();
@@ -743,6 +745,7 @@ nwc_uri_env = "NWC"
         "rules[0].renew.nwc_uri_env",
         "rules[0].renew.max_per_renewal_sats",
         "rules[0].renew.max_per_month_sats",
+        "rules[0].renew.backoff_max",
     ] {
         assert!(msg.contains(key), "{key} missing from: {msg}");
     }

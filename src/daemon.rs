@@ -330,6 +330,10 @@ impl Daemon {
                 clock: clock.clone(),
                 policy: crate::status::StatusPolicy::from_config(&config),
             }),
+            renewals: state
+                .clone()
+                .filter(|_| !config.renew_rules.is_empty())
+                .map(crate::renew::journal::RenewalJournal::new),
         });
         // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

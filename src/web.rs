@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MetricsCache;
 use crate::status::StatusSources;
+use crate::renew::journal::RenewalJournal;
 use crate::store::StateStore;
 use crate::watchdog::journal::Journal;
 use crate::web_body::ChunksBody;
@@ -51,6 +52,8 @@ pub struct WebState {
     pub alertmanager: Option<Arc<crate::watchdog::webhook::Receiver>>,
     /// What the status page (`/`, `/api/v1/status`) reads.
     pub status: Arc<StatusSources>,
+    /// The renewal journal, when a renewal rule is configured.
+    pub renewals: Option<RenewalJournal>,
 }
 
 type Body = ChunksBody;
@@ -323,6 +326,9 @@ async fn handle_inner(
         }
     }
     let req = Request::from_parts(parts, ());
+    if let Some(r) = crate::renew::api::route(st.renewals.as_ref(), &req).await {
+        return r;
+    }
     let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
     if is_get && req.uri().path() == "/api/v1/actions" {
         return actions(st, &req).await;

@@ -33,6 +33,7 @@ pub struct MetricDef {
 
 const VM: &[&str] = &["provider", "account", "vm"];
 const ACCOUNT: &[&str] = &["provider", "account"];
+const RENEW_VM: &[&str] = &["provider", "account", "vm", "rule"];
 
 macro_rules! metric {
     ($id:ident, $name:literal, $kind:ident, $labels:expr, $help:literal) => {
@@ -510,6 +511,9 @@ pub const ALL: &[&MetricDef] = &[
     &ALERTMANAGER_ALERTS,
     &RENEWALS,
     &RENEWAL_PAID_SATS,
+    &VPS_RENEWAL_FAILING,
+    &VPS_RENEWAL_GAVE_UP,
+    &RENEWAL_ATTEMPTS,
     &ALERTS,
     &ALERT_OUTBOX_MESSAGES,
     &ALERT_OUTBOX_OLDEST,
@@ -531,8 +535,29 @@ metric!(
     RENEWALS,
     "vpswatch_renewals_total",
     Counter,
-    &["provider", "account", "vm", "mode", "result"],
-    "Renewal decisions and outcomes by result: paid, failed, wallet_refused, wallet_no_answer, blocked_budget, blocked_prepay, blocked_invoice, invoice_sent, dry_run, gave_up, server_missed."
+    &["provider", "account", "vm", "rule", "mode", "result"],
+    "Renewal decisions and outcomes of each renewal rule for each VM it matches, by result (all zero from the first poll): paid, failed (a try that got no payable invoice or whose invoice expired unpaid), gave_up (tries for this expiry used up), blocked_budget, blocked_prepay, blocked_invoice (quote not in BTC), invoice_sent, dry_run, wallet_refused, wallet_no_answer, server_missed."
+);
+metric!(
+    VPS_RENEWAL_FAILING,
+    "vps_renewal_failing",
+    Gauge,
+    RENEW_VM,
+    "1 while the last renewal try for the VM's current expiry failed (retrying with backoff, or given up); 0 otherwise, including after a renewal."
+);
+metric!(
+    VPS_RENEWAL_GAVE_UP,
+    "vps_renewal_gave_up",
+    Gauge,
+    RENEW_VM,
+    "1 while vpswatch has used up the renewal tries (max_attempts) for the VM's current expiry and stopped; a new expiry or a clear through POST /api/v1/renewals/clear re-arms it."
+);
+metric!(
+    RENEWAL_ATTEMPTS,
+    "vpswatch_renewal_attempts",
+    Gauge,
+    RENEW_VM,
+    "Renewal tries made for the VM's current expiry (each at most one invoice request; at most the rule's max_attempts)."
 );
 metric!(
     RENEWAL_PAID_SATS,

@@ -90,8 +90,8 @@ fn gzip(text: &Exposition) -> Vec<u8> {
 }
 
 /// Re-renders whenever a snapshot, another part's families (probes, watchdog, renewals)
-/// or a self-metric announced outside a poll (the alert outbox) change (bursts are
-/// coalesced) until cancelled.
+/// or a self-metric (provider requests, the alert outbox) change until cancelled; bursts
+/// are coalesced, and the pause between renders grows with their cost.
 pub async fn run(
     store: Arc<SnapshotStore>,
     sources: Vec<Arc<dyn FamilySource>>,
@@ -107,17 +107,22 @@ pub async fn run(
             rx.mark_unchanged();
         }
         let (s, f, m) = (store.clone(), sources.clone(), self_metrics.clone());
+        let started = tokio::time::Instant::now();
         match tokio::task::spawn_blocking(move || render(&s, &f, &m)).await {
             Ok(encoded) => cache.store(Arc::new(encoded)),
             Err(e) => tracing::error!(error = %e, "metrics encoder task failed"),
         }
+        let took = started.elapsed();
         let changed =
             futures_util::future::select_all(receivers.iter_mut().map(|rx| Box::pin(rx.changed())));
         tokio::select! {
             _ = cancel.cancelled() => return,
             (r, _, _) = changed => if r.is_err() { return },
         }
-        // Let a burst of publishes (many accounts finishing together) settle.
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        // Let a burst of publishes (many accounts finishing together, every provider
+        // request of a poll) settle into one render. A render of a large fleet takes
+        // hundreds of milliseconds, so the pause grows with it: nine times the last
+        // render keeps the encoder under a tenth of a core however often things change.
+        tokio::time::sleep((took * 9).max(Duration::from_millis(25))).await;
     }
 }

@@ -1,9 +1,10 @@
 //! Counters and histograms about vpswatch's own work (requests to providers, alert
 //! delivery), kept in a prometheus `Registry` because they accumulate between polls.
 //!
-//! Alert metrics change between polls (a mail is queued or delivered at any time), so
-//! they announce each change on a watch channel the encoder listens to; /metrics then
-//! shows the outbox as it is, not as it was at the last poll.
+//! Requests and alert metrics change between polls (a mail is queued or delivered at any
+//! time, and a renewal or a watchdog action calls a provider at any time), so they announce each
+//! change on a watch channel the encoder listens to; /metrics then shows them as they
+//! are, not as they were at the last poll.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -292,5 +293,8 @@ impl RequestObserver for AccountObserver {
             .duration
             .with_label_values(&[&self.provider, &self.account, endpoint])
             .observe(elapsed.as_secs_f64());
+        // Requests made between polls (renewals, watchdog actions) would otherwise
+        // show only when the next poll re-renders; the encoder coalesces bursts.
+        self.metrics.changed();
     }
 }

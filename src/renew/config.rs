@@ -16,6 +16,8 @@
 //! nwc_uri_file = "/etc/vpswatch/nwc.uri"   # or nwc_uri_env = "VPSWATCH_NWC_URI"
 //! max_per_renewal_sats = 20000
 //! max_per_month_sats = 60000
+//! max_attempts = 3                # tries per expiry, then an alert and a stop
+//! backoff = "10m"                 # doubled after each failed try, up to backoff_max
 //! ```
 
 use std::path::PathBuf;
@@ -27,6 +29,11 @@ use crate::watchdog::selector::{Selector, SelectorConfig};
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::problem::{read_section, Problem};
 use vpswatch_model::secret::{load_one, Secret};
+
+/// Default wait after the first failed renewal try.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10 * 60);
+/// Default longest wait between tries.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// How a renewal is paid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,10 +69,16 @@ pub struct RenewRule {
     pub nwc_uri: Option<Secret<String>>,
     pub max_per_renewal_sats: u64,
     pub max_per_month_sats: u64,
-    /// Failed attempts (invoices that went unpaid) per expiry before giving up.
+    /// Renewal tries (each one invoice request at most) per VM and renewal window
+    /// (one expiry) before giving up.
     pub max_attempts: u32,
     /// Wait after the wallet refused before asking it again (same invoice).
     pub retry_interval: Duration,
+    /// Wait after the first failed try; doubled after each further failure.
+    pub backoff: Duration,
+    /// Longest wait between two tries; also how often a blocked renewal (budget,
+    /// prepay limit, dry run) is quoted again.
+    pub backoff_max: Duration,
     /// How long one wallet call may take.
     pub wallet_timeout: Duration,
     pub dry_run: bool,
@@ -102,6 +115,10 @@ struct RawRenew {
     retry_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     wallet_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_max: Option<Duration>,
 }
 
 /// Whether this `[[rules]]` entry is a renewal rule (its action is `renew` or its
@@ -231,6 +248,21 @@ pub fn read_rule(
     }
     let retry_interval = r.retry_interval.unwrap_or(Duration::from_secs(60));
     let wallet_timeout = r.wallet_timeout.unwrap_or(Duration::from_secs(30));
+    let backoff = r.backoff.unwrap_or(DEFAULT_BACKOFF);
+    let backoff_max = r.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX.max(backoff));
+    if backoff.is_zero() {
+        problem("renew.backoff", "must be greater than zero".into());
+    }
+    if backoff_max < backoff {
+        problem(
+            "renew.backoff_max",
+            format!(
+                "{} is shorter than renew.backoff ({})",
+                humantime::format_duration(backoff_max),
+                humantime::format_duration(backoff)
+            ),
+        );
+    }
     if wallet_timeout.is_zero() {
         problem("renew.wallet_timeout", "must be greater than zero".into());
     }
@@ -257,6 +289,8 @@ pub fn read_rule(
         },
         max_attempts,
         retry_interval,
+        backoff,
+        backoff_max,
         wallet_timeout,
         dry_run: raw.dry_run,
         selector: Selector::new(&raw.selector),

@@ -2,10 +2,16 @@
 //! amount, phase) and the last one paid, plus the sats spent per account and month, in
 //! the shared redb store (tables `renewals` and `renewal_spend`).
 //!
+//! It also bounds the tries: per VM and renewal window (one `expires` value) the tries
+//! made, the next one's earliest time and whether vpswatch gave up, so a restart
+//! neither forgets a failure nor retries early. A new window re-arms the tries; so does
+//! an operator's clear (`POST /api/v1/renewals/clear`), written to its own table
+//! `renewal_rearm` so it never races the renewal task's read-modify-write of a record.
+//!
 //! A payment is journaled in phase `paying` — with its amount reserved against the
 //! month's budget — in one committed transaction *before* the wallet is asked to pay.
 //! After a crash the renewal is resumed from the journal by looking the invoice up
-//! (`GET /payment/{id}`); an invoice in `paying` is never sent to the wallet again.
+//! (the subscription's payments); an invoice in `paying` is never sent to the wallet again.
 
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, TableDefinition};
@@ -15,6 +21,8 @@ use crate::store::{StateStore, StoreError};
 
 const RENEWALS: TableDefinition<&str, &[u8]> = TableDefinition::new("renewals");
 const SPEND: TableDefinition<&str, u64> = TableDefinition::new("renewal_spend");
+/// Operator clears: (account, VM) → Unix seconds of the request.
+const REARM: TableDefinition<&str, i64> = TableDefinition::new("renewal_rearm");
 
 const SEP: char = '\u{1f}';
 
@@ -43,6 +51,10 @@ pub struct Attempt {
     pub intervals: u32,
     /// Payment id (the Lightning payment hash, hex).
     pub payment_id: String,
+    /// The subscription the invoice was bought through; `None` = the deprecated VM
+    /// endpoints (and `GET /payment/{id}` to follow it).
+    #[serde(default)]
+    pub subscription: Option<String>,
     pub amount_msat: u64,
     pub invoice_expires: DateTime<Utc>,
     pub bolt11: String,
@@ -60,40 +72,77 @@ pub struct Attempt {
 
 /// Everything kept per VM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VmRenewal {
     pub attempt: Option<Attempt>,
     /// `expires` as it was when the last renewal was paid.
     pub last_paid_from: Option<DateTime<Utc>>,
     pub last_paid_at: Option<DateTime<Utc>>,
-    /// Failed attempts for the `expires` value in `failures_for`.
-    pub failures: u32,
-    pub failures_for: Option<DateTime<Utc>>,
+    /// The renewal window the counters below belong to: the VM's `expires` then.
+    #[serde(alias = "failures_for")]
+    pub window: Option<DateTime<Utc>>,
+    /// Tries started in `window` (counted before the first request of each).
+    #[serde(alias = "failures")]
+    pub attempts: u32,
+    /// Tries in `window` that failed.
+    pub failed: u32,
+    /// Earliest start of the next try.
+    pub next_try_at: Option<DateTime<Utc>>,
+    /// Why the last try failed; `None` once a try got its invoice.
+    pub last_error: Option<String>,
+    /// The tries of `window` are used up.
+    pub gave_up: bool,
+    /// The operator clear applied last.
+    pub rearmed_at: Option<DateTime<Utc>>,
     /// The `expires` value a one-off notice (blocked, dry run, gave up) was sent for.
     pub noticed_for: Option<DateTime<Utc>>,
     /// Which notice (its result label) was sent for `noticed_for`.
     pub noticed_result: Option<String>,
     /// Whether this VM's renewal alert is firing.
     pub alert_firing: bool,
+    /// The `expires` value the alert fired for: a later one means the VM was renewed.
+    pub alert_for: Option<DateTime<Utc>>,
     pub next_seq: u64,
 }
 
 impl VmRenewal {
-    /// Failed attempts that count against `expires`.
-    pub fn failures_for(&self, expires: DateTime<Utc>) -> u32 {
-        if self.failures_for == Some(expires) {
-            self.failures
-        } else {
-            0
+    /// Moves the counters to the window of `expires` (a new window starts afresh).
+    pub fn enter_window(&mut self, expires: DateTime<Utc>) {
+        if self.window != Some(expires) {
+            self.window = Some(expires);
+            self.reset_tries();
         }
     }
 
-    pub fn add_failure(&mut self, expires: DateTime<Utc>) {
-        if self.failures_for != Some(expires) {
-            self.failures_for = Some(expires);
-            self.failures = 0;
-        }
-        self.failures += 1;
+    /// Forgets the tries of the current window (new window, or an operator clear).
+    pub fn reset_tries(&mut self) {
+        self.attempts = 0;
+        self.failed = 0;
+        self.next_try_at = None;
+        self.last_error = None;
+        self.gave_up = false;
     }
+
+    /// The last try in the window of `expires` failed (and nothing was paid since).
+    pub fn failing(&self, expires: Option<DateTime<Utc>>) -> bool {
+        expires.is_some() && self.window == expires && self.last_error.is_some()
+    }
+
+    /// The tries of the window of `expires` are used up.
+    pub fn gave_up_for(&self, expires: Option<DateTime<Utc>>) -> bool {
+        expires.is_some() && self.window == expires && self.gave_up
+    }
+}
+
+/// One VM's record, as `GET /api/v1/renewals` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub account: String,
+    pub vm: String,
+    #[serde(flatten)]
+    pub record: VmRenewal,
+    /// A clear requested and not yet applied by the renewal task.
+    pub rearm_requested: Option<DateTime<Utc>>,
 }
 
 /// Journal handle.
@@ -129,6 +178,84 @@ impl RenewalJournal {
             None => Ok(VmRenewal::default()),
             Some(v) => serde_json::from_slice(v.value()).map_err(|x| self.store.invalid(x)),
         }
+    }
+
+    /// When an operator last asked to re-arm this VM's renewal (`None` = never).
+    pub fn rearm_requested(
+        &self,
+        account: &str,
+        vm: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let tx = self.store.begin_read()?;
+        let table = match tx.open_table(REARM) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(x) => return Err(self.store.error(x)),
+        };
+        Ok(table
+            .get(key(account, vm).as_str())
+            .map_err(|x| self.store.error(x))?
+            .and_then(|v| DateTime::from_timestamp(v.value(), 0)))
+    }
+
+    /// Records an operator's clear: the renewal task re-arms the VM's tries on its next
+    /// pass (and the give-up alert stays until the VM is renewed or leaves the window).
+    /// Returns the recorded time: `at`, or one second after the previous clear, so each
+    /// clear is newer than the last one applied.
+    pub fn request_rearm(
+        &self,
+        account: &str,
+        vm: &str,
+        at: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let tx = self.store.begin_write()?;
+        let stamp;
+        {
+            let mut t = tx.open_table(REARM).map_err(|x| self.store.error(x))?;
+            let k = key(account, vm);
+            let old = t
+                .get(k.as_str())
+                .map_err(|x| self.store.error(x))?
+                .map(|v| v.value());
+            stamp = old.map_or(at.timestamp(), |o| at.timestamp().max(o.saturating_add(1)));
+            t.insert(k.as_str(), stamp)
+                .map_err(|x| self.store.error(x))?;
+        }
+        self.store.commit(tx)?;
+        Ok(DateTime::from_timestamp(stamp, 0).unwrap_or(at))
+    }
+
+    /// Every VM's record, by account and VM.
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let tx = self.store.begin_read()?;
+        let table = match tx.open_table(RENEWALS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(x) => return Err(self.store.error(x)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|x| self.store.error(x))? {
+            let (k, v) = row.map_err(|x| self.store.error(x))?;
+            let Some((account, vm)) = k.value().split_once(SEP) else {
+                continue;
+            };
+            let record: VmRenewal =
+                serde_json::from_slice(v.value()).map_err(|x| self.store.invalid(x))?;
+            out.push(Listed {
+                account: account.to_string(),
+                vm: vm.to_string(),
+                record,
+                rearm_requested: None,
+            });
+        }
+        drop(table);
+        drop(tx);
+        for l in &mut out {
+            l.rearm_requested = self
+                .rearm_requested(&l.account, &l.vm)?
+                .filter(|t| l.record.rearmed_at.is_none_or(|r| *t > r));
+        }
+        Ok(out)
     }
 
     /// Sats paid or reserved on `account` in `month`.
@@ -192,11 +319,36 @@ mod tests {
         assert_eq!(j.get("a", "1").expect("get"), VmRenewal::default());
         assert_eq!(j.spent("a", "2026-11").expect("spent"), 0);
         let mut rec = VmRenewal::default();
-        rec.add_failure(Utc::now());
+        rec.enter_window(Utc::now());
+        rec.attempts = 1;
         j.put("a", "1", &rec, Some(("2026-11", 500))).expect("put");
         j.put("a", "1", &rec, Some(("2026-11", -200))).expect("put");
         assert_eq!(j.get("a", "1").expect("get"), rec);
         assert_eq!(j.spent("a", "2026-11").expect("spent"), 300);
         assert_eq!(j.spent("b", "2026-11").expect("spent"), 0);
+        assert_eq!(j.rearm_requested("a", "1").expect("rearm"), None);
+        let at = DateTime::from_timestamp(1_800_000_000, 0).expect("t");
+        assert_eq!(j.request_rearm("a", "1", at).expect("rearm"), at);
+        assert_eq!(j.rearm_requested("a", "1").expect("rearm"), Some(at));
+        let again = j.request_rearm("a", "1", at).expect("rearm");
+        assert!(
+            again > at,
+            "a second clear in the same second is still newer"
+        );
+        let listed = j.list().expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].rearm_requested, Some(again));
+    }
+
+    #[test]
+    fn older_records_still_read() {
+        // A record written before tries were bounded per window.
+        let old = r#"{"attempt":null,"last_paid_from":null,"last_paid_at":null,
+            "failures":2,"failures_for":"2026-11-24T02:00:00Z","noticed_for":null,
+            "noticed_result":null,"alert_firing":false,"next_seq":4}"#;
+        let rec: VmRenewal = serde_json::from_str(old).expect("reads");
+        assert_eq!(rec.attempts, 2);
+        assert!(rec.window.is_some());
+        assert_eq!(rec.next_seq, 4);
     }
 }

@@ -1,22 +1,33 @@
 //! Lightning renewal of LNVPS VMs: pay at most once per period, never more
-//! than the budget, and never into the server-side auto-renewal's double-pay trap
-//! (docs/renewal.md, docs/providers.md).
+//! than the budget, never into the server-side auto-renewal's double-pay trap, and never
+//! more than `max_attempts` tries per renewal window (docs/renewal.md, docs/providers.md).
 //!
 //! Runs as its own task beside the watchdog engine, on every new snapshot:
-//! - [`planner`] decides, from the snapshot alone, whether a VM is due and whether the
-//!   server's own single auto-renewal attempt may still come (then vpswatch waits and
-//!   mints nothing until a poll after that attempt shows `expires` unchanged);
+//! - [`planner`] decides, from the snapshot and the journal alone, whether a VM is due,
+//!   whether the server's own single auto-renewal attempt may still come (then vpswatch
+//!   waits and mints nothing until a poll after that attempt shows `expires` unchanged),
+//!   and whether the backoff after a failed try has passed;
+//! - a try is counted in the journal ([`journal`]) *before* its first request, so a
+//!   crash or a hung request still uses it up: per window (one `expires` value) at most
+//!   `max_attempts` tries, each at most one invoice request, the next one after a
+//!   doubling backoff; then vpswatch stops and raises one alert until the VM is renewed,
+//!   leaves the window, or an operator clears it (`POST /api/v1/renewals/clear`);
 //! - before minting, the quote is checked against the budget and the prepay limit, and
 //!   the subscription's payments against a renewal paid after the snapshot was taken;
 //! - the invoice is decoded (amount = quote, payment hash = payment id) and journaled
-//!   ([`journal`]) before the wallet ([`nwc`]) is asked to pay; one renewal in flight per
-//!   VM; an invoice sent to the wallet is never sent again — after a timeout or a restart
-//!   the renewal is resumed by `GET /payment/{id}` until it is paid or expires;
+//!   before the wallet ([`nwc`]) is asked to pay; the task handles one VM at a time, so
+//!   one renewal (and one invoice request) is in flight per VM at most; an invoice sent
+//!   to the wallet is never sent again — after a timeout or a restart the renewal is
+//!   followed through the subscription's payments until it is paid or expires;
 //! - `is_paid` is confirmed with the server, then the new expiry on a later poll.
+//!
+//! Renewals use the subscription endpoints; only a VM without a subscription id falls
+//! back to the deprecated VM endpoints (logged once per VM).
 //!
 //! Modes: `nwc` pays; `email` mails the invoice to a human; `server` only alerts when the
 //! provider's auto-renewal did not renew. Dry run: quote only, no invoice minted.
 
+pub mod api;
 pub mod config;
 pub mod journal;
 pub mod nwc;
@@ -37,15 +48,17 @@ use self::config::{RenewMode, RenewRule};
 use self::journal::{Attempt, Phase, RenewalJournal, VmRenewal};
 use self::nwc::NwcWallet;
 use self::planner::{msat_to_sats, Plan, PlanInput};
-use self::report::RenewReport;
+use self::report::{RenewReport, VmState};
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
+use crate::store::StoreError;
 use crate::watchdog::selector::Target;
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
 use vpswatch_model::snapshot::{AccountSnapshot, SnapshotStore};
 use vpswatch_model::vm::Vm;
-use vpswatch_providers::lnvps::billing::{self, Billing};
+use vpswatch_providers::lnvps::billing::{self, Billing, RenewTarget};
 use vpswatch_providers::lnvps::{btc_amount_to_btc, BtcUnit};
+use vpswatch_providers::ProviderError;
 
 pub use self::config::is_renew_rule;
 
@@ -53,6 +66,20 @@ pub use self::config::is_renew_rule;
 const BALANCE_EVERY: Duration = Duration::from_secs(60);
 /// After `is_paid`, how long the new expiry may take to show before an alert.
 const CONFIRM_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+/// Why one VM's renewal step did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The journal could not be read or written: nothing is tried without it.
+    #[error("renewal journal: {0}")]
+    Journal(#[from] StoreError),
+    /// A provider call failed (5xx, timeout, connection, undecodable answer).
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The renew call answered, but not with an invoice vpswatch may pay.
+    #[error("invoice rejected: {0}")]
+    Invoice(String),
+}
 
 /// One LNVPS account the renewal task may act for.
 pub struct RenewAccount {
@@ -79,6 +106,8 @@ struct Task {
     /// Wallets by rule name, connected on first use.
     wallets: HashMap<String, Arc<NwcWallet>>,
     balance_read: HashMap<String, DateTime<Utc>>,
+    /// VMs already logged as renewed through the deprecated VM endpoints.
+    deprecated_logged: HashSet<(String, String)>,
 }
 
 /// Runs until `cancel`: one pass per new snapshot. Cancelling mid-payment leaves the
@@ -89,6 +118,7 @@ pub async fn run(parts: RenewParts, cancel: CancellationToken) {
         parts,
         wallets: HashMap::new(),
         balance_read: HashMap::new(),
+        deprecated_logged: HashSet::new(),
     };
     loop {
         tokio::select! {
@@ -131,10 +161,34 @@ impl Ctx<'_> {
             self.vm.name.clone()
         }
     }
+    /// New renewals go through the subscription when the VM names one.
+    fn target(&self) -> RenewTarget<'_> {
+        match &self.vm.subscription_id {
+            Some(sub) => RenewTarget::Subscription(sub),
+            None => RenewTarget::Vm(&self.vm.id),
+        }
+    }
+}
+
+/// Where the invoice of `a` is followed: where it was bought.
+fn attempt_target<'a>(a: &'a Attempt, vm: &'a str) -> RenewTarget<'a> {
+    match &a.subscription {
+        Some(sub) => RenewTarget::Subscription(sub),
+        None => RenewTarget::Vm(vm),
+    }
 }
 
 fn fmt_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// How a try that started ended without an invoice in flight.
+enum Tried {
+    /// An invoice is journaled (and was paid, or mailed, or is being paid).
+    Invoiced,
+    /// Nothing was minted and nothing failed (blocked, dry run, a renewal already paid):
+    /// the try is not counted; look again after the given wait (`None` = next poll).
+    Skipped(Option<Duration>),
 }
 
 impl Task {
@@ -184,6 +238,9 @@ impl Task {
                     {
                         continue;
                     }
+                    self.parts
+                        .report
+                        .track(&snap.account, &vm.id, &rule.name, rule.mode.as_str());
                     let account = self.parts.accounts[ai].clone();
                     let ctx = Ctx {
                         rule: &rule,
@@ -200,11 +257,13 @@ impl Task {
                     };
                     if let Err(e) = self.vm(&ctx).await {
                         tracing::warn!(rule = %rule.name, account = %snap.account, vm = %vm.id,
-                            error = %e, "renewal: will retry on the next poll");
+                            error = %e, "renewal: this step failed; it is looked at again on the next poll");
                     }
                 }
             }
         }
+        self.parts.report.pass_done();
+        self.parts.report.touch();
     }
 
     async fn wallet(&mut self, rule: &RenewRule) -> Result<Arc<NwcWallet>, String> {
@@ -243,10 +302,36 @@ impl Task {
     }
 
     fn count(&self, ctx: &Ctx<'_>, result: &str) {
-        self.parts
-            .report
-            .count(&ctx.snap.account, &ctx.vm.id, ctx.mode(), result);
+        self.parts.report.count(
+            &ctx.snap.account,
+            &ctx.vm.id,
+            &ctx.rule.name,
+            ctx.mode(),
+            result,
+        );
         self.parts.report.touch();
+    }
+
+    /// Publishes the VM's renewal state (the failing / gave-up gauges).
+    fn show(&self, ctx: &Ctx<'_>, rec: &VmRenewal) {
+        let expires = ctx.vm.expires;
+        let state = VmState {
+            rule: ctx.rule.name.clone(),
+            failing: rec.failing(expires),
+            gave_up: rec.gave_up_for(expires),
+            attempts: if rec.window == expires {
+                rec.attempts
+            } else {
+                0
+            },
+        };
+        if self
+            .parts
+            .report
+            .set_state(&ctx.snap.account, &ctx.vm.id, state)
+        {
+            self.parts.report.touch();
+        }
     }
 
     fn save(
@@ -254,11 +339,12 @@ impl Task {
         ctx: &Ctx<'_>,
         rec: &VmRenewal,
         spend: Option<(&str, i64)>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RenewError> {
+        self.show(ctx, rec);
         self.parts
             .journal
-            .put(&ctx.snap.account, &ctx.vm.id, rec, spend)
-            .map_err(|e| anyhow::anyhow!("renewal journal: {e}"))
+            .put(&ctx.snap.account, &ctx.vm.id, rec, spend)?;
+        Ok(())
     }
 
     fn facts(&self, ctx: &Ctx<'_>, summary: String, details: Vec<(String, String)>) -> Facts {
@@ -291,6 +377,7 @@ impl Task {
             return;
         }
         rec.alert_firing = firing;
+        rec.alert_for = if firing { ctx.vm.expires } else { None };
         self.parts.notifier.alert(AlertUpdate {
             key: ctx.key.clone(),
             status: if firing {
@@ -311,7 +398,7 @@ impl Task {
         kind: EventKind,
         result: &str,
         summary: String,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RenewError> {
         let expires = ctx.vm.expires;
         if rec.noticed_for == expires && rec.noticed_result.as_deref() == Some(result) {
             return Ok(());
@@ -336,16 +423,97 @@ impl Task {
         self.save(ctx, rec, None)
     }
 
-    async fn vm(&mut self, ctx: &Ctx<'_>) -> anyhow::Result<()> {
-        let mut rec = self
-            .parts
-            .journal
-            .get(&ctx.snap.account, &ctx.vm.id)
-            .map_err(|e| anyhow::anyhow!("renewal journal: {e}"))?;
+    /// A try failed: counted, and either retried after the backoff or, with the tries
+    /// used up, given up with one alert.
+    fn fail(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal, why: String) -> Result<(), RenewError> {
+        rec.failed += 1;
+        rec.last_error = Some(why.clone());
+        self.count(ctx, "failed");
+        if rec.attempts >= ctx.rule.max_attempts {
+            tracing::warn!(rule = %ctx.rule.name, account = %ctx.snap.account, vm = %ctx.vm.id,
+                attempts = rec.attempts, error = %why,
+                "renewal try failed; tries for this expiry used up");
+            return self.give_up(ctx, rec);
+        }
+        let wait = planner::backoff(rec.failed, ctx.rule.backoff, ctx.rule.backoff_max);
+        let next = ctx.now + dur(wait);
+        rec.next_try_at = Some(rec.next_try_at.map_or(next, |t| t.max(next)));
+        tracing::warn!(rule = %ctx.rule.name, account = %ctx.snap.account, vm = %ctx.vm.id,
+            attempt = rec.attempts, max_attempts = ctx.rule.max_attempts, error = %why,
+            next_try = %rec.next_try_at.map(fmt_time).unwrap_or_default(),
+            "renewal try failed; retrying after a backoff");
+        self.save(ctx, rec, None)
+    }
+
+    /// Stops trying for this expiry: counted and alerted once.
+    fn give_up(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
+        if rec.gave_up {
+            return Ok(());
+        }
+        rec.gave_up = true;
+        self.count(ctx, "gave_up");
+        let why = rec.last_error.clone().unwrap_or_default();
+        let facts = Facts {
+            next_step: "renew it by hand, or fix the cause and re-arm vpswatch with \
+                        POST /api/v1/renewals/clear (docs/renewal.md)"
+                .into(),
+            ..self.facts(
+                ctx,
+                format!(
+                    "{} renewal tries failed for this expiry; vpswatch stopped trying",
+                    rec.attempts
+                ),
+                vec![
+                    (
+                        "tries".into(),
+                        format!("{} of {}", rec.attempts, ctx.rule.max_attempts),
+                    ),
+                    ("last error".into(), why),
+                ],
+            )
+        };
+        self.alert(ctx, rec, true, facts);
+        self.save(ctx, rec, None)
+    }
+
+    async fn vm(&mut self, ctx: &Ctx<'_>) -> Result<(), RenewError> {
+        let journal = &self.parts.journal;
+        let mut rec = journal.get(&ctx.snap.account, &ctx.vm.id)?;
+        let expires = ctx.vm.expires;
+        let mut dirty = false;
+        if let Some(at) = journal.rearm_requested(&ctx.snap.account, &ctx.vm.id)? {
+            if rec.rearmed_at.is_none_or(|r| at > r) {
+                tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id,
+                    "renewal re-armed by an operator: the tries start afresh");
+                rec.reset_tries();
+                rec.noticed_for = None;
+                rec.noticed_result = None;
+                rec.rearmed_at = Some(at);
+                dirty = true;
+            }
+        }
+        // Renewed (by vpswatch, the server or a human) since the alert fired.
+        if rec.alert_firing
+            && rec
+                .alert_for
+                .is_some_and(|a| expires.is_some_and(|e| e > a))
+        {
+            let facts = self.facts(ctx, "renewed".into(), Vec::new());
+            self.alert(ctx, &mut rec, false, facts);
+            dirty = true;
+        }
         if rec.attempt.is_some() {
+            if dirty {
+                self.save(ctx, &rec, None)?;
+            }
             return self.resume(ctx, rec).await;
         }
-        let expires = ctx.vm.expires;
+        if let Some(e) = expires.filter(|e| *e - ctx.now <= dur(ctx.rule.within)) {
+            if rec.window != Some(e) {
+                rec.enter_window(e);
+                dirty = true;
+            }
+        }
         let input = PlanInput {
             now: ctx.now,
             expires,
@@ -360,41 +528,39 @@ impl Task {
             observed_at: ctx.snap.last_success.unwrap_or(ctx.now),
             last_paid_from: rec.last_paid_from,
             last_paid_at: rec.last_paid_at,
-            failed_attempts: expires.map_or(0, |e| rec.failures_for(e)),
+            attempts: if rec.window == expires {
+                rec.attempts
+            } else {
+                0
+            },
             max_attempts: ctx.rule.max_attempts,
+            next_try_at: rec.next_try_at.filter(|_| rec.window == expires),
         };
-        match planner::plan(&input) {
-            Plan::Idle => {
-                if rec.alert_firing && expires.is_some_and(|e| e - ctx.now > dur(ctx.rule.within)) {
-                    let facts = self.facts(ctx, "renewed".into(), Vec::new());
-                    self.alert(ctx, &mut rec, false, facts);
-                    self.save(ctx, &rec, None)?;
-                }
-                Ok(())
-            }
+        let plan = planner::plan(&input);
+        if plan == Plan::Idle && rec.alert_firing {
+            let facts = self.facts(ctx, "outside the renewal window".into(), Vec::new());
+            self.alert(ctx, &mut rec, false, facts);
+            dirty = true;
+        }
+        if dirty {
+            self.save(ctx, &rec, None)?;
+        } else {
+            self.show(ctx, &rec);
+        }
+        match plan {
+            Plan::Idle => Ok(()),
             Plan::Wait(reason) => {
                 tracing::debug!(account = %ctx.snap.account, vm = %ctx.vm.id, %reason, "renewal waits");
                 Ok(())
             }
-            Plan::GiveUp => self.notice(
-                ctx,
-                &mut rec,
-                EventKind::RenewalFailed,
-                "gave_up",
-                format!(
-                    "{} renewal attempts failed for this expiry; renew manually",
-                    input.failed_attempts
-                ),
-            ),
+            Plan::GiveUp => self.give_up(ctx, &mut rec),
             Plan::Renew => self.start(ctx, rec).await,
         }
     }
 
-    /// Quote, guards, invoice, journal; then pay (nwc) or mail (email).
-    async fn start(&mut self, ctx: &Ctx<'_>, mut rec: VmRenewal) -> anyhow::Result<()> {
-        let Some(expires) = ctx.vm.expires else {
-            return Ok(());
-        };
+    /// One try: counted first, then quote, guards, invoice, journal; then pay (nwc)
+    /// or mail (email). A failure is retried after the backoff, within `max_attempts`.
+    async fn start(&mut self, ctx: &Ctx<'_>, mut rec: VmRenewal) -> Result<(), RenewError> {
         if ctx.rule.mode == RenewMode::Server {
             return self.notice(
                 ctx,
@@ -405,68 +571,103 @@ impl Task {
                     .into(),
             );
         }
+        let target = ctx.target();
+        if target.is_deprecated()
+            && self
+                .deprecated_logged
+                .insert((ctx.snap.account.clone(), ctx.vm.id.clone()))
+        {
+            tracing::warn!(account = %ctx.snap.account, vm = %ctx.vm.id,
+                "renewal: the VM has no subscription id; renewing through the deprecated \
+                 /api/v1/vm/{{id}}/renew and /api/v1/payment/{{id}} endpoints");
+        }
+        // Counted before any request: a crash or a hung call still uses the try up.
+        let previous_next = rec.next_try_at;
+        rec.attempts += 1;
+        let wait = planner::backoff(rec.attempts, ctx.rule.backoff, ctx.rule.backoff_max);
+        rec.next_try_at = Some(ctx.now + dur(wait));
+        self.save(ctx, &rec, None)?;
+        match self.try_renew(ctx, &mut rec, target).await {
+            Ok(Tried::Invoiced) => Ok(()),
+            Ok(Tried::Skipped(recheck)) => {
+                rec.attempts = rec.attempts.saturating_sub(1);
+                rec.next_try_at = match recheck {
+                    Some(w) => Some(ctx.now + dur(w)),
+                    None => previous_next,
+                };
+                self.save(ctx, &rec, None)
+            }
+            Err(RenewError::Journal(e)) => Err(RenewError::Journal(e)),
+            Err(e) => self.fail(ctx, &mut rec, e.to_string()),
+        }
+    }
+
+    async fn try_renew(
+        &mut self,
+        ctx: &Ctx<'_>,
+        rec: &mut VmRenewal,
+        target: RenewTarget<'_>,
+    ) -> Result<Tried, RenewError> {
+        let Some(expires) = ctx.vm.expires else {
+            return Ok(Tried::Skipped(None));
+        };
+        let recheck = Some(ctx.rule.backoff_max);
         let billing = &ctx.account.billing;
         let intervals = ctx.rule.intervals;
-        let quote = billing.quote(&ctx.vm.id, intervals).await?;
+        let quote = billing.quote(target, intervals).await?;
         if !quote.currency.eq_ignore_ascii_case("BTC") {
-            return self.notice(
+            self.notice(
                 ctx,
-                &mut rec,
+                rec,
                 EventKind::RenewalBlocked,
                 "blocked_invoice",
                 format!("the quote is in {:?}, not BTC", quote.currency),
-            );
+            )?;
+            return Ok(Tried::Skipped(recheck));
         }
         let days = (quote.time as f64 / 86_400.0 / f64::from(intervals)).max(1.0);
         let quote_msat = (btc_amount_to_btc(quote.amount as f64, days, ctx.account.btc_unit) * 1e11)
             .round() as u64;
         if !planner::fits_prepay(Some(expires), ctx.now, quote.time, ctx.vm.max_prepay_days) {
-            return self.notice(
+            self.notice(
                 ctx,
-                &mut rec,
+                rec,
                 EventKind::RenewalBlocked,
                 "blocked_prepay",
                 format!(
                     "{intervals} interval(s) would pass the provider's max_prepay_days ({:?})",
                     ctx.vm.max_prepay_days
                 ),
-            );
+            )?;
+            return Ok(Tried::Skipped(recheck));
         }
         let month = planner::month_key(ctx.now);
-        let spent = self
-            .parts
-            .journal
-            .spent(&ctx.snap.account, &month)
-            .map_err(|e| anyhow::anyhow!("renewal journal: {e}"))?;
+        let spent = self.parts.journal.spent(&ctx.snap.account, &month)?;
         if let Err(why) = planner::check_budget(
             msat_to_sats(quote_msat),
             spent,
             ctx.rule.max_per_renewal_sats,
             ctx.rule.max_per_month_sats,
         ) {
-            return self.notice(
-                ctx,
-                &mut rec,
-                EventKind::RenewalBlocked,
-                "blocked_budget",
-                why,
-            );
+            self.notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why)?;
+            return Ok(Tried::Skipped(recheck));
         }
         if ctx.dry_run(self.parts.global_dry_run) {
-            return self.notice(
+            self.notice(
                 ctx,
-                &mut rec,
+                rec,
                 EventKind::RenewalBlocked,
                 "dry_run",
                 format!(
                     "dry run: would renew {intervals} interval(s) for {} sats (quote only, no invoice)",
                     msat_to_sats(quote_msat)
                 ),
-            );
+            )?;
+            return Ok(Tried::Skipped(recheck));
         }
         // A renewal paid after this snapshot was taken (the server's, or a human's):
         // the snapshot is stale; wait for the next poll.
-        if let Some(sub) = &ctx.vm.subscription_id {
+        if let RenewTarget::Subscription(sub) = target {
             let observed = ctx.snap.last_success.unwrap_or(ctx.now);
             let pays = billing.subscription_payments(sub).await?;
             if pays
@@ -475,12 +676,12 @@ impl Task {
             {
                 tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id,
                     "renewal: a renewal was paid after the last poll; waiting for the next");
-                return Ok(());
+                return Ok(Tried::Skipped(None));
             }
         }
-        let invoice = billing.renew(&ctx.vm.id, intervals).await?;
+        let invoice = billing.renew(target, intervals).await?;
         if invoice.is_paid {
-            return Ok(());
+            return Ok(Tried::Skipped(None));
         }
         // A fiat-priced plan is converted at the server's rate of the moment: the
         // invoice may differ from the quote by a little; a BTC plan must match exactly.
@@ -490,21 +691,11 @@ impl Task {
             .as_ref()
             .is_some_and(|r| !r.price.currency.eq_ignore_ascii_case("BTC"));
         let tolerance = if fiat { quote_msat / 100 } else { 0 };
-        let checked = check_invoice(&invoice, quote_msat, tolerance);
-        let (bolt11, amount_msat, invoice_expires) = match checked {
-            Ok(v) => v,
-            Err(why) => {
-                return self.notice(
-                    ctx,
-                    &mut rec,
-                    EventKind::RenewalBlocked,
-                    "blocked_invoice",
-                    why,
-                )
-            }
-        };
+        let (bolt11, amount_msat, invoice_expires) =
+            check_invoice(&invoice, quote_msat, tolerance).map_err(RenewError::Invoice)?;
         let seq = rec.next_seq;
         rec.next_seq += 1;
+        rec.last_error = None;
         rec.attempt = Some(Attempt {
             seq,
             rule: ctx.rule.name.clone(),
@@ -513,6 +704,10 @@ impl Task {
             expires_before: expires,
             intervals,
             payment_id: invoice.id.to_ascii_lowercase(),
+            subscription: match target {
+                RenewTarget::Subscription(s) => Some(s.to_string()),
+                RenewTarget::Vm(_) => None,
+            },
             amount_msat,
             invoice_expires,
             bolt11,
@@ -525,7 +720,7 @@ impl Task {
             reserved_month: month,
         });
         // Journaled before anything is paid or sent.
-        self.save(ctx, &rec, None)?;
+        self.save(ctx, rec, None)?;
         if ctx.rule.mode == RenewMode::Email {
             if let Some(a) = &rec.attempt {
                 let facts = self.facts(
@@ -552,13 +747,14 @@ impl Task {
                 );
                 self.count(ctx, "invoice_sent");
             }
-            return Ok(());
+            return Ok(Tried::Invoiced);
         }
-        self.pay(ctx, rec).await
+        self.pay(ctx, rec).await?;
+        Ok(Tried::Invoiced)
     }
 
     /// Sends the journaled invoice to the wallet (phase `invoiced` only).
-    async fn pay(&mut self, ctx: &Ctx<'_>, mut rec: VmRenewal) -> anyhow::Result<()> {
+    async fn pay(&mut self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
         let Some(mut a) = rec.attempt.clone() else {
             return Ok(());
         };
@@ -566,24 +762,14 @@ impl Task {
         let month = planner::month_key(ctx.now);
         let mut spend = None;
         if a.reserved_sats == 0 {
-            let spent = self
-                .parts
-                .journal
-                .spent(&ctx.snap.account, &month)
-                .map_err(|e| anyhow::anyhow!("renewal journal: {e}"))?;
+            let spent = self.parts.journal.spent(&ctx.snap.account, &month)?;
             if let Err(why) = planner::check_budget(
                 sats,
                 spent,
                 ctx.rule.max_per_renewal_sats,
                 ctx.rule.max_per_month_sats,
             ) {
-                return self.notice(
-                    ctx,
-                    &mut rec,
-                    EventKind::RenewalBlocked,
-                    "blocked_budget",
-                    why,
-                );
+                return self.notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why);
             }
             a.reserved_sats = sats;
             a.reserved_month = month.clone();
@@ -591,13 +777,19 @@ impl Task {
         }
         let wallet = match self.wallet(ctx.rule).await {
             Ok(w) => w,
-            Err(e) => anyhow::bail!("NWC wallet: {e}"),
+            Err(e) => {
+                // Nothing was sent: like a refusal, asked again after retry_interval.
+                a.last_error = Some(format!("NWC wallet: {e}"));
+                a.next_pay_at = Some(ctx.now + dur(ctx.rule.retry_interval));
+                rec.attempt = Some(a);
+                return self.save(ctx, rec, None);
+            }
         };
         a.phase = Phase::Paying;
         a.pay_calls += 1;
         rec.attempt = Some(a.clone());
         // Written (with the budget reservation) before the wallet is asked to pay.
-        self.save(ctx, &rec, spend.map(|d| (a.reserved_month.as_str(), d)))?;
+        self.save(ctx, rec, spend.map(|d| (a.reserved_month.as_str(), d)))?;
         tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id, sats,
             payment = %a.payment_id, "renewal: paying through NWC");
         match wallet.pay(&a.bolt11).await {
@@ -616,33 +808,28 @@ impl Task {
                 a.last_error = Some(e.to_string());
                 a.next_pay_at = Some(ctx.now + dur(ctx.rule.retry_interval));
                 rec.attempt = Some(a);
-                let summary = format!("the wallet did not pay: {e}; retrying within limits");
-                let facts = self.facts(ctx, summary, Vec::new());
-                self.alert(ctx, &mut rec, true, facts);
+                tracing::warn!(account = %ctx.snap.account, vm = %ctx.vm.id, error = %e,
+                    "renewal: the wallet did not pay; asking again within limits");
                 self.count(ctx, "wallet_refused");
-                self.save(ctx, &rec, None)
+                self.save(ctx, rec, None)
             }
             Err(e) => {
                 // Unknown outcome: never sent again; resolved by `is_paid` or expiry.
                 a.last_error = Some(e.to_string());
                 rec.attempt = Some(a);
+                tracing::warn!(account = %ctx.snap.account, vm = %ctx.vm.id, error = %e,
+                    "renewal: no answer from the wallet; following the invoice until it is paid or expires");
                 self.count(ctx, "wallet_no_answer");
-                let facts = self.facts(
-                    ctx,
-                    format!("{e}; checking the invoice until it is paid or expires"),
-                    Vec::new(),
-                );
-                self.alert(ctx, &mut rec, true, facts);
-                self.save(ctx, &rec, None)
+                self.save(ctx, rec, None)
             }
         }
     }
 
     /// Continues the renewal in flight: `is_paid`? expired? pay (again) after a refusal?
-    async fn resume(&mut self, ctx: &Ctx<'_>, rec: VmRenewal) -> anyhow::Result<()> {
-        let Some(rec) = self.lookup(ctx, rec).await? else {
+    async fn resume(&mut self, ctx: &Ctx<'_>, mut rec: VmRenewal) -> Result<(), RenewError> {
+        if !self.lookup(ctx, &mut rec).await? {
             return Ok(());
-        };
+        }
         let Some(a) = rec.attempt.as_ref() else {
             return Ok(());
         };
@@ -652,26 +839,26 @@ impl Task {
             && a.next_pay_at.is_none_or(|t| ctx.now >= t)
             && !ctx.dry_run(self.parts.global_dry_run);
         if may_pay {
-            return self.pay(ctx, rec).await;
+            return self.pay(ctx, &mut rec).await;
         }
         Ok(())
     }
 
     /// Looks the invoice in flight up: records `is_paid` (then confirms the expiry) or
-    /// its expiry unpaid. Returns the record when the invoice is still open.
-    async fn lookup(
-        &mut self,
-        ctx: &Ctx<'_>,
-        mut rec: VmRenewal,
-    ) -> anyhow::Result<Option<VmRenewal>> {
+    /// its expiry unpaid (a failed try). True when the invoice is still open.
+    async fn lookup(&mut self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<bool, RenewError> {
         let Some(mut a) = rec.attempt.clone() else {
-            return Ok(None);
+            return Ok(false);
         };
         if a.phase == Phase::Paid {
-            return self.confirm(ctx, rec).map(|_| None);
+            return self.confirm(ctx, rec).map(|_| false);
         }
-        let p = ctx.account.billing.payment(&a.payment_id).await?;
-        if p.is_paid {
+        let p = ctx
+            .account
+            .billing
+            .payment(attempt_target(&a, &ctx.vm.id), &a.payment_id)
+            .await?;
+        if let Some(p) = p.as_ref().filter(|p| p.is_paid) {
             let sats = msat_to_sats(a.amount_msat);
             // A human paid (email mode): count it against the month too.
             let spend = (a.reserved_sats == 0).then_some(sats as i64);
@@ -683,13 +870,15 @@ impl Task {
             rec.attempt = Some(a.clone());
             rec.last_paid_from = Some(a.expires_before);
             rec.last_paid_at = a.paid_at;
+            rec.last_error = None;
+            rec.gave_up = false;
             let facts = self.facts(
                 ctx,
                 format!("renewal paid: {sats} sats for {} interval(s)", a.intervals),
                 vec![("payment".into(), a.payment_id.clone())],
             );
-            self.alert(ctx, &mut rec, false, facts.clone());
-            self.save(ctx, &rec, spend.map(|d| (a.reserved_month.as_str(), d)))?;
+            self.alert(ctx, rec, false, facts.clone());
+            self.save(ctx, rec, spend.map(|d| (a.reserved_month.as_str(), d)))?;
             self.event(
                 ctx,
                 format!("renew-{}-{}-{}-paid", ctx.snap.account, ctx.vm.id, a.seq),
@@ -699,35 +888,32 @@ impl Task {
             self.parts.report.paid(&ctx.snap.account, &ctx.vm.id, sats);
             self.count(ctx, "paid");
             tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id, sats, "renewal paid");
-            return self.confirm(ctx, rec).map(|_| None);
+            return self.confirm(ctx, rec).map(|_| false);
         }
-        let invoice_expires = p.expires.unwrap_or(a.invoice_expires);
+        let invoice_expires = p.and_then(|p| p.expires).unwrap_or(a.invoice_expires);
         if invoice_expires <= ctx.now {
-            // Nobody paid it: release the reservation and count a failed attempt.
+            // Nobody paid it: release the reservation; the try failed.
             let release = (a.reserved_sats > 0).then(|| -(a.reserved_sats as i64));
-            rec.add_failure(a.expires_before);
             rec.attempt = None;
+            rec.enter_window(a.expires_before);
             let why = a
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "the invoice expired unpaid".into());
-            let facts = self.facts(ctx, format!("renewal attempt failed: {why}"), Vec::new());
-            self.alert(ctx, &mut rec, true, facts.clone());
-            self.save(ctx, &rec, release.map(|d| (a.reserved_month.as_str(), d)))?;
-            self.event(
-                ctx,
-                format!("renew-{}-{}-{}-failed", ctx.snap.account, ctx.vm.id, a.seq),
-                EventKind::RenewalFailed,
-                facts,
-            );
-            self.count(ctx, "failed");
-            return Ok(None);
+            self.parts.journal.put(
+                &ctx.snap.account,
+                &ctx.vm.id,
+                rec,
+                release.map(|d| (a.reserved_month.as_str(), d)),
+            )?;
+            self.fail(ctx, rec, format!("renewal invoice {}: {why}", a.payment_id))?;
+            return Ok(false);
         }
-        Ok(Some(rec))
+        Ok(true)
     }
 
     /// After `is_paid`: done once a poll shows the new expiry.
-    fn confirm(&self, ctx: &Ctx<'_>, mut rec: VmRenewal) -> anyhow::Result<()> {
+    fn confirm(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
         let Some(a) = rec.attempt.clone() else {
             return Ok(());
         };
@@ -736,7 +922,7 @@ impl Task {
             tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id,
                 expires = ?ctx.vm.expires, "renewal confirmed: the expiry moved");
             rec.attempt = None;
-            return self.save(ctx, &rec, None);
+            return self.save(ctx, rec, None);
         }
         let paid_at = a.paid_at.unwrap_or(ctx.now);
         if observed - paid_at > dur(CONFIRM_PATIENCE) {
@@ -745,8 +931,8 @@ impl Task {
                 "the renewal is paid but the provider has not extended the expiry".into(),
                 vec![("payment".into(), a.payment_id.clone())],
             );
-            self.alert(ctx, &mut rec, true, facts);
-            return self.save(ctx, &rec, None);
+            self.alert(ctx, rec, true, facts);
+            return self.save(ctx, rec, None);
         }
         Ok(())
     }

@@ -40,9 +40,12 @@ pub struct PlanInput {
     pub last_paid_from: Option<DateTime<Utc>>,
     /// When vpswatch last paid a renewal for this VM: at most one per period.
     pub last_paid_at: Option<DateTime<Utc>>,
-    /// Failed attempts (invoices paid by nobody) for the current `expires`.
-    pub failed_attempts: u32,
+    /// Tries made for the current `expires` (each one invoice request at most).
+    pub attempts: u32,
     pub max_attempts: u32,
+    /// Not before this may the next try start (backoff after a failure, or the
+    /// re-check of a blocked renewal).
+    pub next_try_at: Option<DateTime<Utc>>,
 }
 
 /// The decision.
@@ -54,7 +57,7 @@ pub enum Plan {
     Wait(String),
     /// Renew now (quote, budget, then invoice).
     Renew,
-    /// Attempts for this expiry are used up: a human must act.
+    /// Tries for this expiry are used up: a human must act (or clear the journal).
     GiveUp,
 }
 
@@ -97,7 +100,7 @@ pub fn plan(i: &PlanInput) -> Plan {
             ));
         }
     }
-    if i.failed_attempts >= i.max_attempts {
+    if i.attempts >= i.max_attempts {
         return Plan::GiveUp;
     }
     if server_may_renew(i.auto_renewal, i.saved_methods) {
@@ -114,7 +117,19 @@ pub fn plan(i: &PlanInput) -> Plan {
             return Plan::Wait("waiting for a poll taken after the server's auto-renewal".into());
         }
     }
+    if let Some(t) = i.next_try_at.filter(|t| i.now < *t) {
+        return Plan::Wait(format!("next try at {}", t.to_rfc3339()));
+    }
     Plan::Renew
+}
+
+/// The wait after the `failed`-th failed try: `base`, doubled per further failure,
+/// at most `max`.
+pub fn backoff(failed: u32, base: Duration, max: Duration) -> Duration {
+    let doublings = failed.saturating_sub(1).min(32);
+    base.checked_mul(1u32 << doublings.min(31))
+        .unwrap_or(max)
+        .min(max)
 }
 
 /// Millisatoshis to whole satoshis, rounded up (budgets never under-count).
@@ -190,8 +205,9 @@ mod tests {
             observed_at: t(20),
             last_paid_from: None,
             last_paid_at: None,
-            failed_attempts: 0,
+            attempts: 0,
             max_attempts: 3,
+            next_try_at: None,
         }
     }
 
@@ -272,8 +288,31 @@ mod tests {
     #[test]
     fn attempts_are_capped() {
         let mut i = input();
-        i.failed_attempts = 3;
+        i.attempts = 3;
         assert_eq!(plan(&i), Plan::GiveUp);
+    }
+
+    #[test]
+    fn tries_wait_for_their_backoff() {
+        let mut i = input();
+        i.attempts = 1;
+        i.next_try_at = Some(t(21));
+        assert!(matches!(plan(&i), Plan::Wait(_)));
+        i.now = t(21);
+        i.observed_at = t(21);
+        assert_eq!(plan(&i), Plan::Renew);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let m = Duration::from_secs(60);
+        let cap = Duration::from_secs(3600);
+        assert_eq!(backoff(1, m, cap), m);
+        assert_eq!(backoff(2, m, cap), 2 * m);
+        assert_eq!(backoff(3, m, cap), 4 * m);
+        assert_eq!(backoff(7, m, cap), cap);
+        assert_eq!(backoff(u32::MAX, m, cap), cap);
+        assert_eq!(backoff(0, m, cap), m);
     }
 
     #[test]

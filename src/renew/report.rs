@@ -1,8 +1,11 @@
-//! What the renewal task shows on /metrics: renewals by mode and result, satoshis paid,
-//! and each NWC wallet's balance. A family source of its own: the encoder re-renders on
-//! every [`RenewReport::touch`].
+//! What the renewal task shows on /metrics: renewals by rule, mode and result (every
+//! result zero-valued from the first pass that sees a VM the rule matches, so alerts and
+//! `increase()` work from the start), satoshis paid, each VM's renewal state (failing,
+//! gave up, tries used) and each NWC wallet's balance. A family source of its own: the
+//! encoder re-renders on every [`RenewReport::touch`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::metrics::defs;
@@ -11,12 +14,38 @@ use tokio::sync::watch;
 use crate::metrics::families::FamilySet;
 use crate::metrics::FamilySource;
 
+/// Every value of the `result` label (docs/renewal.md explains each).
+pub const RESULTS: &[&str] = &[
+    "paid",
+    "failed",
+    "gave_up",
+    "blocked_budget",
+    "blocked_prepay",
+    "blocked_invoice",
+    "dry_run",
+    "invoice_sent",
+    "wallet_refused",
+    "wallet_no_answer",
+    "server_missed",
+];
+
+/// One VM's renewal as of the last pass.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct VmState {
+    pub rule: String,
+    pub failing: bool,
+    pub gave_up: bool,
+    pub attempts: u32,
+}
+
 #[derive(Debug, Default, Clone)]
 struct Data {
-    /// (account, vm, mode, result) → count.
-    renewals: BTreeMap<(String, String, String, String), u64>,
+    /// (account, vm, rule, mode, result) → count.
+    renewals: BTreeMap<(String, String, String, String, String), u64>,
     /// (account, vm) → sats.
     paid_sats: BTreeMap<(String, String), u64>,
+    /// (account, vm) → state.
+    states: BTreeMap<(String, String), VmState>,
     /// Wallet (rule name) → balance in sats.
     wallets: BTreeMap<String, f64>,
 }
@@ -31,6 +60,8 @@ pub struct RenewSummary {
     pub results: BTreeMap<(String, String), Vec<RenewResult>>,
     /// NWC wallet (rule name) → balance in sats.
     pub wallets: BTreeMap<String, f64>,
+    /// (account, vm) → tries, failing, gave up, as of the last pass.
+    pub states: BTreeMap<(String, String), VmState>,
 }
 
 /// Renewal counters; the provider label is always `lnvps`.
@@ -38,6 +69,7 @@ pub struct RenewSummary {
 pub struct RenewReport {
     data: Mutex<Data>,
     generation: watch::Sender<u64>,
+    passes: AtomicU64,
 }
 
 impl Default for RenewReport {
@@ -45,6 +77,7 @@ impl Default for RenewReport {
         Self {
             data: Mutex::default(),
             generation: watch::channel(0).0,
+            passes: AtomicU64::new(0),
         }
     }
 }
@@ -55,12 +88,45 @@ impl RenewReport {
         f(&mut d)
     }
 
-    pub fn count(&self, account: &str, vm: &str, mode: &str, result: &str) {
+    /// A VM the rule matches: every result counter exists (at 0 until counted).
+    pub fn track(&self, account: &str, vm: &str, rule: &str, mode: &str) {
+        self.with(|d| {
+            for r in RESULTS {
+                d.renewals
+                    .entry((
+                        account.into(),
+                        vm.into(),
+                        rule.into(),
+                        mode.into(),
+                        (*r).into(),
+                    ))
+                    .or_default();
+            }
+        });
+    }
+
+    pub fn count(&self, account: &str, vm: &str, rule: &str, mode: &str, result: &str) {
         self.with(|d| {
             *d.renewals
-                .entry((account.into(), vm.into(), mode.into(), result.into()))
+                .entry((
+                    account.into(),
+                    vm.into(),
+                    rule.into(),
+                    mode.into(),
+                    result.into(),
+                ))
                 .or_default() += 1
         });
+    }
+
+    /// Sets the VM's state; true when it changed.
+    pub fn set_state(&self, account: &str, vm: &str, state: VmState) -> bool {
+        self.with(|d| {
+            let slot = d.states.entry((account.into(), vm.into())).or_default();
+            let changed = *slot != state;
+            *slot = state;
+            changed
+        })
     }
 
     pub fn paid(&self, account: &str, vm: &str, sats: u64) {
@@ -71,14 +137,29 @@ impl RenewReport {
         self.with(|d| d.wallets.insert(wallet.into(), sats));
     }
 
-    /// A counter's value (tests).
+    /// A counter's value, summed over rules (tests).
     pub fn renewals(&self, account: &str, vm: &str, mode: &str, result: &str) -> u64 {
         self.with(|d| {
             d.renewals
-                .get(&(account.into(), vm.into(), mode.into(), result.into()))
-                .copied()
-                .unwrap_or(0)
+                .iter()
+                .filter(|((a, v, _, m, r), _)| a == account && v == vm && m == mode && r == result)
+                .map(|(_, n)| *n)
+                .sum()
         })
+    }
+
+    /// A VM's state as of the last pass (tests).
+    pub fn state(&self, account: &str, vm: &str) -> Option<VmState> {
+        self.with(|d| d.states.get(&(account.into(), vm.into())).cloned())
+    }
+
+    /// Passes finished so far: a test waits for one after changing something.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn pass_done(&self) {
+        self.passes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Asks the encoder to re-render.
@@ -91,7 +172,8 @@ impl RenewReport {
     pub fn summary(&self) -> RenewSummary {
         self.with(|d| {
             let mut results: BTreeMap<(String, String), Vec<RenewResult>> = BTreeMap::new();
-            for ((account, vm, mode, result), n) in &d.renewals {
+            // Every result is exported from the start at 0; only what happened is shown.
+            for ((account, vm, _rule, mode, result), n) in d.renewals.iter().filter(|(_, n)| **n > 0) {
                 results
                     .entry((account.clone(), vm.clone()))
                     .or_default()
@@ -100,16 +182,17 @@ impl RenewReport {
             RenewSummary {
                 results,
                 wallets: d.wallets.clone(),
+                states: d.states.clone(),
             }
         })
     }
 
     pub fn render(&self, set: &mut FamilySet) {
         let d = self.with(|d| d.clone());
-        for ((account, vm, mode, result), n) in &d.renewals {
+        for ((account, vm, rule, mode, result), n) in &d.renewals {
             set.counter(
                 &defs::RENEWALS,
-                &["lnvps", account, vm, mode, result],
+                &["lnvps", account, vm, rule, mode, result],
                 *n as f64,
             );
         }
@@ -119,6 +202,20 @@ impl RenewReport {
                 &["lnvps", account, vm],
                 *sats as f64,
             );
+        }
+        for ((account, vm), s) in &d.states {
+            let labels = ["lnvps", account.as_str(), vm.as_str(), s.rule.as_str()];
+            set.gauge(
+                &defs::VPS_RENEWAL_FAILING,
+                &labels,
+                f64::from(u8::from(s.failing)),
+            );
+            set.gauge(
+                &defs::VPS_RENEWAL_GAVE_UP,
+                &labels,
+                f64::from(u8::from(s.gave_up)),
+            );
+            set.gauge(&defs::RENEWAL_ATTEMPTS, &labels, f64::from(s.attempts));
         }
         for (wallet, sats) in &d.wallets {
             set.gauge(&defs::VPS_WALLET_BALANCE, &["nwc", wallet, "sat"], *sats);

@@ -157,6 +157,9 @@ pub struct RenewalStatus {
     pub covered_by: Option<String>,
     /// The renewal task's results for this VM since start, as (mode, result, count).
     pub results: Vec<RenewalCount>,
+    /// Failed tries in the current renewal window, and whether the task gave up.
+    pub tries: u32,
+    pub gave_up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -404,6 +407,11 @@ impl StatusSources {
                             rules: rules.get(&key).cloned().unwrap_or_default(),
                             last: last.get(&key).map(|r| last_action(r)),
                             renewal_results: results,
+                            renewal_state: renewals
+                                .states
+                                .get(&(snap.account.clone(), vm.id.clone()))
+                                .cloned()
+                                .unwrap_or_default(),
                             payment_methods,
                             runway_until: account.runway_until,
                         },
@@ -673,14 +681,16 @@ impl StatusSources {
                 ));
             }
         }
-        if let Some(c) = parts
-            .renewal_results
-            .iter()
-            .find(|c| c.result == "failed" || c.result == "wallet_refused")
-        {
+        let tries = parts.renewal_state.attempts;
+        if parts.renewal_state.gave_up {
+            findings.push(finding(
+                Severity::Critical,
+                format!("renewal gave up after {tries} tries"),
+            ));
+        } else if parts.renewal_state.failing {
             findings.push(finding(
                 Severity::Warning,
-                format!("renewal {} ({}×)", c.result.replace('_', " "), c.count),
+                format!("renewal failing ({tries} tries so far)"),
             ));
         }
         VmStatus {
@@ -702,6 +712,8 @@ impl StatusSources {
                 mode: rule.map(|r| r.mode.as_str().to_string()),
                 covered_by: covered_by.map(str::to_string),
                 results: parts.renewal_results,
+                tries: parts.renewal_state.attempts,
+                gave_up: parts.renewal_state.gave_up,
             },
             rules: parts.rules,
             last_action: parts.last,
@@ -717,6 +729,7 @@ struct VmParts {
     rules: Vec<RuleState>,
     last: Option<LastAction>,
     renewal_results: Vec<RenewalCount>,
+    renewal_state: crate::renew::report::VmState,
     payment_methods: u32,
     runway_until: Option<DateTime<Utc>>,
 }

@@ -38,6 +38,17 @@ struct Setup {
     globals: String,
     /// Applied to the wallet's first request, before the daemon starts.
     wallet_failure: Option<WalletFailure>,
+    /// Invoice minting fails until cleared, from before the daemon starts (set through
+    /// the simulator's control API).
+    mint_fails: bool,
+    /// The VM has no subscription id (only the deprecated VM endpoints renew it).
+    no_subscription: bool,
+    /// Poll interval and request timeout lines.
+    timing: &'static str,
+    /// Alerts go to the configured channel (`[email]` in `globals`), not a recorder.
+    real_notifier: bool,
+    /// Simulator faults in force before the daemon starts.
+    faults: Vec<vpswatch_sim::lnvps::Fault>,
 }
 
 impl Default for Setup {
@@ -48,6 +59,11 @@ impl Default for Setup {
             rule: rule("mode = \"nwc\"\nmax_per_renewal_sats = 1000\nmax_per_month_sats = 5000"),
             globals: String::new(),
             wallet_failure: None,
+            mint_fails: false,
+            no_subscription: false,
+            timing: "poll_interval = \"100ms\"\nrequest_timeout = \"2s\"",
+            real_notifier: false,
+            faults: Vec::new(),
         }
     }
 }
@@ -63,6 +79,7 @@ action = "renew"
 [rules.renew]
 nwc_uri_env = "TEST_NWC"
 retry_interval = "1s"
+backoff = "1s"
 wallet_timeout = "1s"
 {renew}
 "#
@@ -78,6 +95,7 @@ struct T {
     vm: u64,
     config: String,
     env: Vec<(String, String)>,
+    real_notifier: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -105,6 +123,7 @@ async fn start(s: Setup) -> T {
                 ..TemplateSpec::default()
             },
             auto_renewal_enabled: s.auto_renew,
+            no_subscription: s.no_subscription,
             ..VmSpec::default()
         },
     );
@@ -115,6 +134,12 @@ async fn start(s: Setup) -> T {
             ..PaymentMethodSpec::default()
         }],
     );
+    for f in s.faults {
+        sim.inject_fault(f);
+    }
+    if s.mint_fails {
+        sim_control(&sim, reqwest::Method::POST, "mint-failure", "{}").await;
+    }
     let wallet = NwcWalletService::start(
         sim.clone(),
         "127.0.0.1:0".parse().expect("addr"),
@@ -127,8 +152,7 @@ async fn start(s: Setup) -> T {
     }
     let dir = tempfile::tempdir().expect("state dir");
     let config = format!(
-        r#"poll_interval = "100ms"
-request_timeout = "2s"
+        r#"{timing}
 staleness_limit = "1h"
 state_dir = "{state}"
 {globals}
@@ -142,6 +166,7 @@ base_url = "{url}"
 nsec_env = "TEST_NSEC"
 {rule}"#,
         state = dir.path().display(),
+        timing = s.timing,
         globals = s.globals,
         url = sim.base_url(),
         rule = s.rule,
@@ -159,6 +184,7 @@ nsec_env = "TEST_NSEC"
         vm,
         config,
         env,
+        real_notifier: s.real_notifier,
         _dir: dir,
     };
     t.start_daemon().await;
@@ -174,9 +200,10 @@ impl T {
         .expect("config valid");
         assert_eq!(config.renew_rules.len(), 1);
         let notes: Arc<dyn Notify> = self.notes.clone();
+        let notes = (!self.real_notifier).then_some(notes);
         let shared: SharedClock = self.clock.clone();
         self.daemon = Some(
-            Daemon::start_with(config, shared, Some(notes))
+            Daemon::start_with(config, shared, notes)
                 .await
                 .expect("daemon starts"),
         );
@@ -240,11 +267,63 @@ impl T {
         self.sim.tick();
     }
 
+    /// Requests the daemon sent to one endpoint template of the simulator.
+    fn requests_to(&self, endpoint: &str) -> usize {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .count()
+    }
+
+    fn renew_calls(&self) -> usize {
+        self.requests_to(SUB_RENEW) + self.requests_to(VM_RENEW)
+    }
+
+    /// Advances the clock and waits for a renewal pass over data polled after that.
+    async fn step(&self, secs: i64) {
+        self.advance(secs);
+        self.polls(1).await;
+        let report = self.daemon.as_ref().expect("daemon").renewals.clone();
+        let seen = report.passes();
+        wait_for("a renewal pass", WAIT, || {
+            let r = report.clone();
+            async move { r.passes() > seen }
+        })
+        .await;
+    }
+
+    async fn metrics(&self) -> crate::common::Exposition {
+        let d = self.daemon.as_ref().expect("daemon");
+        crate::common::Exposition::parse(
+            &crate::common::scrape(&reqwest::Client::new(), d.addr).await,
+        )
+    }
+
+    fn web(&self, path: &str) -> String {
+        let d = self.daemon.as_ref().expect("daemon");
+        format!("http://{}{path}", d.addr)
+    }
+
     async fn finish(mut self) {
         self.stop_daemon().await;
         self.wallet.shutdown().await;
         self.sim.shutdown();
     }
+}
+
+const SUB_RENEW: &str = "/api/v1/subscriptions/{id}/renew";
+const VM_RENEW: &str = "/api/v1/vm/{id}/renew";
+
+/// Calls the simulator's control API (`/_sim/…`) over HTTP.
+async fn sim_control(sim: &LnvpsSimHandle, method: reqwest::Method, path: &str, body: &str) {
+    let r = reqwest::Client::new()
+        .request(method, format!("{}/_sim/{path}", sim.base_url()))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("control API answers");
+    assert!(r.status().is_success(), "control API: {}", r.status());
 }
 
 async fn until(what: &str, f: impl Fn() -> bool) {
@@ -414,31 +493,24 @@ async fn monthly_budget_counts_earlier_payments() {
 }
 
 #[tokio::test]
-async fn wallet_refusal_is_retried_within_limits_and_alerted() {
+async fn wallet_refusal_is_retried_within_limits_without_an_alert() {
     let t = start(Setup {
         wallet_failure: Some(WalletFailure::PaymentFailed),
         ..Setup::default()
     })
     .await;
     until("refused", || t.wallet.pay_requests() == 1).await;
-    until("alert", || {
-        t.notes
-            .alert_log()
-            .iter()
-            .any(|(_, _, s)| *s == AlertStatus::Firing)
-    })
-    .await;
+    until("refusal counted", || t.renewals("wallet_refused") == 1).await;
     t.polls(3).await;
     assert_eq!(t.wallet.pay_requests(), 1, "no retry before retry_interval");
     t.advance(2);
     until("paid on retry", || t.wallet.payments().len() == 1).await;
-    until("resolved", || {
-        t.notes
-            .alert_log()
-            .iter()
-            .any(|(_, _, s)| *s == AlertStatus::Resolved)
-    })
-    .await;
+    until("paid seen", || t.renewals("paid") == 1).await;
+    assert!(
+        t.notes.alert_log().is_empty(),
+        "a refusal that a retry fixes mails nothing: {:?}",
+        t.notes.alert_log()
+    );
     assert_eq!(t.wallet.pay_requests(), 2);
     assert_eq!(t.paid_invoices(), 1);
     assert_eq!(t.renewals("wallet_refused"), 1);
@@ -460,10 +532,11 @@ async fn wallet_timeout_waits_for_the_invoice_then_retries_with_a_new_one() {
         1,
         "an unanswered invoice is never sent again"
     );
-    // The invoice expires unpaid: one failed attempt, then a new invoice is paid.
+    // The invoice expires unpaid: one failed try; after the backoff a new invoice is paid.
     t.advance(601);
+    until("failed try counted", || t.renewals("failed") == 1).await;
+    t.advance(2);
     until("paid", || t.wallet.payments().len() == 1).await;
-    until("failed event", || t.events(EventKind::RenewalFailed) == 1).await;
     assert_eq!(t.wallet.pay_requests(), 2);
     assert_eq!(t.paid_invoices(), 1);
     assert_eq!(t.sim.payments(t.vm).len(), 2);
@@ -516,14 +589,14 @@ async fn dry_run_quotes_only() {
         .sim
         .requests()
         .iter()
-        .filter(|r| r.endpoint == "/api/v1/vm/{id}/renew/quote")
+        .filter(|r| r.endpoint == "/api/v1/subscriptions/{id}/renew/quote")
         .count();
     assert!(quotes >= 1);
     assert_eq!(
         t.sim
             .requests()
             .iter()
-            .filter(|r| r.endpoint == "/api/v1/vm/{id}/renew")
+            .filter(|r| r.endpoint.ends_with("/renew"))
             .count(),
         0
     );
@@ -655,6 +728,8 @@ action = "renew"
 mode = "nwc"
 intervals = 0
 nwc_uri_env = "NWC"
+backoff = "2h"
+backoff_max = "1h"
 "#;
     let nsec = nostr::Keys::generate().secret_key().to_secret_hex();
     let bad_uri = "nostr+walletconnect://nothex?secret=TOPSECRET".to_string();
@@ -670,6 +745,7 @@ nwc_uri_env = "NWC"
         "rules[0].renew.nwc_uri_env",
         "rules[0].renew.max_per_renewal_sats",
         "rules[0].renew.max_per_month_sats",
+        "rules[0].renew.backoff_max",
     ] {
         assert!(msg.contains(key), "{key} missing from: {msg}");
     }
@@ -733,4 +809,333 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The rule of the failing-mint tests: `max_attempts` tries per expiry, `backoff`
+/// doubling up to an hour; the window opens 20 h before expiry.
+fn bounded_rule(max_attempts: u32, backoff: &str) -> String {
+    rule(&format!(
+        "mode = \"nwc\"\nmax_per_renewal_sats = 1000\nmax_per_month_sats = 5000\n\
+         max_attempts = {max_attempts}\nbackoff_max = \"1h\""
+    ))
+    .replace("backoff = \"1s\"", &format!("backoff = \"{backoff}\""))
+    .replace("within = \"1d\"", "within = \"20h\"")
+}
+
+/// The real server without a Lightning node answers every renew with 500
+/// `{"error":"An internal error occurred"}`. Over a simulated day of that, vpswatch
+/// makes at most `max_attempts` renew requests, mails one alert (real SMTP), and shows
+/// the failures on /metrics; once minting works and the VM was renewed by hand, the
+/// next window pays exactly once.
+#[tokio::test]
+async fn a_day_of_failing_invoice_minting_makes_at_most_max_attempts_requests_and_one_mail() {
+    use crate::common::smtp::{read_mails, ServerOpts, SmtpServer};
+    let maildir = tempfile::tempdir().expect("maildir");
+    let smtp = SmtpServer::start(maildir.path(), 0, &ServerOpts::default());
+    let t = start(Setup {
+        rule: bounded_rule(3, "30m"),
+        globals: format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsecurity = \"none\"\n\
+             allow_insecure = true\nfrom = \"vpswatch <vpswatch@example.test>\"\n\
+             to = [\"ops@example.test\"]\nrepeat_interval = \"30d\"\n",
+            smtp.port
+        ),
+        mint_fails: true,
+        real_notifier: true,
+        ..Setup::default()
+    })
+    .await;
+    let vm = t.vm.to_string();
+    let mails = |prefix: &str| {
+        read_mails(maildir.path())
+            .iter()
+            .filter(|m| m.subject().starts_with(prefix))
+            .count()
+    };
+    // One simulated day in 30-minute steps; the VM expires (unrenewed) at hour 20.
+    for _ in 0..48 {
+        t.step(30 * 60).await;
+    }
+    assert_eq!(
+        t.requests_to(SUB_RENEW),
+        3,
+        "at most max_attempts renew requests"
+    );
+    assert_eq!(
+        t.requests_to(VM_RENEW),
+        0,
+        "the subscription endpoint is used"
+    );
+    assert!(
+        t.sim
+            .requests()
+            .iter()
+            .filter(|r| r.endpoint == SUB_RENEW)
+            .all(|r| r.status == 500),
+        "every renew met the 500"
+    );
+    wait_for("the alert mail", WAIT, || {
+        let n = mails("[FIRING]");
+        async move { n >= 1 }
+    })
+    .await;
+    assert_eq!(mails("[FIRING]"), 1, "one alert mail");
+    let m = t.metrics().await;
+    let labels = |result: &'static str| {
+        [
+            ("account", "main"),
+            ("vm", vm.as_str()),
+            ("rule", "renew"),
+            ("result", result),
+        ]
+    };
+    assert_eq!(
+        m.get("vpswatch_renewals_total", &labels("failed")),
+        Some(3.0)
+    );
+    assert_eq!(
+        m.get("vpswatch_renewals_total", &labels("gave_up")),
+        Some(1.0)
+    );
+    assert_eq!(m.get("vpswatch_renewals_total", &labels("paid")), Some(0.0));
+    let vm_labels = [("account", "main"), ("vm", vm.as_str()), ("rule", "renew")];
+    assert_eq!(m.get("vps_renewal_failing", &vm_labels), Some(1.0));
+    assert_eq!(m.get("vps_renewal_gave_up", &vm_labels), Some(1.0));
+    assert_eq!(m.get("vpswatch_renewal_attempts", &vm_labels), Some(3.0));
+    assert_eq!(
+        m.get(
+            "vpswatch_provider_requests_total",
+            &[
+                ("endpoint", "GET /api/v1/subscriptions/{id}/renew"),
+                ("code", "500")
+            ]
+        ),
+        Some(3.0)
+    );
+
+    // Minting works again (control API); a human renews by hand: the alert resolves,
+    // and the next window is paid by vpswatch exactly once.
+    sim_control(&t.sim, reqwest::Method::DELETE, "mint-failure", "").await;
+    let invoice = t.sim.renew(t.vm, None, 1).expect("an invoice");
+    t.sim.settle_invoice(&invoice.id).expect("paid by hand");
+    let renewed_by_hand = t.expires();
+    t.step(60).await;
+    wait_for("the resolved mail", WAIT, || {
+        let n = mails("[RESOLVED]");
+        async move { n == 1 }
+    })
+    .await;
+    // The new window opens 20 h before the new expiry (4 h from now); walk 26 h, up
+    // to 2 h before the window after it.
+    for _ in 0..(26 * 2) {
+        t.step(30 * 60).await;
+    }
+    assert_eq!(t.wallet.payments().len(), 1, "the next window pays once");
+    assert_eq!(t.expires() - renewed_by_hand, chrono::Duration::days(1));
+    assert_eq!(t.requests_to(SUB_RENEW), 4);
+    assert_eq!(t.renewals("paid"), 1);
+    assert_eq!(mails("[FIRING]"), 1, "still one alert mail");
+    let m = t.metrics().await;
+    assert_eq!(m.get("vps_renewal_failing", &vm_labels), Some(0.0));
+    assert_eq!(m.get("vps_renewal_gave_up", &vm_labels), Some(0.0));
+    t.finish().await;
+    drop(smtp);
+}
+
+/// After the tries are used up, an operator's clear through the web API re-arms the
+/// VM: the next pass tries again at once, and pays.
+#[tokio::test]
+async fn an_operator_clear_re_arms_a_renewal_that_gave_up() {
+    let t = start(Setup {
+        rule: bounded_rule(2, "1s"),
+        mint_fails: true,
+        ..Setup::default()
+    })
+    .await;
+    until("first try failed", || t.renewals("failed") == 1).await;
+    t.step(2).await;
+    until("gave up", || t.renewals("gave_up") == 1).await;
+    t.step(3600).await;
+    t.step(3600).await;
+    assert_eq!(t.renew_calls(), 2, "no try after giving up");
+    let firing = |n: &T| {
+        n.notes
+            .alert_log()
+            .iter()
+            .filter(|(_, _, s)| *s == AlertStatus::Firing)
+            .count()
+    };
+    assert_eq!(firing(&t), 1);
+    let http = reqwest::Client::new();
+    let listed: serde_json::Value = serde_json::from_str(
+        &http
+            .get(t.web("/api/v1/renewals"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("json");
+    let rec = &listed["vms"][0];
+    assert_eq!(rec["vm"], t.vm.to_string());
+    assert_eq!(rec["gave_up"], true);
+    assert_eq!(rec["attempts"], 2);
+    assert!(
+        rec["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("HTTP 500"),
+        "{rec}"
+    );
+    // Bad requests name what is wrong.
+    let r = http
+        .post(t.web("/api/v1/renewals/clear"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(t.web("/api/v1/renewals/clear?account=main&vm=999"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(t.web("/api/v1/renewals/clear?account=main&vm=1"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 405);
+
+    t.sim.clear_mint_failure();
+    let r = http
+        .post(t.web(&format!("/api/v1/renewals/clear?account=main&vm={}", t.vm)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    until("paid after the clear", || t.wallet.payments().len() == 1).await;
+    until("paid counted", || t.renewals("paid") == 1).await;
+    t.polls(5).await;
+    assert_eq!(t.renew_calls(), 3, "one more try, which paid");
+    assert_eq!(t.paid_invoices(), 1);
+    until("resolved", || {
+        t.notes
+            .alert_log()
+            .iter()
+            .any(|(_, _, s)| *s == AlertStatus::Resolved)
+    })
+    .await;
+    assert_eq!(firing(&t), 1);
+    t.finish().await;
+}
+
+/// Tries and their backoff survive a restart: a daemon restarted after two failed
+/// tries makes only the third, after the backoff.
+#[tokio::test]
+async fn tries_and_backoff_are_kept_across_a_restart() {
+    let mut t = start(Setup {
+        rule: bounded_rule(3, "10m"),
+        mint_fails: true,
+        ..Setup::default()
+    })
+    .await;
+    until("first try failed", || t.renewals("failed") == 1).await;
+    t.step(600).await;
+    assert_eq!(t.renew_calls(), 2, "the second try after 10 min");
+    t.stop_daemon().await;
+    t.start_daemon().await;
+    t.step(60).await;
+    t.step(60).await;
+    assert_eq!(
+        t.renew_calls(),
+        2,
+        "the restart does not skip the backoff (20 min)"
+    );
+    t.step(20 * 60).await;
+    assert_eq!(t.renew_calls(), 3);
+    for _ in 0..8 {
+        t.step(3600).await;
+    }
+    assert_eq!(t.renew_calls(), 3, "max_attempts across the restart");
+    assert_eq!(t.renewals("gave_up"), 1);
+    t.finish().await;
+}
+
+/// A VM without a subscription id is renewed through the deprecated VM endpoints (the
+/// only ones that know it); every other VM through its subscription.
+#[tokio::test]
+async fn a_vm_without_a_subscription_id_falls_back_to_the_vm_endpoints() {
+    let logs = crate::common::log_capture::capture();
+    let t = start(Setup {
+        no_subscription: true,
+        mint_fails: true,
+        ..Setup::default()
+    })
+    .await;
+    // Two tries (the first meets the minting fault), one log line.
+    until("first try failed", || t.renewals("failed") == 1).await;
+    t.sim.clear_mint_failure();
+    t.step(2).await;
+    until("paid", || t.renewals("paid") == 1).await;
+    t.polls(3).await;
+    assert_eq!(t.paid_invoices(), 1);
+    assert_eq!(t.requests_to(VM_RENEW), 2);
+    assert_eq!(t.requests_to(SUB_RENEW), 0);
+    assert!(
+        t.requests_to("/api/v1/payment/{id}") >= 1,
+        "followed by GET /payment/{{id}}"
+    );
+    let said = logs
+        .text()
+        .matches("renewal: the VM has no subscription id")
+        .count();
+    assert_eq!(said, 1, "the fallback is logged once");
+    t.finish().await;
+}
+
+/// A request the renewal task makes between two polls shows on /metrics when it is
+/// made, not at the next poll (here an hour away): the quote is counted while the
+/// renew call after it still hangs.
+#[tokio::test]
+async fn requests_made_between_polls_show_on_metrics_at_once() {
+    use vpswatch_sim::lnvps::{EndpointMatch, Fault, FaultKind};
+    let t = start(Setup {
+        rule: rule("mode = \"email\"").replace("nwc_uri_env = \"TEST_NWC\"\n", ""),
+        timing: "poll_interval = \"1h\"\nrequest_timeout = \"60s\"",
+        // The quote answers after the first poll's rendering has settled; the renew
+        // call after it never answers.
+        faults: vec![
+            Fault::new(
+                EndpointMatch::template("/api/v1/subscriptions/{id}/renew/quote"),
+                FaultKind::Latency(Duration::from_millis(300)),
+            ),
+            Fault::new(EndpointMatch::template(SUB_RENEW), FaultKind::Hang),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let quote = "GET /api/v1/subscriptions/{id}/renew/quote";
+    let d = t.daemon.as_ref().expect("daemon");
+    let http = reqwest::Client::new();
+    wait_for("the quote counted on /metrics", WAIT, || {
+        let (http, addr) = (http.clone(), d.addr);
+        async move {
+            crate::common::Exposition::parse(&crate::common::scrape(&http, addr).await).get(
+                "vpswatch_provider_requests_total",
+                &[("endpoint", quote), ("code", "200")],
+            ) == Some(1.0)
+        }
+    })
+    .await;
+    assert_eq!(d.store.get(0).map_or(0, |s| s.polls), 1, "no second poll");
+    assert_eq!(
+        t.renewals_in("email", "failed"),
+        0,
+        "the renew call still hangs"
+    );
+    assert_eq!(t.events(EventKind::InvoiceSent), 0);
+    t.finish().await;
 }

@@ -391,3 +391,104 @@ async fn control_api_settles_invoices_and_shows_auto_renewals() {
         .expect("sent");
     assert_eq!(again.status().as_u16(), 409, "an invoice is paid once");
 }
+
+/// The simulator's minting fault, driven through the control API as another process
+/// would: each renew that needs a new invoice answers the real server's 500 body
+/// (tests/fixtures/lnvps/get_subscription_renew_lightning.json, captured from the real
+/// server without a Lightning node), for N mints or until cleared; the quote still works.
+#[tokio::test]
+async fn minting_fails_with_the_real_500_for_n_mints_or_until_cleared() {
+    let t = start(3 * 86_400, false).await;
+    let id = t.vm;
+    let control = |method: reqwest::Method, body: &'static str| {
+        let url = format!("{}/_sim/mint-failure", t.sim.base_url());
+        let http = t.http.clone();
+        async move {
+            let r = http
+                .request(method, url)
+                .body(body)
+                .send()
+                .await
+                .expect("control API answers");
+            assert!(r.status().is_success(), "{}", r.status());
+            serde_json::from_str::<Value>(&r.text().await.expect("body")).expect("json")
+        }
+    };
+    let real: Value = serde_json::from_str(include_str!(
+        "../fixtures/lnvps/get_subscription_renew_lightning.json"
+    ))
+    .expect("fixture");
+    let renew = format!("/api/v1/subscriptions/{id}/renew?method=lightning&intervals=1");
+
+    let state = control(reqwest::Method::POST, r#"{"hits":2}"#).await;
+    assert_eq!(state["mint_failure"]["remaining"], 2);
+    for _ in 0..2 {
+        let (s, body) = t.get(&renew).await;
+        assert_eq!((s, &body), (500, &real));
+    }
+    let (s, quote) = t
+        .get(&format!(
+            "/api/v1/subscriptions/{id}/renew/quote?intervals=1"
+        ))
+        .await;
+    assert_eq!(s, 200, "quotes need no invoice: {quote}");
+    let (s, p) = t.get(&renew).await;
+    assert_eq!(s, 200, "the third mint works: {p}");
+    assert!(p["data"]["data"]["lightning"].as_str().is_some());
+    assert_eq!(p["data"]["payment_type"], "Renewal");
+
+    // Until cleared: a new invoice (another interval count) fails, the pending one is
+    // still handed back, as the real server reuses it without minting.
+    control(reqwest::Method::POST, "{}").await;
+    let (s, body) = t
+        .get(&format!("/api/v1/subscriptions/{id}/renew?intervals=2"))
+        .await;
+    assert_eq!((s, &body), (500, &real));
+    let (s, again) = t.get(&renew).await;
+    assert_eq!(s, 200);
+    assert_eq!(again["data"]["id"], p["data"]["id"]);
+    let (s, body) = t.get(&format!("/api/v1/vm/{id}/renew?intervals=3")).await;
+    assert_eq!(
+        (s, &body),
+        (500, &real),
+        "the deprecated endpoint mints the same way"
+    );
+    let state = control(reqwest::Method::GET, "").await;
+    assert_eq!(state["mint_failure"]["remaining"], Value::Null);
+    assert!(state["mint_failure"].is_object(), "in force until cleared");
+    control(reqwest::Method::DELETE, "").await;
+    let (s, _) = t
+        .get(&format!("/api/v1/subscriptions/{id}/renew?intervals=2"))
+        .await;
+    assert_eq!(s, 200);
+}
+
+/// A VM without a subscription id: null in the VM, unknown to the subscription
+/// endpoints, renewable through the deprecated VM endpoint.
+#[tokio::test]
+async fn a_vm_without_a_subscription_is_only_renewed_through_the_vm_endpoint() {
+    let t = start(3 * 86_400, false).await;
+    let owner = t.keys.public_key().to_hex();
+    let id = t.sim.add_vm(
+        &owner,
+        VmSpec {
+            owner: owner.clone(),
+            expires: Some(RelTime::Offset(86_400)),
+            no_subscription: true,
+            ..VmSpec::default()
+        },
+    );
+    let (s, vm) = t.get(&format!("/api/v1/vm/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(vm["data"]["subscription_id"], Value::Null);
+    let (_, subs) = t.get("/api/v1/subscriptions").await;
+    assert!(subs["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|s| s["id"] != id));
+    let (s, _) = t.get(&format!("/api/v1/subscriptions/{id}/renew")).await;
+    assert_eq!(s, 404);
+    let (s, p) = t.get(&format!("/api/v1/vm/{id}/renew")).await;
+    assert_eq!(s, 200, "{p}");
+}

@@ -56,6 +56,7 @@ async fn a_multi_chunk_exposition_arrives_whole_with_its_length() {
             store,
             Arc::new(vpswatch_model::clock::SystemClock),
         )),
+        renewals: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

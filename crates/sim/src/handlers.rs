@@ -237,7 +237,10 @@ fn user_subscription<'w>(
     id: u64,
     foreign: StatusCode,
 ) -> Result<&'w SimVm, Reply> {
-    let vm = world.vm(id).ok_or_else(not_found)?;
+    let vm = world
+        .vm(id)
+        .filter(|vm| !vm.no_subscription)
+        .ok_or_else(not_found)?;
     if vm.owner != user {
         return Err(api_error(foreign, "Access denied: not your subscription"));
     }

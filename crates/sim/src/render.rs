@@ -133,7 +133,7 @@ pub fn vm_status(world: &World, vm: &SimVm, now: DateTime<Utc>) -> ApiVmStatus {
         status: status(vm),
         auto_renewal_enabled: vm.auto_renewal_enabled,
         deleting_on: deleting_on(world, vm, now),
-        subscription_id: Some(vm.id),
+        subscription_id: (!vm.no_subscription).then_some(vm.id),
         max_prepay_days: world.settings.max_prepay_days,
         host_ssh_keys: Vec::new(),
     }

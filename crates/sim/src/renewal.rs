@@ -6,6 +6,10 @@
 //! expiry, in its lead window `min(24 h, interval/2)`, including the double-pay trap (an
 //! unpaid invoice found at that moment is handed back and nothing is paid).
 //!
+//! Invoice minting can be made to fail ([`World::mint_failure`]) as on a server whose
+//! Lightning node is missing or down: every renew that needs a new invoice answers the
+//! sanitized 500, a pending invoice is still handed back.
+//!
 //! The server's saved wallet is not a Nostr wallet here: it pays or fails as
 //! [`World::saved_wallet_fails`] says. The NIP-47 wallet service the client pays with
 //! lives in `nwc_wallet` and settles invoices through [`World::settle`].
@@ -15,7 +19,7 @@ use http::StatusCode;
 
 use super::http::{api_error, internal_error, Reply};
 use super::lightning::{AutoRenewAttempt, AutoRenewOutcome, SettleError, INVOICE_EXPIRY};
-use super::world::{interval_seconds, whole_seconds, SimPayment, SimVm, World};
+use super::world::{interval_seconds, whole_seconds, MintFailure, SimPayment, SimVm, World};
 
 /// Longest lead of the server-side auto-renewal.
 const MAX_LEAD_SECS: u64 = 24 * 3600;
@@ -118,6 +122,11 @@ impl World {
                 (total as f64 / 100.0 / rate * 1e11).round() as u64
             }
         };
+        if self.mint_failure.as_mut().is_some_and(MintFailure::take) {
+            // What the real server answers when its Lightning node cannot create the
+            // invoice (captured in tests/fixtures/lnvps/get_subscription_renew_lightning.json).
+            return Err(internal_error());
+        }
         let (hash, preimage, bolt11) = self
             .lightning
             .mint(amount, now, &format!("VM renewal {vm_id}"))

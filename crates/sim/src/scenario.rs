@@ -187,6 +187,8 @@ pub struct VmSpec {
     /// The port this VM listens on while running, instead of `settings.vm_listen_port`
     /// (VMs serving different services).
     pub listen_port: Option<u16>,
+    /// A VM without a subscription id (null in the VM, absent from `/subscriptions`).
+    pub no_subscription: bool,
 }
 
 impl Default for VmSpec {
@@ -207,6 +209,7 @@ impl Default for VmSpec {
             memory_as_fraction: false,
             pending_payment: false,
             listen_port: None,
+            no_subscription: false,
         }
     }
 }

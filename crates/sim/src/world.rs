@@ -119,6 +119,26 @@ pub struct SimPayment {
     pub preimage: String,
 }
 
+/// Invoice minting fails for the next `remaining` mints (`None` = until cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MintFailure {
+    pub remaining: Option<u32>,
+}
+
+impl MintFailure {
+    /// Counts one failed mint; false when the failure is used up (and no mint fails).
+    pub fn take(&mut self) -> bool {
+        match self.remaining.as_mut() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+        }
+    }
+}
+
 /// One simulated VM. Its subscription shares its id.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimVm {
@@ -162,6 +182,9 @@ pub struct SimVm {
     /// Injected power-action failures, first match wins.
     pub action_failures: Vec<ActionFailure>,
     pub subscription_active: bool,
+    /// Created before subscriptions existed: `subscription_id` is null and the
+    /// subscription endpoints do not know it (only the VM endpoints renew it).
+    pub no_subscription: bool,
     /// (boot, shutdown) pairs, newest last; `None` = still running.
     pub run_intervals: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>,
     /// The `expires` value whose expiry was already handled.
@@ -648,6 +671,9 @@ pub struct World {
     pub lightning: super::lightning::LightningNode,
     /// The users' saved wallet fails every payment (`?method=nwc`, auto-renewal).
     pub saved_wallet_fails: bool,
+    /// Invoice minting fails (a server without a working Lightning node answers every
+    /// renew that needs a new invoice with the sanitized 500); see [`MintFailure`].
+    pub mint_failure: Option<MintFailure>,
     /// Every firing of the server-side auto-renewal, oldest first.
     pub auto_renew_log: Vec<super::lightning::AutoRenewAttempt>,
     /// The whole second the last worker pass ran for, while nothing has changed since
@@ -681,6 +707,7 @@ impl World {
             timeline_next: 0,
             lightning: super::lightning::LightningNode::generate(),
             saved_wallet_fails: false,
+            mint_failure: None,
             auto_renew_log: Vec::new(),
             pass_valid_at: None,
             earliest_boot_end: None,
@@ -779,6 +806,7 @@ impl World {
             booting_until: None,
             action_failures: Vec::new(),
             subscription_active: spec.expires.is_some(),
+            no_subscription: spec.no_subscription,
             run_intervals: Vec::new(),
             expired_handled: None,
             observed: None,
@@ -838,7 +866,9 @@ impl World {
     /// The user's subscriptions (one per VM, deleted VMs included), by id.
     pub fn user_subscriptions(&self, owner: &str) -> impl Iterator<Item = &SimVm> {
         let owner = owner.to_string();
-        self.vms.values().filter(move |v| v.owner == owner)
+        self.vms
+            .values()
+            .filter(move |v| v.owner == owner && !v.no_subscription)
     }
 
     /// Appends a history entry.

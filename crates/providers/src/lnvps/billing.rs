@@ -3,6 +3,11 @@
 //! request is NIP-98 signed afresh by the account's key and shares the account host's
 //! rate budget with the poller.
 //!
+//! Renewals go through the subscription (`/subscriptions/{id}/renew`, its quote and its
+//! payments), the server's current endpoints; the deprecated VM endpoints
+//! (`/vm/{id}/renew`, `/payment/{id}`) are only for a VM whose subscription id is
+//! unknown ([`RenewTarget::Vm`]). docs/providers.md lists both.
+//!
 //! Amounts are read tolerantly (a number, or `{currency, amount}` as in subscription
 //! payments); the BOLT11 invoice is decoded by the caller and is the final word on what
 //! is paid.
@@ -89,6 +94,21 @@ struct Paginated<T> {
     data: Vec<T>,
 }
 
+/// What a renewal is bought for: the VM's subscription (current endpoints) or, when
+/// the subscription id is unknown, the VM itself (deprecated endpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewTarget<'a> {
+    Subscription(&'a str),
+    Vm(&'a str),
+}
+
+impl RenewTarget<'_> {
+    /// Whether the deprecated VM endpoints are used.
+    pub fn is_deprecated(self) -> bool {
+        matches!(self, RenewTarget::Vm(_))
+    }
+}
+
 /// One LNVPS account's billing client.
 pub struct Billing {
     api: Arc<ApiClient>,
@@ -130,37 +150,91 @@ impl Billing {
             .await
     }
 
-    pub async fn quote(&self, vm: &str, intervals: u32) -> Result<Quote, ProviderError> {
-        let vm = check_id(vm)?;
-        self.get(
-            format!("/api/v1/vm/{vm}/renew/quote?method=lightning&intervals={intervals}"),
-            "GET /api/v1/vm/{id}/renew/quote",
-            Retry::Idempotent,
-        )
-        .await
+    pub async fn quote(
+        &self,
+        target: RenewTarget<'_>,
+        intervals: u32,
+    ) -> Result<Quote, ProviderError> {
+        match target {
+            RenewTarget::Subscription(sub) => {
+                let sub = check_id(sub)?;
+                self.get(
+                    format!(
+                        "/api/v1/subscriptions/{sub}/renew/quote?method=lightning&intervals={intervals}"
+                    ),
+                    "GET /api/v1/subscriptions/{id}/renew/quote",
+                    Retry::Idempotent,
+                )
+                .await
+            }
+            RenewTarget::Vm(vm) => {
+                let vm = check_id(vm)?;
+                self.get(
+                    format!("/api/v1/vm/{vm}/renew/quote?method=lightning&intervals={intervals}"),
+                    "GET /api/v1/vm/{id}/renew/quote",
+                    Retry::Idempotent,
+                )
+                .await
+            }
+        }
     }
 
     /// Mints (or is handed back) a Lightning invoice for `intervals`. Only retried when
-    /// the request certainly did not reach the handler; a second call would be handed
-    /// the same invoice anyway (same method and time).
-    pub async fn renew(&self, vm: &str, intervals: u32) -> Result<Payment, ProviderError> {
-        let vm = check_id(vm)?;
-        self.get(
-            format!("/api/v1/vm/{vm}/renew?method=lightning&intervals={intervals}"),
-            "GET /api/v1/vm/{id}/renew",
-            Retry::OnlyIfNotProcessed,
-        )
-        .await
+    /// the request certainly did not reach the handler: each call that reaches it makes
+    /// the server try to create an invoice.
+    pub async fn renew(
+        &self,
+        target: RenewTarget<'_>,
+        intervals: u32,
+    ) -> Result<Payment, ProviderError> {
+        match target {
+            RenewTarget::Subscription(sub) => {
+                let sub = check_id(sub)?;
+                self.get(
+                    format!(
+                        "/api/v1/subscriptions/{sub}/renew?method=lightning&intervals={intervals}"
+                    ),
+                    "GET /api/v1/subscriptions/{id}/renew",
+                    Retry::OnlyIfNotProcessed,
+                )
+                .await
+            }
+            RenewTarget::Vm(vm) => {
+                let vm = check_id(vm)?;
+                self.get(
+                    format!("/api/v1/vm/{vm}/renew?method=lightning&intervals={intervals}"),
+                    "GET /api/v1/vm/{id}/renew",
+                    Retry::OnlyIfNotProcessed,
+                )
+                .await
+            }
+        }
     }
 
-    pub async fn payment(&self, id: &str) -> Result<Payment, ProviderError> {
+    /// The payment `id` as the server sees it now: from the subscription's payments, or
+    /// `GET /payment/{id}` for a VM without a subscription id. `None` when the
+    /// subscription does not list it (yet).
+    pub async fn payment(
+        &self,
+        target: RenewTarget<'_>,
+        id: &str,
+    ) -> Result<Option<Payment>, ProviderError> {
         let id = check_id(id)?;
-        self.get(
-            format!("/api/v1/payment/{id}"),
-            "GET /api/v1/payment/{id}",
-            Retry::Idempotent,
-        )
-        .await
+        match target {
+            RenewTarget::Subscription(sub) => Ok(self
+                .subscription_payments(sub)
+                .await?
+                .into_iter()
+                .find(|p| p.id.eq_ignore_ascii_case(id))),
+            RenewTarget::Vm(_) => self
+                .get(
+                    format!("/api/v1/payment/{id}"),
+                    "GET /api/v1/payment/{id}",
+                    Retry::Idempotent,
+                )
+                .await
+                .map(Some),
+        }
     }
 
     /// The subscription's newest payments (first page, newest first).
@@ -182,5 +256,34 @@ impl Billing {
                     .map(|p| p.data)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscription payment as the real server renders it (docs/providers.md): amounts
+    /// as `{currency, amount}`, `payment_type` capitalised, no `time`.
+    #[test]
+    fn subscription_payment_shape() {
+        let text = r#"{"data":[{"id":"ab12","subscription_id":1,"created":"2026-11-23T06:00:00Z",
+            "expires":"2026-11-23T06:10:00Z","amount":{"currency":"BTC","amount":500000},
+            "payment_method":"lightning","payment_type":"Renewal","is_paid":true,
+            "paid_at":"2026-11-23T06:01:00Z","tax":{"currency":"BTC","amount":0},
+            "processing_fee":{"currency":"BTC","amount":0},"data":{"lightning":"lnbc1x"}}],
+            "total":1,"limit":50,"offset":0}"#;
+        let page: Paginated<Payment> = serde_json::from_str(text).expect("parses");
+        let p = &page.data[0];
+        assert_eq!(p.amount, 500_000);
+        assert!(p.is_paid_renewal());
+        assert_eq!(p.bolt11(), Some("lnbc1x"));
+        assert_eq!(p.time, None);
+    }
+
+    #[test]
+    fn renew_targets() {
+        assert!(RenewTarget::Vm("1").is_deprecated());
+        assert!(!RenewTarget::Subscription("1").is_deprecated());
     }
 }

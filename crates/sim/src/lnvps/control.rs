@@ -20,7 +20,10 @@
 //! - `POST /_sim/skew` `{"secs":n}`; `POST /_sim/rate-limit` rate limit settings
 //! - renewals: `GET /_sim/auto-renewals` the server-side auto-renewal's attempts;
 //!   `POST /_sim/saved-wallet` `{"fails":bool}`; `POST /_sim/settle`
-//!   `{"payment_hash":"…"}` pays an invoice as an outside wallet would
+//!   `{"payment_hash":"…"}` pays an invoice as an outside wallet would;
+//!   `GET|POST|DELETE /_sim/mint-failure` invoice minting answers the real server's 500
+//!   `{"error":"An internal error occurred"}`: `{"hits":n}` for n mints or `{}` until
+//!   cleared (DELETE)
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -61,6 +64,7 @@ pub async fn handle(sim: &LnvpsSimHandle, req: Request<Incoming>) -> Response<Bo
         (&Method::GET, ["auto-renewals"]) => ok_json(&sim.auto_renew_log()),
         (&Method::POST, ["saved-wallet"]) => saved_wallet(sim, &body),
         (&Method::POST, ["settle"]) => settle(sim, &body),
+        (_, ["mint-failure"]) => mint_failure(sim, &method, &body),
         _ => error(
             StatusCode::NOT_FOUND,
             "no such control endpoint; see GET /_sim/",
@@ -83,7 +87,8 @@ fn index() -> Reply {
             "POST /_sim/rate-limit {\"per_minute\":n,\"window\":\"60s\"}",
             "GET /_sim/auto-renewals",
             "POST /_sim/saved-wallet {\"fails\":true}",
-            "POST /_sim/settle {\"payment_hash\":\"hex\"}"
+            "POST /_sim/settle {\"payment_hash\":\"hex\"}",
+            "GET|POST|DELETE /_sim/mint-failure {\"hits\":n} (or {} until cleared)"
         ]
     }))
 }
@@ -100,6 +105,31 @@ fn saved_wallet(sim: &LnvpsSimHandle, body: &[u8]) -> Reply {
             ok_json(&json!({ "ok": true }))
         }
         Err(r) => r,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MintFailureRequest {
+    #[serde(default)]
+    hits: Option<u32>,
+}
+
+fn mint_failure(sim: &LnvpsSimHandle, method: &Method, body: &[u8]) -> Reply {
+    match *method {
+        Method::GET => ok_json(&json!({ "mint_failure": sim.mint_failure() })),
+        Method::POST => match parse_or_empty::<MintFailureRequest>(body) {
+            Ok(r) => {
+                sim.fail_minting(r.hits);
+                ok_json(&json!({ "mint_failure": sim.mint_failure() }))
+            }
+            Err(r) => r,
+        },
+        Method::DELETE => {
+            sim.clear_mint_failure();
+            ok_json(&json!({ "mint_failure": null }))
+        }
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET, POST or DELETE"),
     }
 }
 

@@ -268,6 +268,23 @@ impl LnvpsSimHandle {
         self.with_world(|w, _| w.saved_wallet_fails = fails);
     }
 
+    /// Invoice minting fails for the next `hits` mints (`None` = until cleared).
+    pub fn fail_minting(&self, hits: Option<u32>) {
+        self.with_world(|w, _| {
+            w.mint_failure = Some(crate::world::MintFailure { remaining: hits })
+        });
+    }
+
+    /// Minting works again.
+    pub fn clear_mint_failure(&self) {
+        self.with_world(|w, _| w.mint_failure = None);
+    }
+
+    /// The minting failure in force, if any.
+    pub fn mint_failure(&self) -> Option<crate::world::MintFailure> {
+        self.with_world(|w, _| w.mint_failure.filter(|f| f.remaining != Some(0)))
+    }
+
     /// Every firing of the server-side auto-renewal so far, oldest first.
     pub fn auto_renew_log(&self) -> Vec<AutoRenewAttempt> {
         self.with_world(|w, _| w.auto_renew_log.clone())

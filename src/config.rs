@@ -93,6 +93,8 @@ pub struct Config {
     pub alertmanager: Option<crate::watchdog::webhook::WebhookConfig>,
     /// StableVPS plans by `planId`: the built-in table with the config's overrides.
     pub stablevps_plans: PlanTable,
+    /// `[cluster]`: one replica of several coordinated through etcd; `None` = alone.
+    pub cluster: Option<crate::cluster::config::ClusterConfig>,
     /// Things worth telling the operator that do not stop the daemon.
     pub warnings: Vec<Problem>,
 }
@@ -109,6 +111,7 @@ impl Config {
             request_timeout: self.request_timeout,
             max_response_bytes: self.max_response_bytes,
             stablevps_plans: std::sync::Arc::new(self.stablevps_plans.clone()),
+            source_address: self.cluster.as_ref().and_then(|c| c.source_address),
         }
     }
 }
@@ -179,6 +182,7 @@ pub fn reference_table() -> String {
         vpswatch_providers::account::LIMIT_KEYS,
         vpswatch_providers::account::ACCOUNT_KEYS,
         crate::watchdog::webhook::KEYS,
+        crate::cluster::config::KEYS,
     ])
 }
 
@@ -286,6 +290,7 @@ fn parse_unredacted(
     let raw_maintenance = table.remove("maintenance");
     let raw_email = table.remove("email");
     let raw_alertmanager = table.remove("alertmanager");
+    let raw_cluster = table.remove("cluster");
     let globals: Option<RawGlobals> = read_section(toml::Value::Table(table), "", &mut problems);
 
     let mut accounts = Vec::new();
@@ -337,6 +342,8 @@ fn parse_unredacted(
     // Read before the early return below so every section's problems are listed.
     let email =
         raw_email.and_then(|v| email_settings::from_toml(v, env, &mut problems, &mut warnings));
+
+    let cluster = crate::cluster::config::read(raw_cluster, env, &mut problems, &mut warnings);
 
     let Some(g) = globals else {
         return Err(problems);
@@ -408,6 +415,7 @@ fn parse_unredacted(
             email,
             alertmanager,
             stablevps_plans,
+            cluster,
             warnings,
         }),
         _ => Err(problems),

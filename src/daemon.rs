@@ -62,6 +62,47 @@ fn probe_settings(config: &Config) -> ProbeSettings {
     }
 }
 
+/// Runs each account's poller while this replica owns the account: started when it is
+/// taken over, stopped (and the account's data dropped) the moment it is given up.
+async fn follow_ownership(
+    mut view: tokio::sync::watch::Receiver<crate::cluster::View>,
+    pollers: Vec<Poller>,
+    store: Arc<SnapshotStore>,
+    cancel: CancellationToken,
+) {
+    let mut running: Vec<Option<CancellationToken>> = pollers.iter().map(|_| None).collect();
+    loop {
+        let owned = view.borrow_and_update().owned.clone();
+        for (idx, poller) in pollers.iter().enumerate() {
+            let own = owned.get(idx).copied().unwrap_or(false);
+            match (&running[idx], own) {
+                (None, true) => {
+                    let token = cancel.child_token();
+                    store.set_owned(idx, true);
+                    tokio::spawn(
+                        Poller {
+                            initial_delay: Duration::ZERO,
+                            ..poller.clone()
+                        }
+                        .run(token.clone()),
+                    );
+                    running[idx] = Some(token);
+                }
+                (Some(token), false) => {
+                    token.cancel();
+                    store.set_owned(idx, false);
+                    running[idx] = None;
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = view.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// Where the web server listens (the real port when 0 was asked for).
@@ -200,19 +241,52 @@ impl Daemon {
         }
         let cache: MetricsCache = Default::default();
         let n = config.accounts.len().max(1) as u32;
-        for (idx, (account, p)) in config.accounts.iter().zip(&providers).enumerate() {
-            // Spread first polls over up to one second so accounts do not burst together.
-            let stagger = (Duration::from_secs(1) / n).min(account.poll_interval / n) * idx as u32;
-            let poller = Poller {
+        let pollers: Vec<Poller> = config
+            .accounts
+            .iter()
+            .zip(&providers)
+            .enumerate()
+            .map(|(idx, (account, p))| Poller {
                 idx,
                 provider: p.clone(),
                 store: store.clone(),
                 clock: clock.clone(),
                 interval: account.poll_interval,
                 timeout: config.poll_timeout,
-                initial_delay: stagger,
-            };
-            tasks.spawn(poller.run(cancel.child_token()));
+                // Spread first polls over up to one second so accounts do not burst together.
+                initial_delay: (Duration::from_secs(1) / n).min(account.poll_interval / n)
+                    * idx as u32,
+            })
+            .collect();
+        let cluster = config.cluster.clone().map(|c| {
+            crate::cluster::Cluster::new(
+                c,
+                config
+                    .accounts
+                    .iter()
+                    .map(|a| format!("{}/{}", a.provider, a.name))
+                    .collect(),
+            )
+        });
+        match &cluster {
+            None => {
+                for poller in pollers {
+                    tasks.spawn(poller.run(cancel.child_token()));
+                }
+            }
+            Some(cluster) => {
+                // Nothing is owned until etcd says so.
+                for idx in 0..config.accounts.len() {
+                    store.set_owned(idx, false);
+                }
+                tasks.spawn(cluster.clone().run(cancel.child_token()));
+                tasks.spawn(follow_ownership(
+                    cluster.subscribe(),
+                    pollers,
+                    store.clone(),
+                    cancel.child_token(),
+                ));
+            }
         }
         let probes = Arc::new(ProbeStore::default());
         if config.probes.enabled {
@@ -261,6 +335,7 @@ impl Daemon {
                     report: watchdog.clone(),
                     gates: crate::watchdog::gates::build(&config.watchdog),
                     webhook: inbox,
+                    cluster: cluster.clone(),
                 },
                 cancel.child_token(),
             ));
@@ -295,6 +370,7 @@ impl Daemon {
                     notifier: notifier.clone(),
                     clock: clock.clone(),
                     report: renewals.clone(),
+                    cluster: cluster.clone(),
                 },
                 cancel.child_token(),
             ));
@@ -302,8 +378,11 @@ impl Daemon {
         // Probes, then renewals, then the watchdog: the order their families appear in.
         let process = Arc::new(crate::metrics::process::ProcessMetrics::default());
         tasks.spawn(process.clone().run(cancel.child_token()));
-        let sources: Vec<Arc<dyn FamilySource>> =
+        let mut sources: Vec<Arc<dyn FamilySource>> =
             vec![probes.clone(), renewals.clone(), watchdog.clone(), process];
+        if let Some(c) = &cluster {
+            sources.push(c.clone());
+        }
         // A well-formed exposition from the first scrape (every account `provider_up 0`
         // until its first poll): an empty 200 would read to Prometheus as "every series
         // gone".

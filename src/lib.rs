@@ -5,6 +5,7 @@
 //! Clients know nothing of metrics; the web layer only reads.
 
 pub mod alloc_tuning;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod logging;

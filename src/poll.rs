@@ -16,6 +16,7 @@ use vpswatch_model::snapshot::{AccountSnapshot, SnapshotStore};
 use vpswatch_providers::SharedProvider;
 
 /// Polls one account until cancelled.
+#[derive(Clone)]
 pub struct Poller {
     pub idx: usize,
     pub provider: SharedProvider,

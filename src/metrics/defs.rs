@@ -463,6 +463,49 @@ metric!(
     "Start time of the process since unix epoch in seconds."
 );
 
+metric!(
+    CLUSTER_MEMBERS,
+    "vpswatch_cluster_members",
+    Gauge,
+    &[],
+    "Replicas registered in etcd as this replica last saw them (cluster mode only)."
+);
+metric!(
+    CLUSTER_ACCOUNTS,
+    "vpswatch_cluster_accounts",
+    Gauge,
+    &[],
+    "Accounts configured, which the replicas share (cluster mode only)."
+);
+metric!(
+    CLUSTER_ACCOUNTS_OWNED,
+    "vpswatch_cluster_accounts_owned",
+    Gauge,
+    &[],
+    "Accounts this replica owns, and so polls, probes, acts and mails for (cluster mode only)."
+);
+metric!(
+    CLUSTER_LEASE_UP,
+    "vpswatch_cluster_lease_up",
+    Gauge,
+    &[],
+    "1 while this replica holds a live etcd lease, 0 while it cannot reach etcd (cluster mode only)."
+);
+metric!(
+    CLUSTER_ETCD_ERRORS,
+    "vpswatch_cluster_etcd_errors_total",
+    Counter,
+    &[],
+    "etcd requests that failed (cluster mode only)."
+);
+metric!(
+    CLUSTER_OWNERSHIP_CHANGES,
+    "vpswatch_cluster_ownership_changes_total",
+    Counter,
+    &[],
+    "Accounts this replica took over or gave up (cluster mode only)."
+);
+
 /// Every family, in exposition order.
 pub const ALL: &[&MetricDef] = &[
     &VPS_INFO,
@@ -528,6 +571,12 @@ pub const ALL: &[&MetricDef] = &[
     &PROCESS_OPEN_FDS,
     &PROCESS_MAX_FDS,
     &PROCESS_START_TIME,
+    &CLUSTER_MEMBERS,
+    &CLUSTER_ACCOUNTS,
+    &CLUSTER_ACCOUNTS_OWNED,
+    &CLUSTER_LEASE_UP,
+    &CLUSTER_ETCD_ERRORS,
+    &CLUSTER_OWNERSHIP_CHANGES,
 ];
 
 // ---- Lightning renewal (src/renew) ----

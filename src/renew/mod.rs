@@ -99,6 +99,9 @@ pub struct RenewParts {
     pub notifier: Arc<dyn Notify>,
     pub clock: SharedClock,
     pub report: Arc<RenewReport>,
+    /// Replicas sharing the accounts: every invoice request and payment first proves
+    /// ownership in etcd.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 struct Task {
@@ -192,6 +195,25 @@ enum Tried {
 }
 
 impl Task {
+    /// With replicas: records the intent in etcd if this replica still owns the LNVPS
+    /// account, else refuses (nothing may be sent to the provider or the wallet).
+    async fn fence(&self, account: &str, intent: &str) -> Result<(), ProviderError> {
+        let Some(cluster) = &self.parts.cluster else {
+            return Ok(());
+        };
+        let result = match cluster.index_of(ProviderKind::Lnvps.as_str(), account) {
+            Some(idx) => cluster.fence(idx, intent).await.map_err(|e| e.to_string()),
+            None => Err("the account is not in the cluster's list".into()),
+        };
+        result.map_err(|reason| {
+            tracing::warn!(account, intent, %reason, "renewal: not sent");
+            ProviderError::NotSent {
+                endpoint: "cluster".into(),
+                reason,
+            }
+        })
+    }
+
     async fn pass(&mut self) {
         let now = self.parts.clock.now();
         let snaps = self.parts.store.all();
@@ -679,6 +701,8 @@ impl Task {
                 return Ok(Tried::Skipped(None));
             }
         }
+        self.fence(&ctx.snap.account, &format!("renew {} invoice", ctx.vm.id))
+            .await?;
         let invoice = billing.renew(target, intervals).await?;
         if invoice.is_paid {
             return Ok(Tried::Skipped(None));
@@ -785,6 +809,19 @@ impl Task {
                 return self.save(ctx, rec, None);
             }
         };
+        if let Err(e) = self
+            .fence(
+                &ctx.snap.account,
+                &format!("pay {} invoice {}", ctx.vm.id, a.payment_id),
+            )
+            .await
+        {
+            // Nothing was sent: asked again after retry_interval, by whoever owns it then.
+            a.last_error = Some(e.to_string());
+            a.next_pay_at = Some(ctx.now + dur(ctx.rule.retry_interval));
+            rec.attempt = Some(a);
+            return self.save(ctx, rec, None);
+        }
         a.phase = Phase::Paying;
         a.pay_calls += 1;
         rec.attempt = Some(a.clone());

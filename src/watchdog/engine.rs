@@ -54,6 +54,8 @@ pub struct WatchdogParts {
     pub gates: Vec<Arc<dyn ActionGate>>,
     /// The Alertmanager webhook's mappings and the inbox its deliveries arrive in.
     pub webhook: Option<(Vec<Mapping>, mpsc::Receiver<Delivery>)>,
+    /// Replicas sharing the accounts: every provider call first proves ownership in etcd.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The result of one provider call, sent back to the loop.
@@ -76,6 +78,7 @@ struct Engine {
     clock: SharedClock,
     report: Arc<WatchdogReport>,
     gates: Vec<Arc<dyn ActionGate>>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     targets: HashMap<TargetKey, TargetState>,
     /// Newest action per VM, any rule (the cooldown is per VM).
     last_action: HashMap<VmKey, DateTime<Utc>>,
@@ -161,6 +164,7 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
         clock: parts.clock,
         report: parts.report,
         gates: parts.gates,
+        cluster: parts.cluster,
         targets: restored.targets,
         last_action: restored.last_action,
         next_id: restored.next_id,
@@ -867,7 +871,32 @@ impl Engine {
         let tx = self.done_tx.clone();
         let key = key.clone();
         let vm_id = vm.id.clone();
+        let fence = self.cluster.clone().map(|c| {
+            let idx = c.index_of(key.provider.as_str(), &key.account);
+            (c, idx)
+        });
         tokio::spawn(async move {
+            // Another replica may own the account by now: prove ownership (and record the
+            // intent) in etcd first, or send nothing.
+            if let Some((cluster, idx)) = fence {
+                let fenced = match idx {
+                    Some(idx) => cluster
+                        .fence(idx, &format!("{} {vm_id} (journal #{id})", remedy.as_str()))
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
+                    None => Some("the account is not in the cluster's list".into()),
+                };
+                if let Some(reason) = fenced {
+                    tracing::warn!(id, account = %key.account, vm = %vm_id, %reason, "watchdog action not sent");
+                    let result = Err(vpswatch_providers::ProviderError::NotSent {
+                        endpoint: "cluster".into(),
+                        reason,
+                    });
+                    let _ = tx.send(Finished { key, id, result });
+                    return;
+                }
+            }
             let result = action::execute(provider.as_ref(), &vm_id, remedy).await;
             let _ = tx.send(Finished { key, id, result });
         });

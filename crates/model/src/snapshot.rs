@@ -58,16 +58,23 @@ impl AccountSnapshot {
 /// All accounts' current snapshots plus a change counter to wait on.
 pub struct SnapshotStore {
     slots: Vec<ArcSwap<AccountSnapshot>>,
+    /// Whether this process owns each account (always, unless replicas share them):
+    /// only owned accounts are listed by [`SnapshotStore::all`].
+    owned: Vec<std::sync::atomic::AtomicBool>,
     generation: watch::Sender<u64>,
 }
 
 impl SnapshotStore {
     pub fn new(accounts: impl IntoIterator<Item = (ProviderKind, String)>) -> Arc<Self> {
-        let slots = accounts
+        let slots: Vec<_> = accounts
             .into_iter()
             .map(|(p, a)| ArcSwap::from_pointee(AccountSnapshot::empty(p, &a)))
             .collect();
         Arc::new(Self {
+            owned: slots
+                .iter()
+                .map(|_| std::sync::atomic::AtomicBool::new(true))
+                .collect(),
             slots,
             generation: watch::channel(0).0,
         })
@@ -93,8 +100,29 @@ impl SnapshotStore {
         }
     }
 
+    /// The snapshots of the accounts this process owns.
     pub fn all(&self) -> Vec<Arc<AccountSnapshot>> {
-        self.slots.iter().map(|s| s.load_full()).collect()
+        self.slots
+            .iter()
+            .zip(&self.owned)
+            .filter(|(_, o)| o.load(std::sync::atomic::Ordering::Acquire))
+            .map(|(s, _)| s.load_full())
+            .collect()
+    }
+
+    /// Marks an account owned or not. An account given up forgets its data, so nothing
+    /// (metrics, status, watchdog) reads it from here, and a later owner starts afresh.
+    pub fn set_owned(&self, idx: usize, owned: bool) {
+        let (Some(flag), Some(slot)) = (self.owned.get(idx), self.slots.get(idx)) else {
+            return;
+        };
+        if flag.swap(owned, std::sync::atomic::Ordering::AcqRel) != owned {
+            if !owned {
+                let old = slot.load_full();
+                slot.store(Arc::new(AccountSnapshot::empty(old.provider, &old.account)));
+            }
+            self.generation.send_modify(|g| *g += 1);
+        }
     }
 
     /// A receiver that changes whenever any snapshot is published.

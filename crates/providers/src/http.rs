@@ -63,6 +63,9 @@ pub struct HttpSettings {
     pub max_retry_after: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Local address requests leave from (several replicas on one host, each under its
+    /// own per-IP rate limit).
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 impl Default for HttpSettings {
@@ -74,6 +77,7 @@ impl Default for HttpSettings {
             max_retry_after: Duration::from_secs(65),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(5),
+            source_address: None,
         }
     }
 }
@@ -136,6 +140,7 @@ impl ApiClient {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("vpswatch/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(30))
+            .local_address(settings.source_address)
             .build()?;
         Ok(Self {
             http,

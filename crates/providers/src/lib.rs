@@ -107,6 +107,8 @@ pub struct ClientSettings {
     pub max_response_bytes: usize,
     /// StableVPS plans by `planId`.
     pub stablevps_plans: Arc<stablevps::PlanTable>,
+    /// Local address provider requests leave from; `None` = the system's choice.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 /// Everything a provider client needs from the daemon.
@@ -136,6 +138,7 @@ impl BuildContext<'_> {
             timeout: self.settings.request_timeout,
             max_attempts: self.settings.limits.max_attempts,
             max_body_bytes: self.settings.max_response_bytes,
+            source_address: self.settings.source_address,
             ..http::HttpSettings::default()
         }
     }

@@ -1,0 +1,456 @@
+//! Several replicas sharing the accounts through etcd: membership, ownership, fencing.
+//!
+//! Keys under the configured prefix (docs/cluster.md draws the picture):
+//! - `members/<member>`: one per live replica, attached to its lease;
+//! - `owners/<provider>/<account>`: the replica that owns the account, attached to that
+//!   replica's lease, so a dead replica's accounts are free once its lease expires;
+//! - `intents/<provider>/<account>`: the last provider write a replica was allowed to make.
+//!
+//! Every replica computes the same assignment (rendezvous hashing of accounts over live
+//! members). A replica claims an account only when its owner key is free, and gives it up
+//! (deletes the key) as soon as the assignment names another member, so at any moment at
+//! most one replica holds an account. A provider write is preceded by [`Cluster::fence`]:
+//! a transaction that records the intent only if the owner key still carries this
+//! replica's lease; a replica that was paused, partitioned or slow cannot commit it.
+
+pub mod config;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, TlsOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::defs;
+use crate::metrics::families::FamilySet;
+use crate::metrics::FamilySource;
+use config::ClusterConfig;
+
+/// What this replica currently knows about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// This replica's live lease; `None` while it has none (etcd unreachable).
+    pub lease: Option<i64>,
+    /// Live members' names, sorted.
+    pub members: Vec<String>,
+    /// Per configured account (config order): whether this replica holds its owner key.
+    pub owned: Vec<bool>,
+}
+
+/// Why a provider write was not allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("this replica holds no etcd lease (etcd unreachable or the lease expired)")]
+    NoLease,
+    #[error("this replica no longer owns account {account} in etcd")]
+    NotOwner { account: String },
+    #[error("etcd did not confirm ownership of account {account}: {reason}")]
+    Etcd { account: String, reason: String },
+}
+
+/// One replica's membership in the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    /// `<provider>/<account>` by account index.
+    accounts: Vec<String>,
+    view: watch::Sender<View>,
+    client: tokio::sync::Mutex<Option<Client>>,
+    etcd_errors: AtomicU64,
+    ownership_changes: AtomicU64,
+    tick: watch::Sender<u64>,
+}
+
+/// The rendezvous (highest random weight) score of `account` on `member`.
+fn score(member: &str, account: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(member.as_bytes())
+        .chain_update([0u8])
+        .chain_update(account.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The member an account belongs to: the same answer on every replica that sees the
+/// same members, and only the accounts of a member that leaves or joins move.
+pub fn assign<'a>(account: &str, members: &'a [String]) -> Option<&'a str> {
+    members
+        .iter()
+        .max_by_key(|m| (score(m, account), m.as_str()))
+        .map(String::as_str)
+}
+
+impl Cluster {
+    /// `accounts` are `<provider>/<account>` in config order.
+    pub fn new(config: ClusterConfig, accounts: Vec<String>) -> Arc<Cluster> {
+        let owned = vec![false; accounts.len()];
+        Arc::new(Cluster {
+            config,
+            accounts,
+            view: watch::channel(View {
+                owned,
+                ..View::default()
+            })
+            .0,
+            client: tokio::sync::Mutex::new(None),
+            etcd_errors: AtomicU64::new(0),
+            ownership_changes: AtomicU64::new(0),
+            tick: watch::channel(0).0,
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<View> {
+        self.view.subscribe()
+    }
+
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    fn key(&self, kind: &str, rest: &str) -> String {
+        format!("{}/{kind}/{rest}", self.config.prefix)
+    }
+
+    fn etcd_error(&self, what: &str, e: &etcd_client::Error) {
+        self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        self.tick.send_modify(|t| *t += 1);
+        tracing::warn!(member = %self.config.member, error = %e, "etcd: {what} failed");
+    }
+
+    fn publish(&self, next: View) {
+        let changed = self.view.send_if_modified(|v| {
+            if *v == next {
+                return false;
+            }
+            let moved = v
+                .owned
+                .iter()
+                .zip(&next.owned)
+                .filter(|(a, b)| a != b)
+                .count();
+            if moved > 0 {
+                self.ownership_changes
+                    .fetch_add(moved as u64, Ordering::Relaxed);
+                for (i, (was, is)) in v.owned.iter().zip(&next.owned).enumerate() {
+                    if was != is {
+                        tracing::info!(
+                            member = %self.config.member,
+                            account = %self.accounts[i],
+                            owned = is,
+                            "cluster: account {}",
+                            if *is { "taken over" } else { "given up" }
+                        );
+                    }
+                }
+            }
+            *v = next;
+            true
+        });
+        if changed {
+            self.tick.send_modify(|t| *t += 1);
+        }
+    }
+
+    fn lose_lease(&self) {
+        self.publish(View {
+            lease: None,
+            members: Vec::new(),
+            owned: vec![false; self.accounts.len()],
+        });
+    }
+
+    async fn connect(&self) -> Result<Client, etcd_client::Error> {
+        let ttl = self.config.lease_ttl;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(ttl.min(Duration::from_secs(5)))
+            .with_timeout(ttl.min(Duration::from_secs(5)))
+            .with_keep_alive(Duration::from_secs(2), ttl.min(Duration::from_secs(5)));
+        if let Some((user, password)) = &self.config.auth {
+            options = options.with_user(user.clone(), password.expose().clone());
+        }
+        if let Some(tls) = &self.config.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                t = t.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key.expose()));
+            }
+            options = options.with_tls(t);
+        }
+        Client::connect(&self.config.endpoints, Some(options)).await
+    }
+
+    /// Keeps this replica registered and its owned accounts claimed until cancelled.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let retry = Duration::from_secs(1);
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.session() => r,
+            };
+            if let Err(e) = result {
+                self.etcd_error("session", &e);
+            }
+            self.lose_lease();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(retry) => {}
+            }
+        }
+        // Leaving on purpose: free the accounts now rather than after the TTL.
+        let lease = self.view.borrow().lease;
+        self.lose_lease();
+        if let (Some(lease), Some(mut client)) = (lease, self.client.lock().await.clone()) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+        }
+    }
+
+    /// One lease's life: register, keep alive, reconcile ownership. Returns when the lease
+    /// is lost (or cannot be renewed for a whole TTL).
+    async fn session(&self) -> Result<(), etcd_client::Error> {
+        let mut client = self.connect().await?;
+        *self.client.lock().await = Some(client.clone());
+        let ttl = self.config.lease_ttl;
+        let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
+        client
+            .put(
+                self.key("members", &self.config.member),
+                self.config.member.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        tracing::info!(member = %self.config.member, lease, "cluster: registered");
+        let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
+        let mut events = client
+            .watch(
+                format!("{}/", self.config.prefix),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await?;
+        let period = (ttl / 3).max(Duration::from_millis(500));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = Instant::now();
+        let mut owned = vec![false; self.accounts.len()];
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    // Renew; a lease unrenewed for a whole TTL may be gone already.
+                    let ack = async {
+                        keeper.keep_alive().await?;
+                        acks.message().await
+                    };
+                    match tokio::time::timeout(period, ack).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = Instant::now(),
+                        Ok(Ok(_)) => {
+                            tracing::warn!(member = %self.config.member, "cluster: lease expired");
+                            return Ok(());
+                        }
+                        Ok(Err(e)) => self.etcd_error("lease keep-alive", &e),
+                        Err(_) => {
+                            self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(member = %self.config.member, "etcd: lease keep-alive timed out");
+                        }
+                    }
+                    if renewed.elapsed() >= ttl {
+                        tracing::warn!(member = %self.config.member, "cluster: lease not renewed for a TTL; giving up every account");
+                        return Ok(());
+                    }
+                }
+                ev = events.message() => {
+                    if !matches!(ev, Ok(Some(_))) {
+                        // The watch broke: keep going on the ticker alone.
+                        events = match client.watch(format!("{}/", self.config.prefix), Some(WatchOptions::new().with_prefix())).await {
+                            Ok(s) => s,
+                            Err(e) => { self.etcd_error("watch", &e); return Err(e); }
+                        };
+                    }
+                }
+            }
+            match self.reconcile(&mut client, lease, &mut owned).await {
+                Ok(members) => self.publish(View {
+                    lease: Some(lease),
+                    members,
+                    owned: owned.clone(),
+                }),
+                Err(e) => self.etcd_error("ownership", &e),
+            }
+        }
+    }
+
+    /// Claims the free accounts assigned to this replica and gives up the others.
+    async fn reconcile(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        owned: &mut [bool],
+    ) -> Result<Vec<String>, etcd_client::Error> {
+        let members_prefix = self.key("members", "");
+        let resp = client
+            .get(
+                members_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let mut members: Vec<String> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok())
+            .filter_map(|k| k.strip_prefix(&members_prefix))
+            .map(str::to_string)
+            .collect();
+        members.sort();
+        let owners_prefix = self.key("owners", "");
+        let resp = client
+            .get(
+                owners_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let holders: std::collections::HashMap<String, i64> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let k = kv.key_str().ok()?.strip_prefix(&owners_prefix)?;
+                Some((k.to_string(), kv.lease()))
+            })
+            .collect();
+        let me = self.config.member.as_str();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = self.key("owners", account);
+            let mine = members.iter().any(|m| m == me) && assign(account, &members) == Some(me);
+            let holder = holders.get(account).copied();
+            owned[i] = holder == Some(lease);
+            if mine && holder.is_none() {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        me,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                owned[i] = client.txn(txn).await?.succeeded();
+            } else if !mine && owned[i] {
+                let txn = Txn::new()
+                    .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                client.txn(txn).await?;
+                owned[i] = false;
+            }
+        }
+        Ok(members)
+    }
+
+    /// Records `intent` for account `idx` in etcd if, and only if, this replica still owns
+    /// it. Call before every provider write; on an error, do not call the provider.
+    pub async fn fence(&self, idx: usize, intent: &str) -> Result<(), FenceError> {
+        let account = self.accounts.get(idx).cloned().unwrap_or_default();
+        let Some(lease) = self.view.borrow().lease else {
+            return Err(FenceError::NoLease);
+        };
+        let Some(mut client) = self.client.lock().await.clone() else {
+            return Err(FenceError::NoLease);
+        };
+        let value = serde_json::json!({
+            "member": self.config.member,
+            "intent": intent,
+            "at": chrono::Utc::now().to_rfc3339(),
+        })
+        .to_string();
+        let txn = Txn::new()
+            .when([Compare::lease(
+                self.key("owners", &account),
+                CompareOp::Equal,
+                lease,
+            )])
+            .and_then([TxnOp::put(self.key("intents", &account), value, None)]);
+        let timeout = self.config.lease_ttl.min(Duration::from_secs(5));
+        match tokio::time::timeout(timeout, client.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => Ok(()),
+            Ok(Ok(_)) => Err(FenceError::NotOwner { account }),
+            Ok(Err(e)) => {
+                self.etcd_error("fence", &e);
+                Err(FenceError::Etcd {
+                    account,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                Err(FenceError::Etcd {
+                    account,
+                    reason: format!("no answer within {}", humantime::format_duration(timeout)),
+                })
+            }
+        }
+    }
+
+    /// The index of `<provider>/<account>`.
+    pub fn index_of(&self, provider: &str, account: &str) -> Option<usize> {
+        let key = format!("{provider}/{account}");
+        self.accounts.iter().position(|a| *a == key)
+    }
+}
+
+impl FamilySource for Cluster {
+    fn render(&self, set: &mut FamilySet) {
+        let v = self.view.borrow().clone();
+        set.gauge(&defs::CLUSTER_MEMBERS, &[], v.members.len() as f64);
+        set.gauge(&defs::CLUSTER_ACCOUNTS, &[], self.accounts.len() as f64);
+        set.gauge(
+            &defs::CLUSTER_ACCOUNTS_OWNED,
+            &[],
+            v.owned.iter().filter(|o| **o).count() as f64,
+        );
+        set.gauge(
+            &defs::CLUSTER_LEASE_UP,
+            &[],
+            if v.lease.is_some() { 1.0 } else { 0.0 },
+        );
+        set.counter(
+            &defs::CLUSTER_ETCD_ERRORS,
+            &[],
+            self.etcd_errors.load(Ordering::Relaxed) as f64,
+        );
+        set.counter(
+            &defs::CLUSTER_OWNERSHIP_CHANGES,
+            &[],
+            self.ownership_changes.load(Ordering::Relaxed) as f64,
+        );
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_is_shared_and_moves_only_the_leavers_accounts() {
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let two: Vec<String> = ["a", "c"].map(String::from).to_vec();
+        let accounts: Vec<String> = (0..30).map(|i| format!("lnvps/acc{i}")).collect();
+        let mut per = std::collections::HashMap::new();
+        for acc in &accounts {
+            let owner = assign(acc, &three).unwrap();
+            *per.entry(owner).or_insert(0) += 1;
+            let after = assign(acc, &two).unwrap();
+            if owner != "b" {
+                assert_eq!(owner, after, "{acc} moved though its owner stayed");
+            }
+        }
+        assert_eq!(per.len(), 3, "every member gets accounts: {per:?}");
+        assert_eq!(assign("x", &[]), None);
+    }
+}

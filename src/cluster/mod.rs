@@ -170,8 +170,7 @@ impl Cluster {
         let ttl = self.config.lease_ttl;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(ttl.min(Duration::from_secs(5)))
-            .with_timeout(ttl.min(Duration::from_secs(5)))
-            .with_keep_alive(Duration::from_secs(2), ttl.min(Duration::from_secs(5)));
+            .with_timeout(ttl.min(Duration::from_secs(5)));
         if let Some((user, password)) = &self.config.auth {
             options = options.with_user(user.clone(), password.expose().clone());
         }
@@ -239,6 +238,7 @@ impl Cluster {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
+        let mut watching = true;
         let mut owned = vec![false; self.accounts.len()];
         loop {
             tokio::select! {
@@ -254,7 +254,14 @@ impl Cluster {
                             tracing::warn!(member = %self.config.member, "cluster: lease expired");
                             return Ok(());
                         }
-                        Ok(Err(e)) => self.etcd_error("lease keep-alive", &e),
+                        Ok(Err(e)) => {
+                            self.etcd_error("lease keep-alive", &e);
+                            // The stream broke (connection reset): open a new one.
+                            match client.lease_keep_alive(lease).await {
+                                Ok((k, a)) => (keeper, acks) = (k, a),
+                                Err(e) => self.etcd_error("lease keep-alive", &e),
+                            }
+                        }
                         Err(_) => {
                             self.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(member = %self.config.member, "etcd: lease keep-alive timed out");
@@ -265,14 +272,20 @@ impl Cluster {
                         return Ok(());
                     }
                 }
-                ev = events.message() => {
-                    if !matches!(ev, Ok(Some(_))) {
-                        // The watch broke: keep going on the ticker alone.
-                        events = match client.watch(format!("{}/", self.config.prefix), Some(WatchOptions::new().with_prefix())).await {
-                            Ok(s) => s,
-                            Err(e) => { self.etcd_error("watch", &e); return Err(e); }
-                        };
-                    }
+                ev = events.message(), if watching => {
+                    // A broken watch is reopened on a later tick; the ticker goes on.
+                    watching = matches!(ev, Ok(Some(_)));
+                }
+            }
+            if !watching {
+                let watch = client.watch(
+                    format!("{}/", self.config.prefix),
+                    Some(WatchOptions::new().with_prefix()),
+                );
+                match tokio::time::timeout(period, watch).await {
+                    Ok(Ok(s)) => (events, watching) = (s, true),
+                    Ok(Err(e)) => self.etcd_error("watch", &e),
+                    Err(_) => {}
                 }
             }
             match self.reconcile(&mut client, lease, &mut owned).await {

@@ -9,6 +9,7 @@
 )]
 
 mod alertmanager_webhook;
+mod cluster;
 mod common;
 mod config;
 mod demo;

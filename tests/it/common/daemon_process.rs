@@ -25,3 +25,16 @@ pub fn spawn_run(config: &std::path::Path, nsec_var: &str, nsec: &str) -> KillOn
         .expect("start vpswatch");
     KillOnDrop(child)
 }
+
+/// `vpswatch run --config <config>`, its log (warnings and up) in `log`.
+pub fn spawn_logged(config: &std::path::Path, log: &std::path::Path) -> KillOnDrop {
+    let log = std::fs::File::create(log).expect("daemon log");
+    let child = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(["--log.level", "info", "run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start vpswatch");
+    KillOnDrop(child)
+}

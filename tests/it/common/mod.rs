@@ -7,6 +7,7 @@ pub mod alertmanager;
 pub mod chromium;
 pub mod daemon_process;
 pub mod docs;
+pub mod etcd;
 pub mod log_capture;
 pub mod prometheus;
 pub mod smtp;

@@ -4,7 +4,9 @@
 //! - `members/<member>`: one per live replica, attached to its lease;
 //! - `owners/<provider>/<account>`: the replica that owns the account, attached to that
 //!   replica's lease, so a dead replica's accounts are free once its lease expires;
-//! - `intents/<provider>/<account>`: the last provider write a replica was allowed to make.
+//! - `intents/<provider>/<account>`: the last provider write a replica was allowed to make;
+//! - `actions/<provider>/<account>/<vm>`: the times of recent power actions on a VM, so
+//!   cooldowns and caps hold across replicas and failovers.
 //!
 //! Every replica computes the same assignment (rendezvous hashing of accounts over live
 //! members). A replica claims an account only when its owner key is free, and gives it up
@@ -43,6 +45,24 @@ pub struct View {
     pub owned: Vec<bool>,
 }
 
+/// The watchdog's guards on one VM, checked against every replica's actions.
+#[derive(Debug, Clone)]
+pub struct ActionGuard {
+    pub vm: String,
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub cooldown: Duration,
+    pub max_actions: u32,
+    pub window: Duration,
+}
+
+/// The value under `actions/<provider>/<account>/<vm>`: recent action times (within the
+/// rule's window) and the replica that made the last one.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ActionTimes {
+    member: String,
+    times: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Why a provider write was not allowed.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
@@ -50,6 +70,23 @@ pub enum FenceError {
     NoLease,
     #[error("this replica no longer owns account {account} in etcd")]
     NotOwner { account: String },
+    #[error("VM {vm} of account {account} was acted on by replica {member} at {at} (cooldown {cooldown})")]
+    Cooldown {
+        account: String,
+        vm: String,
+        member: String,
+        at: String,
+        cooldown: String,
+    },
+    #[error(
+        "VM {vm} of account {account} had {count} actions from the replicas within {window} (cap)"
+    )]
+    Cap {
+        account: String,
+        vm: String,
+        count: usize,
+        window: String,
+    },
     #[error("etcd did not confirm ownership of account {account}: {reason}")]
     Etcd { account: String, reason: String },
 }
@@ -365,6 +402,28 @@ impl Cluster {
     /// Records `intent` for account `idx` in etcd if, and only if, this replica still owns
     /// it. Call before every provider write; on an error, do not call the provider.
     pub async fn fence(&self, idx: usize, intent: &str) -> Result<(), FenceError> {
+        self.fence_with(idx, intent, None).await
+    }
+
+    /// [`Cluster::fence`] for a watchdog power action on one VM, which also keeps the
+    /// VM's cooldown and cap across replicas: the action times live in etcd under
+    /// `actions/<provider>/<account>/<vm>`, so a new owner after a failover sees what the
+    /// old one did.
+    pub async fn fence_action(
+        &self,
+        idx: usize,
+        intent: &str,
+        guard: ActionGuard,
+    ) -> Result<(), FenceError> {
+        self.fence_with(idx, intent, Some(guard)).await
+    }
+
+    async fn fence_with(
+        &self,
+        idx: usize,
+        intent: &str,
+        guard: Option<ActionGuard>,
+    ) -> Result<(), FenceError> {
         let account = self.accounts.get(idx).cloned().unwrap_or_default();
         let Some(lease) = self.view.borrow().lease else {
             return Err(FenceError::NoLease);
@@ -372,37 +431,95 @@ impl Cluster {
         let Some(mut client) = self.client.lock().await.clone() else {
             return Err(FenceError::NoLease);
         };
+        let timeout = self.config.lease_ttl.min(Duration::from_secs(5));
+        let etcd = |e: etcd_client::Error| {
+            self.etcd_error("fence", &e);
+            FenceError::Etcd {
+                account: account.clone(),
+                reason: e.to_string(),
+            }
+        };
+        let late = || {
+            self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            FenceError::Etcd {
+                account: account.clone(),
+                reason: format!("no answer within {}", humantime::format_duration(timeout)),
+            }
+        };
         let value = serde_json::json!({
             "member": self.config.member,
             "intent": intent,
             "at": chrono::Utc::now().to_rfc3339(),
         })
         .to_string();
-        let txn = Txn::new()
-            .when([Compare::lease(
-                self.key("owners", &account),
+        let mut compares = vec![Compare::lease(
+            self.key("owners", &account),
+            CompareOp::Equal,
+            lease,
+        )];
+        let mut ops = vec![TxnOp::put(self.key("intents", &account), value, None)];
+        if let Some(g) = guard {
+            let key = self.key("actions", &format!("{account}/{}", g.vm));
+            let got = tokio::time::timeout(timeout, client.get(key.as_str(), None))
+                .await
+                .map_err(|_| late())?
+                .map_err(etcd)?;
+            let (revision, past) = match got.kvs().first() {
+                Some(kv) => (
+                    kv.mod_revision(),
+                    serde_json::from_slice::<ActionTimes>(kv.value()).unwrap_or_default(),
+                ),
+                None => (0, ActionTimes::default()),
+            };
+            let window = chrono::Duration::from_std(g.window).unwrap_or(chrono::Duration::MAX);
+            let cooldown = chrono::Duration::from_std(g.cooldown).unwrap_or(chrono::Duration::MAX);
+            let mut times: Vec<_> = past
+                .times
+                .into_iter()
+                .filter(|t| g.now.signed_duration_since(*t) < window)
+                .collect();
+            if let Some(last) = times.iter().max() {
+                if g.now.signed_duration_since(*last) < cooldown {
+                    return Err(FenceError::Cooldown {
+                        account,
+                        vm: g.vm,
+                        member: past.member,
+                        at: last.to_rfc3339(),
+                        cooldown: humantime::format_duration(g.cooldown).to_string(),
+                    });
+                }
+            }
+            if times.len() >= g.max_actions as usize {
+                return Err(FenceError::Cap {
+                    account,
+                    vm: g.vm,
+                    count: times.len(),
+                    window: humantime::format_duration(g.window).to_string(),
+                });
+            }
+            times.push(g.now);
+            let next = ActionTimes {
+                member: self.config.member.clone(),
+                times,
+            };
+            // Nobody else recorded an action on the VM since it was read.
+            compares.push(Compare::mod_revision(
+                key.as_str(),
                 CompareOp::Equal,
-                lease,
-            )])
-            .and_then([TxnOp::put(self.key("intents", &account), value, None)]);
-        let timeout = self.config.lease_ttl.min(Duration::from_secs(5));
+                revision,
+            ));
+            ops.push(TxnOp::put(
+                key.as_str(),
+                serde_json::to_vec(&next).unwrap_or_default(),
+                None,
+            ));
+        }
+        let txn = Txn::new().when(compares).and_then(ops);
         match tokio::time::timeout(timeout, client.txn(txn)).await {
             Ok(Ok(r)) if r.succeeded() => Ok(()),
             Ok(Ok(_)) => Err(FenceError::NotOwner { account }),
-            Ok(Err(e)) => {
-                self.etcd_error("fence", &e);
-                Err(FenceError::Etcd {
-                    account,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                self.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                Err(FenceError::Etcd {
-                    account,
-                    reason: format!("no answer within {}", humantime::format_duration(timeout)),
-                })
-            }
+            Ok(Err(e)) => Err(etcd(e)),
+            Err(_) => Err(late()),
         }
     }
 

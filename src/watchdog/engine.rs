@@ -873,15 +873,23 @@ impl Engine {
         let vm_id = vm.id.clone();
         let fence = self.cluster.clone().map(|c| {
             let idx = c.index_of(key.provider.as_str(), &key.account);
-            (c, idx)
+            let guard = crate::cluster::ActionGuard {
+                vm: vm.id.clone(),
+                now,
+                cooldown: rule.cooldown,
+                max_actions: rule.max_actions,
+                window: rule.window,
+            };
+            (c, idx, guard)
         });
         tokio::spawn(async move {
             // Another replica may own the account by now: prove ownership (and record the
             // intent) in etcd first, or send nothing.
-            if let Some((cluster, idx)) = fence {
+            if let Some((cluster, idx, guard)) = fence {
+                let intent = format!("{} {vm_id} (journal #{id})", remedy.as_str());
                 let fenced = match idx {
                     Some(idx) => cluster
-                        .fence(idx, &format!("{} {vm_id} (journal #{id})", remedy.as_str()))
+                        .fence_action(idx, &intent, guard)
                         .await
                         .err()
                         .map(|e| e.to_string()),

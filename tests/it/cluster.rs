@@ -312,12 +312,7 @@ fn evaluations(e: &Exposition, result: &str) -> f64 {
         .sum()
 }
 
-/// A hung VM is rebooted exactly once across the replicas (by its owner, from the
-/// owner's address); with etcd gone, the next hung VM gets no action at all (the fence
-/// cannot be committed) while /metrics keeps being served.
-#[tokio::test]
-async fn a_hung_vm_is_rebooted_once_and_nothing_acts_without_etcd() {
-    let rules = r#"[[rules]]
+const REBOOT_RULE: &str = r#"[[rules]]
 name = "ssh-dead"
 condition = "probe_failing"
 for = "300ms"
@@ -326,6 +321,65 @@ action = "reboot"
 cooldown = "1h"
 patience = "500ms"
 "#;
+
+/// `kill -9` of the owner right after its reboot of a VM that stays dead: the replica
+/// that takes the account over finds the reboot in etcd and sends no second one inside
+/// the cooldown (its own state directory knows nothing of it).
+#[tokio::test]
+async fn the_new_owner_keeps_the_old_owners_cooldown() {
+    let mut w = world(2, REBOOT_RULE, LEASE_TTL_SECS).await;
+    w.settled(&MEMBERS).await;
+    let both: Vec<String> = MEMBERS.map(String::from).to_vec();
+    let first = w
+        .replicas
+        .iter()
+        .position(|r| r.member == owner_of(&w.vm_account[&1], &both))
+        .expect("owner");
+    let second = 1 - first;
+    w.replicas[first]
+        .wait("the VM answers probes", |e| {
+            e.get("vps_probe_success", &[("vm", "1")]) == Some(1.0)
+        })
+        .await;
+    w.sim.set_stays_dead(1, true);
+    wait_for("the owner's reboot reaches the provider", T, || async {
+        !power_calls(&w.sim).is_empty()
+    })
+    .await;
+    w.replicas[first].kill_9();
+    let survivor = &w.replicas[second];
+    survivor
+        .wait("the new owner evaluates the dead VM and is refused", |e| {
+            e.has(
+                "vpswatch_actions_total",
+                &[("vm", "1"), ("result", "failed")],
+            )
+        })
+        .await;
+    let journal = reqwest::get(format!("http://127.0.0.1:{}/api/v1/actions", survivor.web))
+        .await
+        .expect("actions api")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        journal.contains("cooldown") && journal.contains(&format!("replica {}", MEMBERS[first])),
+        "the journal names the other replica's reboot: {journal}"
+    );
+    assert_eq!(
+        power_calls(&w.sim),
+        vec![(1, source(MEMBERS[first]))],
+        "one reboot across the failover"
+    );
+    w.sim.shutdown();
+}
+
+/// A hung VM is rebooted exactly once across the replicas (by its owner, from the
+/// owner's address); with etcd gone, the next hung VM gets no action at all (the fence
+/// cannot be committed) while /metrics keeps being served.
+#[tokio::test]
+async fn a_hung_vm_is_rebooted_once_and_nothing_acts_without_etcd() {
+    let rules = REBOOT_RULE;
     // A long TTL keeps ownership through the etcd outage below, so the watchdog goes on
     // evaluating and tries to act: what stops it is the fence.
     let ttl = 30;

@@ -759,3 +759,58 @@ to = ["ops@example.test"]
     );
     config::parse(&text, "test.toml", &no_env).expect("a link to a key file loads");
 }
+
+/// `[cluster]` through `check-config`: every problem with its key path, the etcd
+/// password never echoed; a good section passes.
+#[test]
+fn check_config_checks_the_cluster_section() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let password = dir.path().join("etcd.password");
+    std::fs::write(&password, "hunter2-etcd-secret\n").expect("password");
+    let bad = format!(
+        "{GOOD}[cluster]\nendpoints = [\"etcd:2379\"]\nmember = \"a b\"\nlease_ttl = \"1s\"\n\
+         user = \"vpswatch\"\npassword_file = \"{}\"\ncert_file = \"/nonexistent/client.pem\"\n\
+         sorce_address = \"127.0.0.2\"\n",
+        password.display()
+    );
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, bad).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(["check-config"])
+        .arg(&path)
+        .env("LNVPS_KEY", HEX_KEY)
+        .output()
+        .expect("run vpswatch");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "cluster.endpoints[0]",
+        "cluster.member",
+        "cluster.lease_ttl",
+        "cluster.key_file",
+        "cluster.sorce_address: unknown key",
+    ] {
+        assert!(stderr.contains(key), "{key} missing:\n{stderr}");
+    }
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let good = format!(
+        "{GOOD}[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\nmember = \"a\"\n\
+         user = \"vpswatch\"\npassword_file = \"{}\"\nsource_address = \"127.0.0.2\"\n",
+        password.display()
+    );
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, good).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+        .args(["check-config"])
+        .arg(&path)
+        .env("LNVPS_KEY", HEX_KEY)
+        .output()
+        .expect("run vpswatch");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -99,6 +99,8 @@ pub struct Cluster {
     view: watch::Sender<View>,
     client: tokio::sync::Mutex<Option<Client>>,
     etcd_errors: AtomicU64,
+    /// Whether the last etcd request failed (so an outage is logged once).
+    failing: std::sync::atomic::AtomicBool,
     ownership_changes: AtomicU64,
     tick: watch::Sender<u64>,
 }
@@ -138,6 +140,7 @@ impl Cluster {
             .0,
             client: tokio::sync::Mutex::new(None),
             etcd_errors: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
             ownership_changes: AtomicU64::new(0),
             tick: watch::channel(0).0,
         })
@@ -158,7 +161,18 @@ impl Cluster {
     fn etcd_error(&self, what: &str, e: &etcd_client::Error) {
         self.etcd_errors.fetch_add(1, Ordering::Relaxed);
         self.tick.send_modify(|t| *t += 1);
-        tracing::warn!(member = %self.config.member, error = %e, "etcd: {what} failed");
+        // An outage retries every second: its start is a warning, the rest is detail.
+        if self.failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(member = %self.config.member, error = %e, "etcd: {what} failed");
+        } else {
+            tracing::warn!(member = %self.config.member, error = %e, "etcd: {what} failed");
+        }
+    }
+
+    fn etcd_ok(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(member = %self.config.member, "etcd answers again");
+        }
     }
 
     fn publish(&self, next: View) {
@@ -326,11 +340,14 @@ impl Cluster {
                 }
             }
             match self.reconcile(&mut client, lease, &mut owned).await {
-                Ok(members) => self.publish(View {
-                    lease: Some(lease),
-                    members,
-                    owned: owned.clone(),
-                }),
+                Ok(members) => {
+                    self.etcd_ok();
+                    self.publish(View {
+                        lease: Some(lease),
+                        members,
+                        owned: owned.clone(),
+                    })
+                }
                 Err(e) => self.etcd_error("ownership", &e),
             }
         }

@@ -321,8 +321,8 @@ metric!(
     ACTION_OUTCOMES,
     "vpswatch_action_outcomes_total",
     Counter,
-    &["rule", "provider", "account", "vm", "action", "outcome"],
-    "What followed an action: recovered (seen healthy within the rule's patience) or not_recovered."
+    &["rule", "provider", "account", "vm", "action", "outcome", "source"],
+    "What followed an action: recovered (seen healthy within the rule's patience) or not_recovered; source as on vpswatch_actions_total (rule or alertmanager)."
 );
 metric!(
     LAST_ACTION,

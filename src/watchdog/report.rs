@@ -221,22 +221,24 @@ impl WatchdogReport {
             set.gauge(&defs::RULE_FIRING, &labels, f64::from(u8::from(*firing)));
             set.gauge(&defs::RULE_UNKNOWN, &labels, f64::from(u8::from(*unknown)));
         }
-        for ((rule, p, account, vm, action, result), n) in &d.actions {
-            let source = if d.alertmanager_rules.contains(rule) {
+        let source = |rule: &str| {
+            if d.alertmanager_rules.contains(rule) {
                 "alertmanager"
             } else {
                 "rule"
-            };
+            }
+        };
+        for ((rule, p, account, vm, action, result), n) in &d.actions {
             set.counter(
                 &defs::ACTIONS,
-                &[rule, p.as_str(), account, vm, action, result, source],
+                &[rule, p.as_str(), account, vm, action, result, source(rule)],
                 *n as f64,
             );
         }
         for ((rule, p, account, vm, action, outcome), n) in &d.outcomes {
             set.counter(
                 &defs::ACTION_OUTCOMES,
-                &[rule, p.as_str(), account, vm, action, outcome],
+                &[rule, p.as_str(), account, vm, action, outcome, source(rule)],
                 *n as f64,
             );
         }
@@ -305,5 +307,30 @@ mod tests {
         let text = rendered(&r);
         assert!(!text.contains("vm=\"1\""), "{text}");
         assert_eq!(text.matches("vm=\"2\"").count(), 5, "{text}");
+    }
+
+    #[test]
+    fn actions_and_outcomes_say_where_the_action_came_from() {
+        let r = WatchdogReport::default();
+        r.enable_alertmanager(["am".to_string()]);
+        for rule in ["ssh", "am"] {
+            r.count_action(&key(rule, "1"), "reboot", "ok");
+            r.count_outcome(&key(rule, "1"), "reboot", "recovered");
+        }
+        let text = rendered(&r);
+        for (family, rule, source) in [
+            ("vpswatch_actions_total", "ssh", "rule"),
+            ("vpswatch_action_outcomes_total", "ssh", "rule"),
+            ("vpswatch_actions_total", "am", "alertmanager"),
+            ("vpswatch_action_outcomes_total", "am", "alertmanager"),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(family) && l.contains(&format!("rule=\"{rule}\"")));
+            assert!(
+                line.is_some_and(|l| l.contains(&format!("source=\"{source}\""))),
+                "{family} {rule}: {text}"
+            );
+        }
     }
 }

@@ -461,7 +461,11 @@ scrape_configs:
         am_alerts(e, "resolved") >= 1.0
             && e.get(
                 "vpswatch_action_outcomes_total",
-                &[("vm", "1"), ("outcome", "recovered")],
+                &[
+                    ("vm", "1"),
+                    ("outcome", "recovered"),
+                    ("source", "alertmanager"),
+                ],
             ) == Some(1.0)
     })
     .await;
@@ -480,7 +484,11 @@ scrape_configs:
     h.wait_metrics("the second episode resolved", T, |e| {
         e.get(
             "vpswatch_action_outcomes_total",
-            &[("vm", "1"), ("outcome", "recovered")],
+            &[
+                ("vm", "1"),
+                ("outcome", "recovered"),
+                ("source", "alertmanager"),
+            ],
         ) == Some(2.0)
     })
     .await;

@@ -102,7 +102,11 @@ api_key_env = "SVPS_READ"
         .wait_metrics("rebooted by the full account, recovered", T, |e| {
             e.get(
                 "vpswatch_action_outcomes_total",
-                &[("account", "full"), ("outcome", "recovered")],
+                &[
+                    ("account", "full"),
+                    ("outcome", "recovered"),
+                    ("source", "rule"),
+                ],
             ) == Some(1.0)
                 && actions(e, "readonly", "skipped_disabled") >= 1.0
         })

@@ -31,6 +31,10 @@ pub const ALERT_RESULTS: &[&str] = &[
     "unknown_vm",
 ];
 
+/// The statuses the webhook answers; `vpswatch_alertmanager_requests_total` shows each
+/// from the start, so a first 401 is a rise from 0 that `increase()` sees.
+pub const WEBHOOK_CODES: &[u16] = &[200, 400, 401, 405, 413, 429, 500, 503];
+
 #[derive(Debug, Default, Clone)]
 struct Data {
     /// (firing, unknown) per target.
@@ -45,6 +49,8 @@ struct Data {
     alertmanager_rules: HashSet<String>,
     /// Webhook alerts by result; `None` while the webhook is off.
     alertmanager_alerts: Option<BTreeMap<&'static str, u64>>,
+    /// Webhook requests by the status answered; empty while the webhook is off.
+    alertmanager_requests: BTreeMap<u16, u64>,
 }
 
 /// Shared between the engine and the encoder.
@@ -95,6 +101,22 @@ impl WatchdogReport {
                 .get_or_insert_with(BTreeMap::new)
                 .entry(result)
                 .or_default() += 1;
+        });
+    }
+
+    /// Shows `vpswatch_alertmanager_requests_total` (the webhook is on), every code at 0.
+    pub fn enable_alertmanager_requests(&self) {
+        self.with(true, |d| {
+            for code in WEBHOOK_CODES {
+                d.alertmanager_requests.entry(*code).or_default();
+            }
+        });
+    }
+
+    /// Counts one webhook request by the status it was answered with.
+    pub fn count_alertmanager_request(&self, code: u16) {
+        self.with(true, |d| {
+            *d.alertmanager_requests.entry(code).or_default() += 1
         });
     }
 
@@ -250,6 +272,13 @@ impl WatchdogReport {
         }
         for (result, n) in d.alertmanager_alerts.iter().flatten() {
             set.counter(&defs::ALERTMANAGER_ALERTS, &[result], *n as f64);
+        }
+        for (code, n) in &d.alertmanager_requests {
+            set.counter(
+                &defs::ALERTMANAGER_REQUESTS,
+                &[&code.to_string()],
+                *n as f64,
+            );
         }
     }
 }

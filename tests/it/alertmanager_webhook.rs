@@ -88,6 +88,10 @@ fn restarts(h: &Harness, vm: u64) -> usize {
         .count()
 }
 
+fn am_requests(e: &Exposition, code: &str) -> Option<f64> {
+    e.get("vpswatch_alertmanager_requests_total", &[("code", code)])
+}
+
 fn am_alerts(e: &Exposition, result: &str) -> f64 {
     e.get("vpswatch_alertmanager_alerts_total", &[("result", result)])
         .unwrap_or(0.0)
@@ -172,6 +176,13 @@ vms = ["3"]
         .await
         .expect("posted");
     assert_eq!(r.status().as_u16(), 401, "basic auth is not configured");
+    // An operator sees the refusals (a misconfigured token) on /metrics.
+    let e = h
+        .wait_metrics("the refused requests are counted", T, |e| {
+            am_requests(e, "401") == Some(4.0)
+        })
+        .await;
+    assert_eq!(am_requests(&e, "200"), Some(0.0), "{}", e.text);
 
     // Bad input: 400 with the reason, 413 over the limit.
     let (status, body) = post(&h, Some(TOKEN), "{".into()).await;
@@ -234,6 +245,9 @@ vms = ["3"]
     let e = h
         .wait_metrics("webhook counters", T, |e| am_alerts(e, "no_mapping") == 1.0)
         .await;
+    for (code, n) in [("200", 6.0), ("400", 2.0), ("401", 4.0), ("413", 1.0)] {
+        assert_eq!(am_requests(&e, code), Some(n), "{code}\n{}", e.text);
+    }
     for (result, n) in [
         ("acted", 1.0),
         ("duplicate", 1.0),

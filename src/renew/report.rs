@@ -173,7 +173,9 @@ impl RenewReport {
         self.with(|d| {
             let mut results: BTreeMap<(String, String), Vec<RenewResult>> = BTreeMap::new();
             // Every result is exported from the start at 0; only what happened is shown.
-            for ((account, vm, _rule, mode, result), n) in d.renewals.iter().filter(|(_, n)| **n > 0) {
+            for ((account, vm, _rule, mode, result), n) in
+                d.renewals.iter().filter(|(_, n)| **n > 0)
+            {
                 results
                     .entry((account.clone(), vm.clone()))
                     .or_default()

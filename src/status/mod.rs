@@ -398,24 +398,26 @@ impl StatusSources {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    vms.push(self.vm(
-                        snap,
-                        vm,
-                        now,
-                        VmParts {
-                            probes: vm_probes,
-                            rules: rules.get(&key).cloned().unwrap_or_default(),
-                            last: last.get(&key).map(|r| last_action(r)),
-                            renewal_results: results,
-                            renewal_state: renewals
-                                .states
-                                .get(&(snap.account.clone(), vm.id.clone()))
-                                .cloned()
-                                .unwrap_or_default(),
-                            payment_methods,
-                            runway_until: account.runway_until,
-                        },
-                    ));
+                    vms.push(
+                        self.vm(
+                            snap,
+                            vm,
+                            now,
+                            VmParts {
+                                probes: vm_probes,
+                                rules: rules.get(&key).cloned().unwrap_or_default(),
+                                last: last.get(&key).map(|r| last_action(r)),
+                                renewal_results: results,
+                                renewal_state: renewals
+                                    .states
+                                    .get(&(snap.account.clone(), vm.id.clone()))
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                payment_methods,
+                                runway_until: account.runway_until,
+                            },
+                        ),
+                    );
                 }
             }
             accounts.push(account);

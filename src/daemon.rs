@@ -307,7 +307,8 @@ impl Daemon {
         // The webhook's receiver (web side) and inbox (engine side).
         let (alertmanager, inbox) = match &config.alertmanager {
             Some(c) => {
-                let (receiver, inbox) = crate::watchdog::webhook::Receiver::new(c);
+                let (receiver, inbox) =
+                    crate::watchdog::webhook::Receiver::new(c, watchdog.clone());
                 (Some(Arc::new(receiver)), Some((c.mappings.clone(), inbox)))
             }
             None => (None, None),

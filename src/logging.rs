@@ -10,10 +10,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("--log.level {level:?}: {source}")]
+    Level {
+        level: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot set up logging: {0}")]
+    Install(String),
+}
+
 /// Installs the global subscriber. `level` is a tracing filter (`info`,
 /// `vpswatch=debug,hyper=info`, …).
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log.level {level:?}: {e}"))?;
+pub fn init(level: &str, format: LogFormat) -> Result<(), LogError> {
+    let filter = EnvFilter::try_new(level).map_err(|source| LogError::Level {
+        level: level.to_string(),
+        source,
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -23,5 +38,5 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
         LogFormat::Logfmt => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    result.map_err(|e| LogError::Install(e.to_string()))
 }

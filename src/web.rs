@@ -351,10 +351,23 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     r
 }
 
-/// `POST /api/v1/alertmanager`: authenticates (bearer token, or the web config's basic
-/// auth when allowed), reads at most the webhook's body limit, parses, and hands the
-/// alerts to the watchdog. 4xx for what a retry cannot fix, 5xx only when it can.
+/// `POST /api/v1/alertmanager`, counted by the status answered
+/// (`vpswatch_alertmanager_requests_total`).
 async fn alertmanager_webhook(
+    hook: &crate::watchdog::webhook::Receiver,
+    cfg: &WebConfig,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let r = answer_alertmanager(hook, cfg, client, req).await;
+    hook.answered(r.status().as_u16());
+    r
+}
+
+/// Authenticates (bearer token, or the web config's basic auth when allowed), reads at
+/// most the webhook's body limit, parses, and hands the alerts to the watchdog. 4xx for
+/// what a retry cannot fix, 5xx only when it can.
+async fn answer_alertmanager(
     hook: &crate::watchdog::webhook::Receiver,
     cfg: &WebConfig,
     client: IpAddr,

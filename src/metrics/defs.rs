@@ -322,8 +322,8 @@ metric!(
     ACTION_OUTCOMES,
     "vpswatch_action_outcomes_total",
     Counter,
-    &["rule", "provider", "account", "vm", "action", "outcome"],
-    "What followed an action: recovered (seen healthy within the rule's patience) or not_recovered."
+    &["rule", "provider", "account", "vm", "action", "outcome", "source"],
+    "What followed an action: recovered (seen healthy within the rule's patience) or not_recovered; source as on vpswatch_actions_total (rule or alertmanager)."
 );
 metric!(
     LAST_ACTION,
@@ -417,6 +417,13 @@ metric!(
     Counter,
     &["result"],
     "Alerts received on the Alertmanager webhook by what came of them: acted, dry_run, skipped (a guard or gate held the action back; see vpswatch_actions_total), duplicate (its firing episode already acted), resolved (closed its episode), no_mapping (no [[alertmanager.actions]] entry matches), unknown_vm (its provider/account/vm labels name no watched VM)."
+);
+metric!(
+    ALERTMANAGER_REQUESTS,
+    "vpswatch_alertmanager_requests_total",
+    Counter,
+    &["code"],
+    "Requests to the Alertmanager webhook by the HTTP status answered: 200 handled (see vpswatch_alertmanager_alerts_total), 400 not a version-4 payload, 401 no or wrong credential (a misconfigured token or credentials_file shows here), 405 not a POST, 413 over alertmanager.max_body_bytes, 429 too many password checks, 500 journal not writable, 503 watchdog not running."
 );
 
 // Standard process metrics (as every Prometheus client library exports them).
@@ -552,6 +559,7 @@ pub const ALL: &[&MetricDef] = &[
     &WATCHDOG_LAST_EVALUATION,
     &WATCHDOG_ERRORS,
     &ALERTMANAGER_ALERTS,
+    &ALERTMANAGER_REQUESTS,
     &RENEWALS,
     &RENEWAL_PAID_SATS,
     &VPS_RENEWAL_FAILING,

@@ -35,6 +35,31 @@ pub fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// Appends `text` to `out` with the five HTML-significant characters replaced by
+/// entities, so the result is inert both as element text and inside a quoted attribute.
+pub fn escape(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            _ => "&#39;",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// `escape` into a new string.
+pub fn escaped(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    escape(&mut s, text);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! [`content_security_policy`] sends with it.
 //!
 //! Every string that reaches the page from outside the code (VM names, plans, locations,
-//! provider error messages, rule and account names) goes through [`escape`]; the markup
+//! provider error messages, rule and account names) goes through [`format::escape`]; the markup
 //! around them is fixed text. Rendering only formats a [`Status`] already built, and is
 //! bounded: problems first (at most [`MAX_PROBLEM_ROWS`]), healthy VMs collapsed and
 //! paged by [`PAGE_SIZE`].
@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::format;
+use super::format::{self, escape};
 use super::{AccountStatus, Finding, Severity, Status, VmStatus};
 use vpswatch_model::money::Money;
 
@@ -26,31 +26,6 @@ pub const MAX_PROBLEM_ROWS: usize = 200;
 pub const REFRESH_SECONDS: u32 = 30;
 /// Up to this many healthy VMs are listed open; more start collapsed.
 const OPEN_HEALTHY: usize = 20;
-
-/// Appends `text` to `out` with the five HTML-significant characters replaced by
-/// entities, so the result is inert both as element text and inside a quoted attribute.
-pub fn escape(out: &mut String, text: &str) {
-    let mut rest = text;
-    while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
-        out.push_str(&rest[..i]);
-        out.push_str(match rest.as_bytes()[i] {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            _ => "&#39;",
-        });
-        rest = &rest[i + 1..];
-    }
-    out.push_str(rest);
-}
-
-/// `escape` into a new string.
-pub fn escaped(text: &str) -> String {
-    let mut s = String::with_capacity(text.len());
-    escape(&mut s, text);
-    s
-}
 
 /// The page's only stylesheet; its hash is the only style the CSP allows.
 const STYLE: &str = "\
@@ -547,6 +522,7 @@ fn vm_row(out: &mut String, v: &VmStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::format::escaped;
 
     #[test]
     fn escape_makes_markup_inert_in_text_and_attributes() {

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::html::escape;
+use super::format::escape;
 use super::{format, Severity, Status};
 
 const DAYS: f64 = 30.0;

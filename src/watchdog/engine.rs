@@ -33,6 +33,10 @@ use vpswatch_providers::{ProviderError, SharedProvider};
 /// How often the loop wakes without new data (patience deadlines, stale data).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How often the running engine prunes Alertmanager episodes past their retention
+/// (restore prunes at start-up; this bounds a daemon that runs for months).
+const EPISODE_PRUNE_EVERY: chrono::Duration = chrono::Duration::hours(1);
+
 /// Optional gates on actions (maintenance windows, Alertmanager silences).
 #[async_trait::async_trait]
 pub trait ActionGate: Send + Sync {
@@ -101,6 +105,8 @@ struct Engine {
     pending_episodes: Vec<Episode>,
     /// Episodes whose "not acted on" reason was logged, so re-sends do not log again.
     logged_episodes: HashSet<String>,
+    /// When episodes past their retention were last pruned (restore counts).
+    episodes_pruned_at: DateTime<Utc>,
 }
 
 /// Waits for the next webhook delivery; never resolves without a webhook.
@@ -179,6 +185,7 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
         episodes: restored.episodes,
         pending_episodes: Vec::new(),
         logged_episodes: HashSet::new(),
+        episodes_pruned_at: now,
     };
     // Alerts that were open when vpswatch stopped are announced again; the notifier
     // drops repeats, so a crash between its queue and our commit loses nothing.
@@ -1008,6 +1015,7 @@ impl Engine {
                 if std::mem::take(&mut self.journal_failing) {
                     tracing::info!("watchdog journal written again");
                 }
+                self.prune_episodes();
                 true
             }
             Err(e) => {
@@ -1025,6 +1033,30 @@ impl Engine {
 
 /// The Alertmanager webhook: each delivered alert through the same guards and journal.
 impl Engine {
+    /// At most once an hour, after a write: forgets episodes past their retention, in
+    /// the journal and in memory, so neither grows for as long as the daemon runs.
+    fn prune_episodes(&mut self) {
+        let now = self.clock.now();
+        if now - self.episodes_pruned_at < EPISODE_PRUNE_EVERY {
+            return;
+        }
+        let horizon = super::journal::episode_horizon(now);
+        match self.journal.prune_episodes(horizon) {
+            Ok(n) => {
+                self.episodes_pruned_at = now;
+                self.episodes.retain(|_, e| e.updated_at >= horizon);
+                if n > 0 {
+                    tracing::debug!(pruned = n, "old Alertmanager episodes pruned");
+                }
+            }
+            Err(e) => {
+                // Retried after the next write; nothing depends on it meanwhile.
+                self.report.count_error("journal");
+                tracing::warn!(error = %e, "cannot prune old Alertmanager episodes");
+            }
+        }
+    }
+
     /// Handles one notification and answers it: `Err` only when the journal could not be
     /// written, so Alertmanager retries (what was decided before stays decided).
     async fn delivery(&mut self, d: Delivery) {

@@ -21,9 +21,15 @@ const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("watchdog_acti
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("watchdog_targets");
 const EPISODES: TableDefinition<&str, &[u8]> = TableDefinition::new("alertmanager_episodes");
 
-/// Episodes untouched for this long are pruned at start-up: Alertmanager stops re-sending
-/// a resolved alert after its `resolve_timeout` and keeps no notification that long.
+/// Episodes untouched for this long are pruned (at start-up and by the running engine):
+/// Alertmanager stops re-sending a resolved alert after its `resolve_timeout` and keeps
+/// no notification that long.
 const EPISODE_RETENTION_DAYS: i64 = 30;
+
+/// The oldest `updated_at` an episode may have at `now` and still be kept.
+pub fn episode_horizon(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::days(EPISODE_RETENTION_DAYS)
+}
 
 /// What asked for an action.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,26 +243,52 @@ impl Journal {
                 }
             }
             let mut episodes = txn.open_table(EPISODES).map_err(|x| self.store.error(x))?;
-            let horizon = now - chrono::Duration::days(EPISODE_RETENTION_DAYS);
-            let mut old = Vec::new();
+            self.prune_table(&mut episodes, episode_horizon(now))?;
             for row in episodes.iter().map_err(|x| self.store.error(x))? {
-                let (k, v) = row.map_err(|x| self.store.error(x))?;
+                let (_, v) = row.map_err(|x| self.store.error(x))?;
                 match serde_json::from_slice::<Episode>(v.value()) {
-                    Ok(e) if e.updated_at < horizon => old.push(k.value().to_string()),
                     Ok(e) => {
                         out.episodes.insert(e.key.clone(), e);
                     }
                     Err(err) => tracing::warn!(error = %err, "unreadable episode skipped"),
                 }
             }
-            for k in old {
-                episodes
-                    .remove(k.as_str())
-                    .map_err(|x| self.store.error(x))?;
-            }
         }
         self.store.commit(txn)?;
         Ok(out)
+    }
+
+    /// Removes the episodes last updated before `horizon`; returns how many. The engine
+    /// calls this while it runs, so a daemon that is never restarted does not keep
+    /// every episode it ever saw.
+    pub fn prune_episodes(&self, horizon: DateTime<Utc>) -> Result<usize, StoreError> {
+        let txn = self.store.begin_write()?;
+        let removed = {
+            let mut episodes = txn.open_table(EPISODES).map_err(|x| self.store.error(x))?;
+            self.prune_table(&mut episodes, horizon)?
+        };
+        self.store.commit(txn)?;
+        Ok(removed)
+    }
+
+    fn prune_table(
+        &self,
+        episodes: &mut redb::Table<&str, &[u8]>,
+        horizon: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for row in episodes.iter().map_err(|x| self.store.error(x))? {
+            let (k, v) = row.map_err(|x| self.store.error(x))?;
+            if serde_json::from_slice::<Episode>(v.value()).is_ok_and(|e| e.updated_at < horizon) {
+                old.push(k.value().to_string());
+            }
+        }
+        for k in &old {
+            episodes
+                .remove(k.as_str())
+                .map_err(|x| self.store.error(x))?;
+        }
+        Ok(old.len())
     }
 
     /// Writes target states (and removes the ones given as `None`) plus new or updated
@@ -428,5 +460,36 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![7, 6, 5]);
         assert!(j.get(4).expect("get").is_none(), "pruned");
+    }
+
+    #[test]
+    fn old_episodes_are_pruned_while_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::new(StateStore::open(dir.path()).expect("open"));
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let episode = |key: &str, days_old: i64| Episode {
+            key: key.into(),
+            alertname: "VpsUnhealthy".into(),
+            rule: "am".into(),
+            account: "a".into(),
+            vm: "1".into(),
+            action: None,
+            resolved_at: None,
+            updated_at: t0 - chrono::Duration::days(days_old),
+        };
+        j.commit_with_episodes(
+            &[],
+            &[],
+            &[episode("old", 31), episode("edge", 30), episode("new", 1)],
+        )
+        .expect("commit");
+        assert_eq!(j.prune_episodes(episode_horizon(t0)).expect("prune"), 1);
+        assert_eq!(j.prune_episodes(episode_horizon(t0)).expect("again"), 0);
+        // Restored as of the old episodes' own time (when restore itself prunes
+        // nothing): only what the running prune kept is left.
+        let r = j.restore(t0 - chrono::Duration::days(31)).expect("restore");
+        let mut keys: Vec<&str> = r.episodes.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["edge", "new"]);
     }
 }

@@ -31,6 +31,10 @@ pub const ALERT_RESULTS: &[&str] = &[
     "unknown_vm",
 ];
 
+/// The statuses the webhook answers; `vpswatch_alertmanager_requests_total` shows each
+/// from the start, so a first 401 is a rise from 0 that `increase()` sees.
+pub const WEBHOOK_CODES: &[u16] = &[200, 400, 401, 405, 413, 429, 500, 503];
+
 #[derive(Debug, Default, Clone)]
 struct Data {
     /// (firing, unknown) per target.
@@ -45,6 +49,8 @@ struct Data {
     alertmanager_rules: HashSet<String>,
     /// Webhook alerts by result; `None` while the webhook is off.
     alertmanager_alerts: Option<BTreeMap<&'static str, u64>>,
+    /// Webhook requests by the status answered; empty while the webhook is off.
+    alertmanager_requests: BTreeMap<u16, u64>,
 }
 
 /// Shared between the engine and the encoder.
@@ -95,6 +101,22 @@ impl WatchdogReport {
                 .get_or_insert_with(BTreeMap::new)
                 .entry(result)
                 .or_default() += 1;
+        });
+    }
+
+    /// Shows `vpswatch_alertmanager_requests_total` (the webhook is on), every code at 0.
+    pub fn enable_alertmanager_requests(&self) {
+        self.with(true, |d| {
+            for code in WEBHOOK_CODES {
+                d.alertmanager_requests.entry(*code).or_default();
+            }
+        });
+    }
+
+    /// Counts one webhook request by the status it was answered with.
+    pub fn count_alertmanager_request(&self, code: u16) {
+        self.with(true, |d| {
+            *d.alertmanager_requests.entry(code).or_default() += 1
         });
     }
 
@@ -237,22 +259,24 @@ impl WatchdogReport {
             set.gauge(&defs::RULE_FIRING, &labels, f64::from(u8::from(*firing)));
             set.gauge(&defs::RULE_UNKNOWN, &labels, f64::from(u8::from(*unknown)));
         }
-        for ((rule, p, account, vm, action, result), n) in &d.actions {
-            let source = if d.alertmanager_rules.contains(rule) {
+        let source = |rule: &str| {
+            if d.alertmanager_rules.contains(rule) {
                 "alertmanager"
             } else {
                 "rule"
-            };
+            }
+        };
+        for ((rule, p, account, vm, action, result), n) in &d.actions {
             set.counter(
                 &defs::ACTIONS,
-                &[rule, p.as_str(), account, vm, action, result, source],
+                &[rule, p.as_str(), account, vm, action, result, source(rule)],
                 *n as f64,
             );
         }
         for ((rule, p, account, vm, action, outcome), n) in &d.outcomes {
             set.counter(
                 &defs::ACTION_OUTCOMES,
-                &[rule, p.as_str(), account, vm, action, outcome],
+                &[rule, p.as_str(), account, vm, action, outcome, source(rule)],
                 *n as f64,
             );
         }
@@ -264,6 +288,13 @@ impl WatchdogReport {
         }
         for (result, n) in d.alertmanager_alerts.iter().flatten() {
             set.counter(&defs::ALERTMANAGER_ALERTS, &[result], *n as f64);
+        }
+        for (code, n) in &d.alertmanager_requests {
+            set.counter(
+                &defs::ALERTMANAGER_REQUESTS,
+                &[&code.to_string()],
+                *n as f64,
+            );
         }
     }
 }
@@ -321,5 +352,30 @@ mod tests {
         let text = rendered(&r);
         assert!(!text.contains("vm=\"1\""), "{text}");
         assert_eq!(text.matches("vm=\"2\"").count(), 5, "{text}");
+    }
+
+    #[test]
+    fn actions_and_outcomes_say_where_the_action_came_from() {
+        let r = WatchdogReport::default();
+        r.enable_alertmanager(["am".to_string()]);
+        for rule in ["ssh", "am"] {
+            r.count_action(&key(rule, "1"), "reboot", "ok");
+            r.count_outcome(&key(rule, "1"), "reboot", "recovered");
+        }
+        let text = rendered(&r);
+        for (family, rule, source) in [
+            ("vpswatch_actions_total", "ssh", "rule"),
+            ("vpswatch_action_outcomes_total", "ssh", "rule"),
+            ("vpswatch_actions_total", "am", "alertmanager"),
+            ("vpswatch_action_outcomes_total", "am", "alertmanager"),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(family) && l.contains(&format!("rule=\"{rule}\"")));
+            assert!(
+                line.is_some_and(|l| l.contains(&format!("source=\"{source}\""))),
+                "{family} {rule}: {text}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::report::WatchdogReport;
 use super::rules::{Condition, Remedy, Rule};
 use super::selector::{Selector, SelectorConfig};
 use vpswatch_model::account::ProviderKind;
@@ -462,18 +464,24 @@ pub enum DeliveryError {
     Journal(String),
 }
 
-/// The receiver as the web layer sees it: credentials, limit, and the engine's inbox.
+/// The receiver as the web layer sees it: credentials, limit, the engine's inbox, and
+/// where each request's answer is counted.
 pub struct Receiver {
     token_digest: Option<[u8; 32]>,
     pub basic_auth: bool,
     pub max_body_bytes: u64,
     inbox: mpsc::Sender<Delivery>,
+    report: Arc<WatchdogReport>,
 }
 
 impl Receiver {
     /// The receiver and the inbox the engine reads.
-    pub fn new(config: &WebhookConfig) -> (Receiver, mpsc::Receiver<Delivery>) {
+    pub fn new(
+        config: &WebhookConfig,
+        report: Arc<WatchdogReport>,
+    ) -> (Receiver, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(16);
+        report.enable_alertmanager_requests();
         (
             Receiver {
                 token_digest: config
@@ -483,9 +491,16 @@ impl Receiver {
                 basic_auth: config.basic_auth,
                 max_body_bytes: config.max_body_bytes,
                 inbox: tx,
+                report,
             },
             rx,
         )
+    }
+
+    /// Counts a request by the status it is answered with, so refusals (a wrong token
+    /// above all: Alertmanager only logs it on its side) show on /metrics.
+    pub fn answered(&self, status: u16) {
+        self.report.count_alertmanager_request(status);
     }
 
     /// Whether the `Authorization` header carries the configured bearer token. Both
@@ -655,7 +670,7 @@ action = "explode"
     #[test]
     fn only_the_configured_token_passes() {
         let c = config("[alertmanager]\nbearer_token_env = \"AM_TOKEN\"\n").expect("valid");
-        let (r, _rx) = Receiver::new(&c);
+        let (r, _rx) = Receiver::new(&c, Arc::new(WatchdogReport::default()));
         let h = |v: &str| http::HeaderValue::from_str(v).expect("header");
         assert!(r.bearer_ok(Some(&h("Bearer s3cret"))));
         assert!(r.bearer_ok(Some(&h("bearer s3cret"))));

@@ -289,8 +289,11 @@ async fn per_vps_call_only_for_entries_lacking_fields() {
     s.svps().clear_requests();
     let exp = s
         .wait_metrics("a poll with the completed entry", T, |e| {
+            // Request counters show when the request is made, before its poll publishes:
+            // the poll is done once it has published the account up.
             requests(e, "GET /api/v1/vps/{id}", "200") >= 1.0
                 && e.get("vpswatch_provider_consecutive_failures", &[]) == Some(0.0)
+                && gauge(e, "vpswatch_provider_up") == Some(1.0)
         })
         .await;
     assert_equal_to_sim(&exp, &s);

@@ -1,11 +1,12 @@
 //! The watchdog on StableVPS, through the same provider trait: a hung Windows VPS (RDP
 //! port closed while the API says active) is rebooted with `POST /vps/:id/actions` by the
 //! account holding a full-scope key; an account polling with a read-only key reports the
-//! action as disabled and never sends a write.
+//! action as disabled and never sends a write, and its firing mail says so.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::smtp::{wait_mails, Mail, ServerOpts, SmtpServer};
 use crate::common::{Exposition, Stack, StackSpec};
 use vpswatch_model::clock::SystemClock;
 use vpswatch_sim::stablevps::{AccountSpec, KeyScope, KeySpec, StableScenario, VpsSpec};
@@ -101,7 +102,11 @@ api_key_env = "SVPS_READ"
         .wait_metrics("rebooted by the full account, recovered", T, |e| {
             e.get(
                 "vpswatch_action_outcomes_total",
-                &[("account", "full"), ("outcome", "recovered")],
+                &[
+                    ("account", "full"),
+                    ("outcome", "recovered"),
+                    ("source", "rule"),
+                ],
             ) == Some(1.0)
                 && actions(e, "readonly", "skipped_disabled") >= 1.0
         })
@@ -136,6 +141,98 @@ api_key_env = "SVPS_READ"
                 crate::common::SVPS_FULL.starts_with(p) && !crate::common::SVPS_READ.starts_with(p)
             })),
         "{writes:?}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_only_accounts_firing_mail_says_actions_are_disabled() {
+    let port = crate::common::free_port();
+    let scenario = StableScenario {
+        accounts: vec![AccountSpec {
+            keys: vec![KeySpec {
+                key: crate::common::SVPS_READ.into(),
+                name: None,
+                scope: KeyScope::Read,
+                expires_at: None,
+            }],
+            ..AccountSpec::default()
+        }],
+        vps: vec![VpsSpec {
+            ip_address: Some("127.3.11.1".parse().expect("ip")),
+            rdp_port: Some(port),
+            listen_rdp: true,
+            ..VpsSpec::default()
+        }],
+        ..StableScenario::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let maildir = dir.path().join("mail");
+    std::fs::create_dir_all(&maildir).expect("maildir");
+    let smtp = SmtpServer::start(&maildir, 0, &ServerOpts::default());
+    let globals = format!(
+        r#"state_dir = {state:?}
+[probes]
+interval = "100ms"
+timeout = "300ms"
+ports = {{ stablevps = {port} }}
+[email]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp}
+security = "none"
+allow_insecure = true
+from = "vpswatch <vpswatch@example.test>"
+to = ["ops@example.test"]
+[[rules]]
+name = "rdp-dead"
+condition = "probe_failing"
+for = "300ms"
+failures = 2
+action = "reboot"
+cooldown = "1h"
+"#,
+        state = dir.path().join("state").display().to_string(),
+        smtp = smtp.port,
+    );
+    let s = Stack::start(StackSpec {
+        lnvps: None,
+        stablevps: Some(scenario),
+        accounts: crate::common::stable_account(r#"api_key_env = "SVPS_READ""#),
+        globals,
+        clock: Arc::new(SystemClock),
+    })
+    .await;
+    let id = s.svps().vpses()[0].id.clone();
+    s.wait_metrics("RDP answers", T, |e| {
+        e.get("vps_probe_success", &[("vm", id.as_str())]) == Some(1.0)
+    })
+    .await;
+
+    s.svps().set_hang(&id, true);
+    let mails = wait_mails(&maildir, 1).await;
+    let firing = mails
+        .iter()
+        .find(|m| m.subject().starts_with("[FIRING] rdp-dead"))
+        .unwrap_or_else(|| {
+            panic!(
+                "a firing mail: {:?}",
+                mails.iter().map(Mail::subject).collect::<Vec<_>>()
+            )
+        });
+    let text = firing.text_body();
+    assert!(
+        text.contains("actions are disabled for this account"),
+        "{text}"
+    );
+    assert!(!text.contains("reboot next"), "{text}");
+    // The rule did want to act, and the read-only key held it back.
+    s.wait_metrics("the reboot was skipped as disabled", T, |e| {
+        actions(e, "svps", "skipped_disabled") >= 1.0
+    })
+    .await;
+    assert!(
+        s.svps().requests().iter().all(|r| r.method == "GET"),
+        "no write with a read-only key"
     );
     s.shutdown().await;
 }

@@ -95,6 +95,29 @@ impl Alertmanager {
         panic!("Alertmanager never became ready; its log:\n{last_log}");
     }
 
+    /// Webhook notifications this peer itself sent successfully (its own
+    /// `alertmanager_notifications_total{integration="webhook"}` minus the failed ones).
+    pub async fn webhook_notifications(&self) -> f64 {
+        let text = match self.http.get(format!("{}/metrics", self.url)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return 0.0,
+        };
+        let e = super::Exposition::parse(&text);
+        let sum = |name: &str| -> f64 {
+            e.samples
+                .iter()
+                .filter(|(n, labels, _)| {
+                    n == name
+                        && labels
+                            .iter()
+                            .any(|(k, v)| k == "integration" && v == "webhook")
+                })
+                .map(|s| s.2)
+                .sum()
+        };
+        sum("alertmanager_notifications_total") - sum("alertmanager_notifications_failed_total")
+    }
+
     /// Its log so far (stderr), for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()

@@ -129,6 +129,55 @@ impl Mail {
     pub fn message_id(&self) -> String {
         self.header("Message-ID").unwrap_or_default()
     }
+
+    /// The `text/plain` part as a reader sees it: its transfer encoding (7bit,
+    /// quoted-printable or base64) undone.
+    pub fn text_body(&self) -> String {
+        use base64::Engine;
+        let Some(at) = self.data.find("Content-Type: text/plain") else {
+            return String::new();
+        };
+        let part = &self.data[at..];
+        let (head, rest) = part.split_once("\r\n\r\n").unwrap_or((part, ""));
+        let body = rest.split("\r\n--").next().unwrap_or("");
+        let encoding = head
+            .split("\r\n")
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("Content-Transfer-Encoding")
+                    .then(|| v.trim().to_ascii_lowercase())
+            })
+            .unwrap_or_default();
+        let bytes = match encoding.as_str() {
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(body.replace("\r\n", ""))
+                .unwrap_or_default(),
+            "quoted-printable" => {
+                let joined = body.replace("=\r\n", "");
+                let b = joined.as_bytes();
+                let mut out = Vec::with_capacity(b.len());
+                let mut i = 0;
+                while i < b.len() {
+                    let hex = b
+                        .get(i + 1..i + 3)
+                        .and_then(|h| std::str::from_utf8(h).ok());
+                    match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                        (b'=', Some(byte)) => {
+                            out.push(byte);
+                            i += 3;
+                        }
+                        (c, _) => {
+                            out.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                out
+            }
+            _ => body.as_bytes().to_vec(),
+        };
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 /// Decodes `=?utf-8?b?…?=` / `=?utf-8?q?…?=` words; whitespace between two words goes.

@@ -134,6 +134,8 @@ pub struct Daemon {
 /// Why the daemon could not start; each names what is wrong and where.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("[cluster] is set, but this vpswatch was built without the `cluster` feature")]
+    ClusterNotBuilt,
     /// The web config file (`web.config_file`): the message names the file and key.
     #[error(transparent)]
     WebConfig(#[from] vpswatch_model::problem::ConfigError),
@@ -166,6 +168,9 @@ impl Daemon {
         notifier: Option<Arc<dyn Notify>>,
     ) -> Result<Daemon, StartError> {
         crate::tls::install_crypto_provider();
+        if config.cluster.is_some() && !cfg!(feature = "cluster") {
+            return Err(StartError::ClusterNotBuilt);
+        }
         // TLS, auth and headers; a broken file stops the start.
         let web_config = Arc::new(match &config.web.config_file {
             Some(path) => LiveWebConfig::from_file(path)?,
@@ -258,8 +263,8 @@ impl Daemon {
                     * idx as u32,
             })
             .collect();
-        let cluster = config.cluster.clone().map(|c| {
-            crate::cluster::Cluster::new(
+        let cluster = config.cluster.clone().and_then(|c| {
+            crate::cluster::Cluster::create(
                 c,
                 config
                     .accounts

@@ -160,6 +160,16 @@ pub fn read(
     warnings: &mut Vec<Problem>,
 ) -> Option<ClusterConfig> {
     let raw = read_section::<RawCluster>(value?, "cluster", problems)?;
+    if !cfg!(feature = "cluster") {
+        problems.push(Problem {
+            path: "cluster".into(),
+            message: "this vpswatch was built without replicas (the `cluster` feature, which \
+                      needs protoc to build); rebuild with `--features cluster` or remove the \
+                      section"
+                .into(),
+        });
+        return None;
+    }
     let before = problems.len();
     let mut problem = |key: &str, message: String| {
         problems.push(Problem {

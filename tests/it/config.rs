@@ -762,6 +762,7 @@ to = ["ops@example.test"]
 
 /// `[cluster]` through `check-config`: every problem with its key path, the etcd
 /// password never echoed; a good section passes.
+#[cfg(feature = "cluster")]
 #[test]
 fn check_config_checks_the_cluster_section() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -9,6 +9,7 @@
 )]
 
 mod alertmanager_webhook;
+#[cfg(feature = "cluster")]
 mod cluster;
 mod common;
 mod config;

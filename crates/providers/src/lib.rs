@@ -187,21 +187,11 @@ pub fn lnvps_billing(
     account: &AccountConfig,
     ctx: BuildContext<'_>,
 ) -> Result<Option<lnvps::billing::Billing>, BuildError> {
-    let (ProviderKind::Lnvps, Credentials::Nostr(keys)) = (&account.provider, &account.credentials)
-    else {
+    if account.provider != ProviderKind::Lnvps {
+        return Ok(None);
+    }
+    let Some(api) = lnvps::signed_api(account, &ctx)? else {
         return Ok(None);
     };
-    let signer = Arc::new(lnvps::Nip98Signer::new(
-        keys.expose().clone(),
-        ctx.clock.clone(),
-    ));
-    let api = http::ApiClient::new(
-        account.base_url.clone(),
-        ctx.budget(account),
-        signer,
-        ctx.observer.clone(),
-        ctx.http_settings(),
-    )
-    .map_err(BuildError::HttpClient)?;
     Ok(Some(lnvps::billing::Billing::new(Arc::new(api))))
 }

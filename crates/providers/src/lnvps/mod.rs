@@ -793,20 +793,12 @@ impl crate::ProviderModule for Lnvps {
         account: &crate::AccountConfig,
         ctx: crate::BuildContext<'_>,
     ) -> Result<crate::SharedProvider, crate::BuildError> {
-        let crate::Credentials::Nostr(keys) = &account.credentials else {
+        let Some(api) = signed_api(account, &ctx)? else {
             return Err(crate::BuildError::Credentials {
                 kind: ProviderKind::Lnvps,
                 credentials: format!("{:?}", account.credentials),
             });
         };
-        let signer = Arc::new(Nip98Signer::new(keys.expose().clone(), ctx.clock.clone()));
-        let api = ApiClient::new(
-            account.base_url.clone(),
-            ctx.budget(account),
-            signer,
-            ctx.observer.clone(),
-            ctx.http_settings(),
-        )?;
         let opts = LnvpsOptions {
             account: account.name.clone(),
             btc_unit: account.btc_amount_unit,
@@ -815,6 +807,27 @@ impl crate::ProviderModule for Lnvps {
         };
         Ok(Arc::new(LnvpsClient::new(opts, api, ctx.clock)))
     }
+}
+
+/// The NIP-98-signing API client of an LNVPS account, on the account's rate budget:
+/// what both the provider and its billing calls send through. `None` when the account
+/// has no Nostr key (not an LNVPS account).
+pub(crate) fn signed_api(
+    account: &crate::AccountConfig,
+    ctx: &crate::BuildContext<'_>,
+) -> Result<Option<ApiClient>, crate::BuildError> {
+    let crate::Credentials::Nostr(keys) = &account.credentials else {
+        return Ok(None);
+    };
+    let signer = Arc::new(Nip98Signer::new(keys.expose().clone(), ctx.clock.clone()));
+    let api = ApiClient::new(
+        account.base_url.clone(),
+        ctx.budget(account),
+        signer,
+        ctx.observer.clone(),
+        ctx.http_settings(),
+    )?;
+    Ok(Some(api))
 }
 
 #[cfg(test)]

@@ -372,7 +372,10 @@ impl Daemon {
                     staleness_limit: config.staleness_limit,
                     store: store.clone(),
                     accounts,
-                    journal: crate::renew::journal::RenewalJournal::new(state.clone()),
+                    journal: crate::renew::journal::RenewalJournal::new(
+                        state.clone(),
+                        cluster.clone(),
+                    ),
                     notifier: notifier.clone(),
                     clock: clock.clone(),
                     report: renewals.clone(),
@@ -418,7 +421,7 @@ impl Daemon {
             renewals: state
                 .clone()
                 .filter(|_| !config.renew_rules.is_empty())
-                .map(crate::renew::journal::RenewalJournal::new),
+                .map(|s| crate::renew::journal::RenewalJournal::new(s, cluster.clone())),
         });
         // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

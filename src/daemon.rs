@@ -273,6 +273,9 @@ impl Daemon {
                     .collect(),
             )
         });
+        if let (Some(email), Some(cluster)) = (&email, &cluster) {
+            email.share_marks(cluster.clone());
+        }
         match &cluster {
             None => {
                 for poller in pollers {

@@ -12,8 +12,8 @@ use crate::common::smtp::{read_mails, ServerOpts, SmtpServer};
 use crate::common::{free_port, Exposition};
 use vpswatch_sim::lnvps::{LnvpsSimHandle, PaymentMethodSpec, RelTime, Scenario, VmSpec};
 use vpswatch_sim::nwc_wallet::{NwcWalletService, WalletFailure};
-use vpswatch_sim::scenario::TemplateSpec;
 use vpswatch_sim::power::PowerAction;
+use vpswatch_sim::scenario::TemplateSpec;
 
 const T: Duration = Duration::from_secs(60);
 const MEMBERS: [&str; 2] = ["a", "b"];
@@ -331,9 +331,17 @@ max_per_month_sats = 5000
         .iter()
         .map(|p| p.payment_hash.to_ascii_lowercase())
         .collect();
-    assert_eq!(paid, vec![hash.clone()], "the old owner's invoice, paid once");
+    assert_eq!(
+        paid,
+        vec![hash.clone()],
+        "the old owner's invoice, paid once"
+    );
     let after = w.sim.vm(1).and_then(|v| v.expires).expect("expires");
-    assert_eq!(after - before, chrono::Duration::days(1), "the expiry moved once");
+    assert_eq!(
+        after - before,
+        chrono::Duration::days(1),
+        "the expiry moved once"
+    );
     // The simulator hands out the open invoice again on a second renew call, so the
     // resumption shows in the calls: the survivor asked for no invoice of its own.
     let renew_calls = w
@@ -398,6 +406,12 @@ to = ["ops@example.test"]
     };
     w.until("the owner's FIRING mail", || firing(&maildir) >= 1)
         .await;
+    // Counted as sent once its mark is written: past the at-least-once window.
+    w.first()
+        .wait("the owner recorded its mail as sent", |e| {
+            count(e, "vpswatch_alerts_total", &[("result", "sent")]) >= 1.0
+        })
+        .await;
     w.fail_over().await;
     // Positive evidence that the survivor's rule fired and its mail was settled (sent
     // or found sent): queued once, the outbox empty again.
@@ -415,7 +429,11 @@ to = ["ops@example.test"]
         std::fs::read_to_string(&w.survivor().log).unwrap_or_default()
     );
     assert_eq!(
-        count(&e, "vpswatch_alerts_total", &[("channel", "email"), ("result", "duplicate")]),
+        count(
+            &e,
+            "vpswatch_alerts_total",
+            &[("channel", "email"), ("result", "duplicate")]
+        ),
         1.0,
         "{}",
         e.text
@@ -465,7 +483,10 @@ async fn the_new_owner_continues_the_ladder() {
     .await;
     let actions: Vec<PowerAction> = w.sim.actions().iter().map(|a| a.action).collect();
     assert_eq!(
-        actions.iter().filter(|a| **a == PowerAction::Restart).count(),
+        actions
+            .iter()
+            .filter(|a| **a == PowerAction::Restart)
+            .count(),
         1,
         "one reboot (rung 0) across the failover, then rung 1: {actions:?}\n{}",
         std::fs::read_to_string(&w.survivor().log).unwrap_or_default()

@@ -672,8 +672,10 @@ impl Engine {
     /// With replicas: continues the ladder where the replica that acted last left it. An
     /// action by this rule on this VM recorded in etcd within the rule's window, on this
     /// target's rung or a later one, belongs to this failure (this replica did not see it,
-    /// e.g. after a failover): its patience is waited out, then the next rung is due. An
-    /// action sent whose outcome never came back counts as taken. `None`: nothing now.
+    /// e.g. after a failover): inside its cooldown the rung is left to the fence (which
+    /// refuses it, naming that action), then its patience is waited out, then the next
+    /// rung is due. An action sent whose outcome never came back counts as taken.
+    /// `None`: nothing now.
     /// When etcd cannot be read the rung stays; the fence refuses the action anyway.
     async fn shared_ladder(
         &mut self,
@@ -698,6 +700,11 @@ impl Engine {
         let state = self.targets.get_mut(key)?;
         let window = chrono::Duration::from_std(rule.window).unwrap_or(chrono::Duration::MAX);
         if last.rule != rule.name || last.rung < state.rung || now - last.at >= window {
+            return Some(remedy);
+        }
+        let cooldown = chrono::Duration::from_std(rule.cooldown).unwrap_or(chrono::Duration::MAX);
+        if now < last.at + cooldown {
+            // The fence refuses it, naming the other replica's action (journaled).
             return Some(remedy);
         }
         let patience = chrono::Duration::from_std(rule.patience).unwrap_or(chrono::Duration::MAX);

@@ -228,7 +228,9 @@ fn count(e: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// `kill -9` of the owner after it minted a renewal invoice that the wallet refused to
 /// pay: the new owner finds the invoice in etcd and pays that one, once. One invoice is
-/// minted across both replicas, the wallet pays its hash once, the expiry moves once.
+/// requested across both replicas, the wallet pays its hash once, the expiry moves once.
+/// On the way, an operator's clear sent to the replica that does not own the account is
+/// applied by the one that does.
 #[tokio::test]
 async fn a_renewal_in_flight_is_resumed_by_the_new_owner_and_paid_once() {
     let keys = nostr::Keys::generate();
@@ -300,6 +302,29 @@ max_per_month_sats = 5000
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(wallet.pay_requests(), 1);
+    // An operator's clear may reach any replica: sent to the non-owner, applied by the
+    // owner (which re-arms the tries and records when).
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/v1/renewals/clear?account={ACCOUNT}&vm=1",
+            other.web
+        ))
+        .send()
+        .await
+        .expect("clear");
+    assert!(r.status().is_success(), "clear: {}", r.status());
+    let deadline = Instant::now() + T;
+    loop {
+        let listed = w.first().get("/api/v1/renewals").await;
+        if listed.contains("\"rearmed_at\":\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owner never applied the clear sent to the other replica: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let minted = w.sim.payments(1);
     assert_eq!(minted.len(), 1, "the owner minted one invoice: {minted:?}");
     let hash = minted[0].id.to_ascii_lowercase();

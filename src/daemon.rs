@@ -273,6 +273,9 @@ impl Daemon {
                     .collect(),
             )
         });
+        if let (Some(email), Some(cluster)) = (&email, &cluster) {
+            email.share_marks(cluster.clone());
+        }
         match &cluster {
             None => {
                 for poller in pollers {
@@ -372,7 +375,10 @@ impl Daemon {
                     staleness_limit: config.staleness_limit,
                     store: store.clone(),
                     accounts,
-                    journal: crate::renew::journal::RenewalJournal::new(state.clone()),
+                    journal: crate::renew::journal::RenewalJournal::new(
+                        state.clone(),
+                        cluster.clone(),
+                    ),
                     notifier: notifier.clone(),
                     clock: clock.clone(),
                     report: renewals.clone(),
@@ -418,7 +424,7 @@ impl Daemon {
             renewals: state
                 .clone()
                 .filter(|_| !config.renew_rules.is_empty())
-                .map(crate::renew::journal::RenewalJournal::new),
+                .map(|s| crate::renew::journal::RenewalJournal::new(s, cluster.clone())),
         });
         // Reload the web config file; serve with limits.
         tasks.spawn(crate::web_config::live::watch(

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ClusterConfig;
-use super::{ActionGuard, FenceError, View};
+use super::{ActionGuard, FenceError, LastAction, SharedPut, StateError, Versioned, View};
 use crate::metrics::families::FamilySet;
 use crate::metrics::FamilySource;
 
@@ -45,6 +45,34 @@ impl Cluster {
         _intent: &str,
         _guard: ActionGuard,
     ) -> Result<(), FenceError> {
+        match *self {}
+    }
+
+    pub fn member(&self) -> &str {
+        match *self {}
+    }
+
+    pub async fn read(&self, _key: &str) -> Result<Versioned, StateError> {
+        match *self {}
+    }
+
+    pub async fn read_prefix(&self, _prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        match *self {}
+    }
+
+    pub async fn write(
+        &self,
+        _fence: Option<usize>,
+        _puts: Vec<SharedPut>,
+    ) -> Result<(), StateError> {
+        match *self {}
+    }
+
+    pub async fn last_action(
+        &self,
+        _idx: usize,
+        _vm: &str,
+    ) -> Result<Option<LastAction>, StateError> {
         match *self {}
     }
 

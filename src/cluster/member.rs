@@ -13,17 +13,23 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ClusterConfig;
-use super::{assign, ActionGuard, FenceError, View};
+use super::{assign, ActionGuard, FenceError, LastAction, SharedPut, StateError, Versioned, View};
 use crate::metrics::defs;
 use crate::metrics::families::FamilySet;
 use crate::metrics::FamilySource;
 
 /// The value under `actions/<provider>/<account>/<vm>`: recent action times (within the
-/// rule's window) and the replica that made the last one.
+/// rule's window), and the replica, rule, remedy and ladder rung of the last one.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct ActionTimes {
     member: String,
     times: Vec<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    rung: usize,
 }
 
 /// One replica's membership in the cluster.
@@ -437,6 +443,9 @@ impl Cluster {
             let next = ActionTimes {
                 member: self.config.member.clone(),
                 times,
+                rule: g.rule,
+                action: g.action,
+                rung: g.rung,
             };
             // Nobody else recorded an action on the VM since it was read.
             compares.push(Compare::mod_revision(
@@ -457,6 +466,167 @@ impl Cluster {
             Ok(Err(e)) => Err(etcd(e)),
             Err(_) => Err(late()),
         }
+    }
+
+    /// This replica's member name.
+    pub fn member(&self) -> &str {
+        &self.config.member
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.config.lease_ttl.min(Duration::from_secs(5))
+    }
+
+    /// The connected client, or why there is none.
+    async fn connected(&self, what: &str) -> Result<Client, StateError> {
+        self.client
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| StateError::Etcd {
+                what: what.to_string(),
+                reason: "not connected".into(),
+            })
+    }
+
+    fn state_error(&self, what: &str, e: &etcd_client::Error) -> StateError {
+        self.etcd_error(what, e);
+        StateError::Etcd {
+            what: what.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn state_late(&self, what: &str) -> StateError {
+        self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        StateError::Etcd {
+            what: what.to_string(),
+            reason: format!(
+                "no answer within {}",
+                humantime::format_duration(self.request_timeout())
+            ),
+        }
+    }
+
+    /// Reads one shared-state key (relative to the prefix) with its revision.
+    pub async fn read(&self, key: &str) -> Result<Versioned, StateError> {
+        let mut client = self.connected(key).await?;
+        let got = tokio::time::timeout(self.request_timeout(), client.get(self.key_of(key), None))
+            .await
+            .map_err(|_| self.state_late(key))?
+            .map_err(|e| self.state_error(key, &e))?;
+        Ok(match got.kvs().first() {
+            Some(kv) => Versioned {
+                value: Some(kv.value().to_vec()),
+                revision: kv.mod_revision(),
+            },
+            None => Versioned::default(),
+        })
+    }
+
+    /// Every key under `prefix` (relative to the cluster prefix), with the part after
+    /// `prefix`.
+    pub async fn read_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut client = self.connected(prefix).await?;
+        let full = self.key_of(prefix);
+        let got = tokio::time::timeout(
+            self.request_timeout(),
+            client.get(full.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| self.state_late(prefix))?
+        .map_err(|e| self.state_error(prefix, &e))?;
+        Ok(got
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key_str().ok()?.strip_prefix(full.as_str())?;
+                Some((rest.to_string(), kv.value().to_vec()))
+            })
+            .collect())
+    }
+
+    /// Writes `puts` in one transaction. With `fence = Some(idx)` only while this replica
+    /// still owns account `idx` (else [`FenceError::NotOwner`]); each put with an
+    /// `expect` only if its key was not written since it was read (else
+    /// [`StateError::Conflict`]).
+    pub async fn write(
+        &self,
+        fence: Option<usize>,
+        puts: Vec<SharedPut>,
+    ) -> Result<(), StateError> {
+        let what = puts.first().map(|p| p.key.clone()).unwrap_or_default();
+        let mut compares = Vec::new();
+        let mut owner_key = None;
+        if let Some(idx) = fence {
+            let account = self.accounts.get(idx).cloned().unwrap_or_default();
+            let Some(lease) = self.view.borrow().lease else {
+                return Err(FenceError::NoLease.into());
+            };
+            let key = self.key("owners", &account);
+            compares.push(Compare::lease(key.as_str(), CompareOp::Equal, lease));
+            owner_key = Some((key, lease, account));
+        }
+        let mut ops = Vec::new();
+        for p in puts {
+            let key = self.key_of(&p.key);
+            if let Some(rev) = p.expect {
+                compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, rev));
+            }
+            ops.push(TxnOp::put(key, p.value, None));
+        }
+        let mut txn = Txn::new().when(compares).and_then(ops);
+        if let Some((key, _, _)) = &owner_key {
+            // On failure, tells an ownership loss from a concurrent write.
+            txn = txn.or_else([TxnOp::get(key.as_str(), None)]);
+        }
+        let mut client = self.connected(&what).await?;
+        let resp = tokio::time::timeout(self.request_timeout(), client.txn(txn))
+            .await
+            .map_err(|_| self.state_late(&what))?
+            .map_err(|e| self.state_error(&what, &e))?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        if let Some((_, lease, account)) = owner_key {
+            let holder = resp.op_responses().into_iter().find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.lease())),
+                _ => None,
+            });
+            if holder.flatten() != Some(lease) {
+                return Err(FenceError::NotOwner { account }.into());
+            }
+        }
+        Err(StateError::Conflict { what })
+    }
+
+    /// The last power action any replica recorded on `vm` of account `idx`.
+    pub async fn last_action(
+        &self,
+        idx: usize,
+        vm: &str,
+    ) -> Result<Option<LastAction>, StateError> {
+        let account = self.accounts.get(idx).cloned().unwrap_or_default();
+        let key = format!("actions/{account}/{vm}");
+        let got = self.read(&key).await?;
+        let Some(bytes) = got.value else {
+            return Ok(None);
+        };
+        let t: ActionTimes = serde_json::from_slice(&bytes).map_err(|e| StateError::Invalid {
+            what: key,
+            reason: e.to_string(),
+        })?;
+        Ok(t.times.iter().max().map(|at| LastAction {
+            member: t.member.clone(),
+            rule: t.rule.clone(),
+            action: t.action.clone(),
+            rung: t.rung,
+            at: *at,
+        }))
+    }
+
+    fn key_of(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.config.prefix)
     }
 
     /// The index of `<provider>/<account>`.

@@ -5,8 +5,14 @@
 //! - `owners/<provider>/<account>`: the replica that owns the account, attached to that
 //!   replica's lease, so a dead replica's accounts are free once its lease expires;
 //! - `intents/<provider>/<account>`: the last provider write a replica was allowed to make;
-//! - `actions/<provider>/<account>/<vm>`: the times of recent power actions on a VM, so
-//!   cooldowns and caps hold across replicas and failovers.
+//! - `actions/<provider>/<account>/<vm>`: the times of recent power actions on a VM (and
+//!   the rule and ladder rung of the last one), so cooldowns, caps and ladders hold across
+//!   replicas and failovers;
+//! - `renewals/lnvps/<account>/<vm>`, `spend/lnvps/<account>/<month>`: the renewal
+//!   journal (the invoice in flight, paid periods, the month's spend), written only by the
+//!   account's owner, each write conditioned on its ownership;
+//! - `rearms/lnvps/<account>/<vm>`: operator clears of a renewal, from any replica;
+//! - `mails/<provider>/<account>/<hash>`: the last alert mail kind sent for an alert key.
 //!
 //! Every replica computes the same assignment (rendezvous hashing of accounts over live
 //! members). A replica claims an account only when its owner key is free, and gives it up
@@ -49,6 +55,52 @@ pub struct ActionGuard {
     pub cooldown: Duration,
     pub max_actions: u32,
     pub window: Duration,
+    /// The rule acting and the ladder rung it is on, kept with the action's time so a
+    /// new owner continues the ladder.
+    pub rule: String,
+    pub action: String,
+    pub rung: usize,
+}
+
+/// The last power action recorded on a VM in etcd (by any replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAction {
+    pub member: String,
+    pub rule: String,
+    pub action: String,
+    pub rung: usize,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One key's value as read from etcd, with the revision a later conditional write
+/// compares against (0: the key does not exist).
+#[derive(Debug, Clone, Default)]
+pub struct Versioned {
+    pub value: Option<Vec<u8>>,
+    pub revision: i64,
+}
+
+/// One put of a shared-state transaction; `key` is relative to the cluster prefix.
+#[derive(Debug, Clone)]
+pub struct SharedPut {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The modification revision the key must still have (0: still absent); `None`
+    /// writes unconditionally.
+    pub expect: Option<i64>,
+}
+
+/// Why shared state could not be read or written in etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Fence(#[from] FenceError),
+    #[error("etcd: {what}: {reason}")]
+    Etcd { what: String, reason: String },
+    #[error("etcd: {what}: written by someone else since it was read")]
+    Conflict { what: String },
+    #[error("etcd: {what}: undecodable value: {reason}")]
+    Invalid { what: String, reason: String },
 }
 
 /// Why a provider write was not allowed.

@@ -358,7 +358,7 @@ metric!(
     "vpswatch_alerts_total",
     Counter,
     &["channel", "result"],
-    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), rejected (the server refused the mail, or some of its recipients, for good: set aside, not retried), queue_error (could not be queued), held (the state store could not be written: kept in memory and queued once it can), dropped (lost: the in-memory hold was full)."
+    "Alert notifications by channel and outcome: queued (entered the outbox), sent (the server accepted it), failed_attempt (a delivery attempt failed; retried later), rejected (the server refused the mail, or some of its recipients, for good: set aside, not retried), queue_error (could not be queued), held (the state store could not be written: kept in memory and queued once it can), dropped (lost: the in-memory hold was full), duplicate (replicas: another replica had already sent this alert's FIRING or RESOLVED mail; not sent again)."
 );
 metric!(
     ALERT_OUTBOX_MESSAGES,

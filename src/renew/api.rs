@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 
-use super::journal::RenewalJournal;
+use super::journal::{JournalError, RenewalJournal};
 use crate::web_body::ChunksBody;
 
 const LIST: &str = "/api/v1/renewals";
@@ -89,7 +89,13 @@ pub async fn route<B>(
 }
 
 async fn list(journal: RenewalJournal) -> Response<ChunksBody> {
-    match tokio::task::spawn_blocking(move || journal.list()).await {
+    // With replicas the records are in etcd (any replica answers the same).
+    let listed = if journal.is_shared() {
+        Ok(journal.list().await)
+    } else {
+        tokio::task::spawn_blocking(move || journal.list_local().map_err(JournalError::from)).await
+    };
+    match listed {
         Ok(Ok(vms)) => json(&serde_json::json!({ "vms": vms })),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot read the renewal journal for /api/v1/renewals");
@@ -110,14 +116,39 @@ async fn list(journal: RenewalJournal) -> Response<ChunksBody> {
 
 async fn clear(journal: RenewalJournal, account: String, vm: String) -> Response<ChunksBody> {
     let (a, v) = (account.clone(), vm.clone());
-    let done = tokio::task::spawn_blocking(move || {
-        let known = journal.list()?.iter().any(|l| l.account == a && l.vm == v);
-        if !known {
-            return Ok(None);
-        }
-        journal.request_rearm(&a, &v, chrono::Utc::now()).map(Some)
-    })
-    .await;
+    let done = if journal.is_shared() {
+        // Any replica may receive it: the clear is written to etcd, where the owner finds it.
+        let shared = async {
+            let known = journal
+                .list()
+                .await?
+                .iter()
+                .any(|l| l.account == a && l.vm == v);
+            if !known {
+                return Ok(None);
+            }
+            journal
+                .request_rearm(&a, &v, chrono::Utc::now())
+                .await
+                .map(Some)
+        };
+        Ok(shared.await)
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let known = journal
+                .list_local()?
+                .iter()
+                .any(|l| l.account == a && l.vm == v);
+            if !known {
+                return Ok(None);
+            }
+            journal
+                .request_rearm_local(&a, &v, chrono::Utc::now())
+                .map(Some)
+        })
+        .await
+        .map(|r: Result<_, crate::store::StoreError>| r.map_err(JournalError::from))
+    };
     match done {
         Ok(Ok(Some(at))) => {
             tracing::info!(%account, %vm, "renewal clear requested through the API");

@@ -12,11 +12,21 @@
 //! month's budget — in one committed transaction *before* the wallet is asked to pay.
 //! After a crash the renewal is resumed from the journal by looking the invoice up
 //! (the subscription's payments); an invoice in `paying` is never sent to the wallet again.
+//!
+//! With replicas (`[cluster]`) the same records live in etcd instead, so a new owner after
+//! a failover resumes the old owner's invoice: `renewals/lnvps/<account>/<vm>` (JSON),
+//! `spend/lnvps/<account>/<month>` (sats) and `rearms/lnvps/<account>/<vm>` (Unix
+//! seconds). A record and its spend change are one transaction, committed only while
+//! this replica owns the account (and only if the spend was not changed since it was
+//! read), so a replica that lost the account cannot even journal.
 
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::cluster::{Cluster, SharedPut, StateError};
 use crate::store::{StateStore, StoreError};
 
 const RENEWALS: TableDefinition<&str, &[u8]> = TableDefinition::new("renewals");
@@ -145,11 +155,47 @@ pub struct Listed {
     pub rearm_requested: Option<DateTime<Utc>>,
 }
 
+/// Why the journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Shared(#[from] StateError),
+}
+
 /// Journal handle.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RenewalJournal {
     store: StateStore,
+    /// With replicas: the records live in etcd (see the module docs).
+    shared: Option<Arc<Cluster>>,
 }
+
+impl std::fmt::Debug for RenewalJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewalJournal")
+            .field("store", &self.store)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+const LNVPS: &str = "lnvps";
+
+fn shared_key(kind: &str, account: &str, rest: &str) -> String {
+    format!("{kind}/{LNVPS}/{account}/{rest}")
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError::Invalid {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Tries of a spend read-modify-write that raced another writer.
+const SPEND_TRIES: usize = 3;
 
 fn key(account: &str, vm: &str) -> String {
     format!("{account}{SEP}{vm}")
@@ -160,11 +206,179 @@ fn spend_key(account: &str, month: &str) -> String {
 }
 
 impl RenewalJournal {
-    pub fn new(store: StateStore) -> RenewalJournal {
-        RenewalJournal { store }
+    pub fn new(store: StateStore, shared: Option<Arc<Cluster>>) -> RenewalJournal {
+        RenewalJournal { store, shared }
     }
 
-    pub fn get(&self, account: &str, vm: &str) -> Result<VmRenewal, StoreError> {
+    /// Whether the records live in etcd (replicas) rather than the local store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The VM's record (empty when there is none).
+    pub async fn get(&self, account: &str, vm: &str) -> Result<VmRenewal, JournalError> {
+        let Some(c) = &self.shared else {
+            return Ok(self.get_local(account, vm)?);
+        };
+        let key = shared_key("renewals", account, vm);
+        match c.read(&key).await?.value {
+            None => Ok(VmRenewal::default()),
+            Some(v) => Ok(serde_json::from_slice(&v).map_err(|e| invalid(&key, e))?),
+        }
+    }
+
+    /// When an operator last asked to re-arm this VM's renewal (`None` = never).
+    pub async fn rearm_requested(
+        &self,
+        account: &str,
+        vm: &str,
+    ) -> Result<Option<DateTime<Utc>>, JournalError> {
+        let Some(c) = &self.shared else {
+            return Ok(self.rearm_requested_local(account, vm)?);
+        };
+        let key = shared_key("rearms", account, vm);
+        Ok(c.read(&key)
+            .await?
+            .value
+            .map(|v| parse_i64(&key, &v))
+            .transpose()?
+            .and_then(|t| DateTime::from_timestamp(t, 0)))
+    }
+
+    /// Records an operator's clear (as the local store's variant below does); with
+    /// replicas in etcd, from whichever replica received it, unfenced: the owner applies
+    /// it on its next pass.
+    pub async fn request_rearm(
+        &self,
+        account: &str,
+        vm: &str,
+        at: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, JournalError> {
+        let Some(c) = &self.shared else {
+            return Ok(self.request_rearm_local(account, vm, at)?);
+        };
+        let key = shared_key("rearms", account, vm);
+        let mut tries = 0;
+        loop {
+            let old = c.read(&key).await?;
+            let prev = old
+                .value
+                .as_deref()
+                .map(|v| parse_i64(&key, v))
+                .transpose()?;
+            let stamp = prev.map_or(at.timestamp(), |o| at.timestamp().max(o.saturating_add(1)));
+            let put = SharedPut {
+                key: key.clone(),
+                value: stamp.to_string().into_bytes(),
+                expect: Some(old.revision),
+            };
+            match c.write(None, vec![put]).await {
+                Ok(()) => return Ok(DateTime::from_timestamp(stamp, 0).unwrap_or(at)),
+                Err(StateError::Conflict { .. }) if tries + 1 < SPEND_TRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Every VM's record, by account and VM.
+    pub async fn list(&self) -> Result<Vec<Listed>, JournalError> {
+        let Some(c) = &self.shared else {
+            return Ok(self.list_local()?);
+        };
+        let rearms: std::collections::HashMap<String, i64> = c
+            .read_prefix(&format!("rearms/{LNVPS}/"))
+            .await?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.clone(), parse_i64(&k, &v).ok()?)))
+            .collect();
+        let mut out = Vec::new();
+        for (k, v) in c.read_prefix(&format!("renewals/{LNVPS}/")).await? {
+            let Some((account, vm)) = k.split_once('/') else {
+                continue;
+            };
+            let record: VmRenewal = serde_json::from_slice(&v).map_err(|e| invalid(&k, e))?;
+            let rearm_requested = rearms
+                .get(&k)
+                .and_then(|t| DateTime::from_timestamp(*t, 0))
+                .filter(|t| record.rearmed_at.is_none_or(|r| *t > r));
+            out.push(Listed {
+                account: account.to_string(),
+                vm: vm.to_string(),
+                record,
+                rearm_requested,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sats paid or reserved on `account` in `month`.
+    pub async fn spent(&self, account: &str, month: &str) -> Result<u64, JournalError> {
+        let Some(c) = &self.shared else {
+            return Ok(self.spent_local(account, month)?);
+        };
+        let key = shared_key("spend", account, month);
+        Ok(c.read(&key)
+            .await?
+            .value
+            .map(|v| parse_i64(&key, &v))
+            .transpose()?
+            .map_or(0, |n| n.max(0) as u64))
+    }
+
+    /// Writes the VM's record and adjusts the month's spend (`delta` sats, may be
+    /// negative to release a reservation) in one durable transaction; with replicas only
+    /// while this replica owns the account.
+    pub async fn put(
+        &self,
+        account: &str,
+        vm: &str,
+        rec: &VmRenewal,
+        spend: Option<(&str, i64)>,
+    ) -> Result<(), JournalError> {
+        let Some(c) = &self.shared else {
+            return Ok(self.put_local(account, vm, rec, spend)?);
+        };
+        let key = shared_key("renewals", account, vm);
+        let Some(idx) = c.index_of(LNVPS, account) else {
+            return Err(StateError::Fence(crate::cluster::FenceError::NotOwner {
+                account: format!("{LNVPS}/{account}"),
+            })
+            .into());
+        };
+        let bytes = serde_json::to_vec(rec).map_err(|e| invalid(&key, e))?;
+        let mut tries = 0;
+        loop {
+            let mut puts = vec![SharedPut {
+                key: key.clone(),
+                value: bytes.clone(),
+                expect: None,
+            }];
+            if let Some((month, delta)) = spend {
+                let skey = shared_key("spend", account, month);
+                let old = c.read(&skey).await?;
+                let before = old
+                    .value
+                    .as_deref()
+                    .map(|v| parse_i64(&skey, v))
+                    .transpose()?
+                    .unwrap_or(0)
+                    .max(0);
+                let after = before.saturating_add(delta).max(0);
+                puts.push(SharedPut {
+                    key: skey,
+                    value: after.to_string().into_bytes(),
+                    expect: Some(old.revision),
+                });
+            }
+            match c.write(Some(idx), puts).await {
+                Ok(()) => return Ok(()),
+                Err(StateError::Conflict { .. }) if tries + 1 < SPEND_TRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn get_local(&self, account: &str, vm: &str) -> Result<VmRenewal, StoreError> {
         let tx = self.store.begin_read()?;
         let table = match tx.open_table(RENEWALS) {
             Ok(t) => t,
@@ -181,7 +395,7 @@ impl RenewalJournal {
     }
 
     /// When an operator last asked to re-arm this VM's renewal (`None` = never).
-    pub fn rearm_requested(
+    fn rearm_requested_local(
         &self,
         account: &str,
         vm: &str,
@@ -202,7 +416,7 @@ impl RenewalJournal {
     /// pass (and the give-up alert stays until the VM is renewed or leaves the window).
     /// Returns the recorded time: `at`, or one second after the previous clear, so each
     /// clear is newer than the last one applied.
-    pub fn request_rearm(
+    pub(crate) fn request_rearm_local(
         &self,
         account: &str,
         vm: &str,
@@ -226,7 +440,7 @@ impl RenewalJournal {
     }
 
     /// Every VM's record, by account and VM.
-    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+    pub(crate) fn list_local(&self) -> Result<Vec<Listed>, StoreError> {
         let tx = self.store.begin_read()?;
         let table = match tx.open_table(RENEWALS) {
             Ok(t) => t,
@@ -252,14 +466,14 @@ impl RenewalJournal {
         drop(tx);
         for l in &mut out {
             l.rearm_requested = self
-                .rearm_requested(&l.account, &l.vm)?
+                .rearm_requested_local(&l.account, &l.vm)?
                 .filter(|t| l.record.rearmed_at.is_none_or(|r| *t > r));
         }
         Ok(out)
     }
 
     /// Sats paid or reserved on `account` in `month`.
-    pub fn spent(&self, account: &str, month: &str) -> Result<u64, StoreError> {
+    fn spent_local(&self, account: &str, month: &str) -> Result<u64, StoreError> {
         let tx = self.store.begin_read()?;
         let table = match tx.open_table(SPEND) {
             Ok(t) => t,
@@ -274,7 +488,7 @@ impl RenewalJournal {
 
     /// Writes the VM's record and adjusts the month's spend (`delta` sats, may be
     /// negative to release a reservation) in one durable transaction.
-    pub fn put(
+    fn put_local(
         &self,
         account: &str,
         vm: &str,
@@ -307,6 +521,13 @@ impl RenewalJournal {
     }
 }
 
+fn parse_i64(key: &str, v: &[u8]) -> Result<i64, StateError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| invalid(key, "not a whole number"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,27 +536,29 @@ mod tests {
     fn round_trip_and_spend() {
         let dir = tempfile::tempdir().expect("dir");
         let store = StateStore::open(dir.path()).expect("store");
-        let j = RenewalJournal::new(store);
-        assert_eq!(j.get("a", "1").expect("get"), VmRenewal::default());
-        assert_eq!(j.spent("a", "2026-11").expect("spent"), 0);
+        let j = RenewalJournal::new(store, None);
+        assert_eq!(j.get_local("a", "1").expect("get"), VmRenewal::default());
+        assert_eq!(j.spent_local("a", "2026-11").expect("spent"), 0);
         let mut rec = VmRenewal::default();
         rec.enter_window(Utc::now());
         rec.attempts = 1;
-        j.put("a", "1", &rec, Some(("2026-11", 500))).expect("put");
-        j.put("a", "1", &rec, Some(("2026-11", -200))).expect("put");
-        assert_eq!(j.get("a", "1").expect("get"), rec);
-        assert_eq!(j.spent("a", "2026-11").expect("spent"), 300);
-        assert_eq!(j.spent("b", "2026-11").expect("spent"), 0);
-        assert_eq!(j.rearm_requested("a", "1").expect("rearm"), None);
+        j.put_local("a", "1", &rec, Some(("2026-11", 500)))
+            .expect("put");
+        j.put_local("a", "1", &rec, Some(("2026-11", -200)))
+            .expect("put");
+        assert_eq!(j.get_local("a", "1").expect("get"), rec);
+        assert_eq!(j.spent_local("a", "2026-11").expect("spent"), 300);
+        assert_eq!(j.spent_local("b", "2026-11").expect("spent"), 0);
+        assert_eq!(j.rearm_requested_local("a", "1").expect("rearm"), None);
         let at = DateTime::from_timestamp(1_800_000_000, 0).expect("t");
-        assert_eq!(j.request_rearm("a", "1", at).expect("rearm"), at);
-        assert_eq!(j.rearm_requested("a", "1").expect("rearm"), Some(at));
-        let again = j.request_rearm("a", "1", at).expect("rearm");
+        assert_eq!(j.request_rearm_local("a", "1", at).expect("rearm"), at);
+        assert_eq!(j.rearm_requested_local("a", "1").expect("rearm"), Some(at));
+        let again = j.request_rearm_local("a", "1", at).expect("rearm");
         assert!(
             again > at,
             "a second clear in the same second is still newer"
         );
-        let listed = j.list().expect("list");
+        let listed = j.list_local().expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].rearm_requested, Some(again));
     }

@@ -45,12 +45,11 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use self::config::{RenewMode, RenewRule};
-use self::journal::{Attempt, Phase, RenewalJournal, VmRenewal};
+use self::journal::{Attempt, JournalError, Phase, RenewalJournal, VmRenewal};
 use self::nwc::NwcWallet;
 use self::planner::{msat_to_sats, Plan, PlanInput};
 use self::report::{RenewReport, VmState};
 use crate::notify::{AlertKey, AlertStatus, AlertUpdate, Event, EventKind, Facts, Notify};
-use crate::store::StoreError;
 use crate::watchdog::selector::Target;
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::clock::SharedClock;
@@ -72,7 +71,7 @@ const CONFIRM_PATIENCE: Duration = Duration::from_secs(30 * 60);
 pub enum RenewError {
     /// The journal could not be read or written: nothing is tried without it.
     #[error("renewal journal: {0}")]
-    Journal(#[from] StoreError),
+    Journal(#[from] JournalError),
     /// A provider call failed (5xx, timeout, connection, undecodable answer).
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -356,7 +355,7 @@ impl Task {
         }
     }
 
-    fn save(
+    async fn save(
         &self,
         ctx: &Ctx<'_>,
         rec: &VmRenewal,
@@ -365,7 +364,8 @@ impl Task {
         self.show(ctx, rec);
         self.parts
             .journal
-            .put(&ctx.snap.account, &ctx.vm.id, rec, spend)?;
+            .put(&ctx.snap.account, &ctx.vm.id, rec, spend)
+            .await?;
         Ok(())
     }
 
@@ -413,7 +413,7 @@ impl Task {
     }
 
     /// A one-off problem for this expiry: alert, event and counter once.
-    fn notice(
+    async fn notice(
         &self,
         ctx: &Ctx<'_>,
         rec: &mut VmRenewal,
@@ -442,12 +442,17 @@ impl Task {
         if kind != EventKind::InvoiceSent && result != "dry_run" {
             self.alert(ctx, rec, true, facts);
         }
-        self.save(ctx, rec, None)
+        self.save(ctx, rec, None).await
     }
 
     /// A try failed: counted, and either retried after the backoff or, with the tries
     /// used up, given up with one alert.
-    fn fail(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal, why: String) -> Result<(), RenewError> {
+    async fn fail(
+        &self,
+        ctx: &Ctx<'_>,
+        rec: &mut VmRenewal,
+        why: String,
+    ) -> Result<(), RenewError> {
         rec.failed += 1;
         rec.last_error = Some(why.clone());
         self.count(ctx, "failed");
@@ -455,7 +460,7 @@ impl Task {
             tracing::warn!(rule = %ctx.rule.name, account = %ctx.snap.account, vm = %ctx.vm.id,
                 attempts = rec.attempts, error = %why,
                 "renewal try failed; tries for this expiry used up");
-            return self.give_up(ctx, rec);
+            return self.give_up(ctx, rec).await;
         }
         let wait = planner::backoff(rec.failed, ctx.rule.backoff, ctx.rule.backoff_max);
         let next = ctx.now + dur(wait);
@@ -464,11 +469,11 @@ impl Task {
             attempt = rec.attempts, max_attempts = ctx.rule.max_attempts, error = %why,
             next_try = %rec.next_try_at.map(fmt_time).unwrap_or_default(),
             "renewal try failed; retrying after a backoff");
-        self.save(ctx, rec, None)
+        self.save(ctx, rec, None).await
     }
 
     /// Stops trying for this expiry: counted and alerted once.
-    fn give_up(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
+    async fn give_up(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
         if rec.gave_up {
             return Ok(());
         }
@@ -495,15 +500,18 @@ impl Task {
             )
         };
         self.alert(ctx, rec, true, facts);
-        self.save(ctx, rec, None)
+        self.save(ctx, rec, None).await
     }
 
     async fn vm(&mut self, ctx: &Ctx<'_>) -> Result<(), RenewError> {
         let journal = &self.parts.journal;
-        let mut rec = journal.get(&ctx.snap.account, &ctx.vm.id)?;
+        let mut rec = journal.get(&ctx.snap.account, &ctx.vm.id).await?;
         let expires = ctx.vm.expires;
         let mut dirty = false;
-        if let Some(at) = journal.rearm_requested(&ctx.snap.account, &ctx.vm.id)? {
+        if let Some(at) = journal
+            .rearm_requested(&ctx.snap.account, &ctx.vm.id)
+            .await?
+        {
             if rec.rearmed_at.is_none_or(|r| at > r) {
                 tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id,
                     "renewal re-armed by an operator: the tries start afresh");
@@ -526,7 +534,7 @@ impl Task {
         }
         if rec.attempt.is_some() {
             if dirty {
-                self.save(ctx, &rec, None)?;
+                self.save(ctx, &rec, None).await?;
             }
             return self.resume(ctx, rec).await;
         }
@@ -565,7 +573,7 @@ impl Task {
             dirty = true;
         }
         if dirty {
-            self.save(ctx, &rec, None)?;
+            self.save(ctx, &rec, None).await?;
         } else {
             self.show(ctx, &rec);
         }
@@ -575,7 +583,7 @@ impl Task {
                 tracing::debug!(account = %ctx.snap.account, vm = %ctx.vm.id, %reason, "renewal waits");
                 Ok(())
             }
-            Plan::GiveUp => self.give_up(ctx, &mut rec),
+            Plan::GiveUp => self.give_up(ctx, &mut rec).await,
             Plan::Renew => self.start(ctx, rec).await,
         }
     }
@@ -591,7 +599,7 @@ impl Task {
                 "server_missed",
                 "the provider's auto-renewal has not renewed and the VM expires soon; renew manually"
                     .into(),
-            );
+            ).await;
         }
         let target = ctx.target();
         if target.is_deprecated()
@@ -608,7 +616,7 @@ impl Task {
         rec.attempts += 1;
         let wait = planner::backoff(rec.attempts, ctx.rule.backoff, ctx.rule.backoff_max);
         rec.next_try_at = Some(ctx.now + dur(wait));
-        self.save(ctx, &rec, None)?;
+        self.save(ctx, &rec, None).await?;
         match self.try_renew(ctx, &mut rec, target).await {
             Ok(Tried::Invoiced) => Ok(()),
             Ok(Tried::Skipped(recheck)) => {
@@ -617,10 +625,10 @@ impl Task {
                     Some(w) => Some(ctx.now + dur(w)),
                     None => previous_next,
                 };
-                self.save(ctx, &rec, None)
+                self.save(ctx, &rec, None).await
             }
             Err(RenewError::Journal(e)) => Err(RenewError::Journal(e)),
-            Err(e) => self.fail(ctx, &mut rec, e.to_string()),
+            Err(e) => self.fail(ctx, &mut rec, e.to_string()).await,
         }
     }
 
@@ -644,7 +652,8 @@ impl Task {
                 EventKind::RenewalBlocked,
                 "blocked_invoice",
                 format!("the quote is in {:?}, not BTC", quote.currency),
-            )?;
+            )
+            .await?;
             return Ok(Tried::Skipped(recheck));
         }
         let days = (quote.time as f64 / 86_400.0 / f64::from(intervals)).max(1.0);
@@ -660,18 +669,20 @@ impl Task {
                     "{intervals} interval(s) would pass the provider's max_prepay_days ({:?})",
                     ctx.vm.max_prepay_days
                 ),
-            )?;
+            )
+            .await?;
             return Ok(Tried::Skipped(recheck));
         }
         let month = planner::month_key(ctx.now);
-        let spent = self.parts.journal.spent(&ctx.snap.account, &month)?;
+        let spent = self.parts.journal.spent(&ctx.snap.account, &month).await?;
         if let Err(why) = planner::check_budget(
             msat_to_sats(quote_msat),
             spent,
             ctx.rule.max_per_renewal_sats,
             ctx.rule.max_per_month_sats,
         ) {
-            self.notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why)?;
+            self.notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why)
+                .await?;
             return Ok(Tried::Skipped(recheck));
         }
         if ctx.dry_run(self.parts.global_dry_run) {
@@ -684,7 +695,7 @@ impl Task {
                     "dry run: would renew {intervals} interval(s) for {} sats (quote only, no invoice)",
                     msat_to_sats(quote_msat)
                 ),
-            )?;
+            ).await?;
             return Ok(Tried::Skipped(recheck));
         }
         // A renewal paid after this snapshot was taken (the server's, or a human's):
@@ -744,7 +755,7 @@ impl Task {
             reserved_month: month,
         });
         // Journaled before anything is paid or sent.
-        self.save(ctx, rec, None)?;
+        self.save(ctx, rec, None).await?;
         if ctx.rule.mode == RenewMode::Email {
             if let Some(a) = &rec.attempt {
                 let facts = self.facts(
@@ -786,14 +797,16 @@ impl Task {
         let month = planner::month_key(ctx.now);
         let mut spend = None;
         if a.reserved_sats == 0 {
-            let spent = self.parts.journal.spent(&ctx.snap.account, &month)?;
+            let spent = self.parts.journal.spent(&ctx.snap.account, &month).await?;
             if let Err(why) = planner::check_budget(
                 sats,
                 spent,
                 ctx.rule.max_per_renewal_sats,
                 ctx.rule.max_per_month_sats,
             ) {
-                return self.notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why);
+                return self
+                    .notice(ctx, rec, EventKind::RenewalBlocked, "blocked_budget", why)
+                    .await;
             }
             a.reserved_sats = sats;
             a.reserved_month = month.clone();
@@ -806,7 +819,7 @@ impl Task {
                 a.last_error = Some(format!("NWC wallet: {e}"));
                 a.next_pay_at = Some(ctx.now + dur(ctx.rule.retry_interval));
                 rec.attempt = Some(a);
-                return self.save(ctx, rec, None);
+                return self.save(ctx, rec, None).await;
             }
         };
         if let Err(e) = self
@@ -820,13 +833,14 @@ impl Task {
             a.last_error = Some(e.to_string());
             a.next_pay_at = Some(ctx.now + dur(ctx.rule.retry_interval));
             rec.attempt = Some(a);
-            return self.save(ctx, rec, None);
+            return self.save(ctx, rec, None).await;
         }
         a.phase = Phase::Paying;
         a.pay_calls += 1;
         rec.attempt = Some(a.clone());
         // Written (with the budget reservation) before the wallet is asked to pay.
-        self.save(ctx, rec, spend.map(|d| (a.reserved_month.as_str(), d)))?;
+        self.save(ctx, rec, spend.map(|d| (a.reserved_month.as_str(), d)))
+            .await?;
         tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id, sats,
             payment = %a.payment_id, "renewal: paying through NWC");
         match wallet.pay(&a.bolt11).await {
@@ -848,7 +862,7 @@ impl Task {
                 tracing::warn!(account = %ctx.snap.account, vm = %ctx.vm.id, error = %e,
                     "renewal: the wallet did not pay; asking again within limits");
                 self.count(ctx, "wallet_refused");
-                self.save(ctx, rec, None)
+                self.save(ctx, rec, None).await
             }
             Err(e) => {
                 // Unknown outcome: never sent again; resolved by `is_paid` or expiry.
@@ -857,7 +871,7 @@ impl Task {
                 tracing::warn!(account = %ctx.snap.account, vm = %ctx.vm.id, error = %e,
                     "renewal: no answer from the wallet; following the invoice until it is paid or expires");
                 self.count(ctx, "wallet_no_answer");
-                self.save(ctx, rec, None)
+                self.save(ctx, rec, None).await
             }
         }
     }
@@ -888,7 +902,7 @@ impl Task {
             return Ok(false);
         };
         if a.phase == Phase::Paid {
-            return self.confirm(ctx, rec).map(|_| false);
+            return self.confirm(ctx, rec).await.map(|_| false);
         }
         let p = ctx
             .account
@@ -915,7 +929,8 @@ impl Task {
                 vec![("payment".into(), a.payment_id.clone())],
             );
             self.alert(ctx, rec, false, facts.clone());
-            self.save(ctx, rec, spend.map(|d| (a.reserved_month.as_str(), d)))?;
+            self.save(ctx, rec, spend.map(|d| (a.reserved_month.as_str(), d)))
+                .await?;
             self.event(
                 ctx,
                 format!("renew-{}-{}-{}-paid", ctx.snap.account, ctx.vm.id, a.seq),
@@ -925,7 +940,7 @@ impl Task {
             self.parts.report.paid(&ctx.snap.account, &ctx.vm.id, sats);
             self.count(ctx, "paid");
             tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id, sats, "renewal paid");
-            return self.confirm(ctx, rec).map(|_| false);
+            return self.confirm(ctx, rec).await.map(|_| false);
         }
         let invoice_expires = p.and_then(|p| p.expires).unwrap_or(a.invoice_expires);
         if invoice_expires <= ctx.now {
@@ -937,20 +952,24 @@ impl Task {
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "the invoice expired unpaid".into());
-            self.parts.journal.put(
-                &ctx.snap.account,
-                &ctx.vm.id,
-                rec,
-                release.map(|d| (a.reserved_month.as_str(), d)),
-            )?;
-            self.fail(ctx, rec, format!("renewal invoice {}: {why}", a.payment_id))?;
+            self.parts
+                .journal
+                .put(
+                    &ctx.snap.account,
+                    &ctx.vm.id,
+                    rec,
+                    release.map(|d| (a.reserved_month.as_str(), d)),
+                )
+                .await?;
+            self.fail(ctx, rec, format!("renewal invoice {}: {why}", a.payment_id))
+                .await?;
             return Ok(false);
         }
         Ok(true)
     }
 
     /// After `is_paid`: done once a poll shows the new expiry.
-    fn confirm(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
+    async fn confirm(&self, ctx: &Ctx<'_>, rec: &mut VmRenewal) -> Result<(), RenewError> {
         let Some(a) = rec.attempt.clone() else {
             return Ok(());
         };
@@ -959,7 +978,7 @@ impl Task {
             tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id,
                 expires = ?ctx.vm.expires, "renewal confirmed: the expiry moved");
             rec.attempt = None;
-            return self.save(ctx, rec, None);
+            return self.save(ctx, rec, None).await;
         }
         let paid_at = a.paid_at.unwrap_or(ctx.now);
         if observed - paid_at > dur(CONFIRM_PATIENCE) {
@@ -969,7 +988,7 @@ impl Task {
                 vec![("payment".into(), a.payment_id.clone())],
             );
             self.alert(ctx, rec, true, facts);
-            return self.save(ctx, rec, None);
+            return self.save(ctx, rec, None).await;
         }
         Ok(())
     }

@@ -656,6 +656,9 @@ impl Engine {
         else {
             return;
         };
+        let Some(remedy) = self.shared_ladder(rule, key, remedy, now).await else {
+            return;
+        };
         if self
             .guards(rule, key, remedy, vm, &provider, now)
             .await
@@ -664,6 +667,75 @@ impl Engine {
             return;
         }
         self.act(rule, key, remedy, snap, vm, obs, provider, now, None);
+    }
+
+    /// With replicas: continues the ladder where the replica that acted last left it. An
+    /// action by this rule on this VM recorded in etcd within the rule's window, on this
+    /// target's rung or a later one, belongs to this failure (this replica did not see it,
+    /// e.g. after a failover): inside its cooldown the rung is left to the fence (which
+    /// refuses it, naming that action), then its patience is waited out, then the next
+    /// rung is due. An action sent whose outcome never came back counts as taken.
+    /// `None`: nothing now.
+    /// When etcd cannot be read the rung stays; the fence refuses the action anyway.
+    async fn shared_ladder(
+        &mut self,
+        rule: &Rule,
+        key: &TargetKey,
+        remedy: Remedy,
+        now: DateTime<Utc>,
+    ) -> Option<Remedy> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Some(remedy);
+        };
+        let idx = cluster.index_of(key.provider.as_str(), &key.account)?;
+        let last = match cluster.last_action(idx, &key.vm).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Some(remedy),
+            Err(e) => {
+                tracing::debug!(account = %key.account, vm = %key.vm, error = %e,
+                    "cannot read the VM's last action from etcd");
+                return Some(remedy);
+            }
+        };
+        let state = self.targets.get_mut(key)?;
+        let window = chrono::Duration::from_std(rule.window).unwrap_or(chrono::Duration::MAX);
+        if last.rule != rule.name || last.rung < state.rung || now - last.at >= window {
+            return Some(remedy);
+        }
+        let cooldown = chrono::Duration::from_std(rule.cooldown).unwrap_or(chrono::Duration::MAX);
+        if now < last.at + cooldown {
+            // The fence refuses it, naming the other replica's action (journaled).
+            return Some(remedy);
+        }
+        let patience = chrono::Duration::from_std(rule.patience).unwrap_or(chrono::Duration::MAX);
+        if now < last.at + patience {
+            let s = Skip::Guard(format!(
+                "waiting until {} for the effect of the {} replica {} sent at {} (rung {})",
+                (last.at + patience).to_rfc3339(),
+                last.action,
+                last.member,
+                last.at.to_rfc3339(),
+                last.rung + 1
+            ));
+            self.skipped(key, remedy.as_str(), &s, s.result());
+            return None;
+        }
+        state.rung = last.rung + 1;
+        self.dirty.insert(key.clone());
+        tracing::info!(rule = %rule.name, account = %key.account, vm = %key.vm,
+            member = %last.member, action = %last.action, at = %last.at.to_rfc3339(),
+            rung = last.rung + 1, "ladder continues after another replica's action");
+        match rule.ladder.get(last.rung + 1) {
+            Some(r) => Some(*r),
+            None => {
+                let why = format!(
+                    "every rung of the ladder was tried without recovery (the last, {}, by replica {})",
+                    last.action, last.member
+                );
+                self.give_up(rule, key, &why, now);
+                None
+            }
+        }
     }
 
     /// The guards and gates every action passes, rule- or alert-driven: read-only key,
@@ -886,6 +958,9 @@ impl Engine {
                 cooldown: rule.cooldown,
                 max_actions: rule.max_actions,
                 window: rule.window,
+                rule: rule.name.clone(),
+                action: remedy.as_str().to_string(),
+                rung,
             };
             (c, idx, guard)
         });

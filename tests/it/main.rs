@@ -11,6 +11,8 @@
 mod alertmanager_webhook;
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "cluster")]
+mod cluster_state;
 mod common;
 mod config;
 mod demo;

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use self::compose::{AlertBlock, Composed, MailKind};
 use self::outbox::{
     decode, encode, key_string, AlertRecord, DigestGroup, DigestItem, OutboxEntry, OutboxStats,
-    RejectedEntry, Settlement, ALERTS, DIGESTS, EVENTS,
+    RejectedEntry, SentMark, Settlement, ALERTS, DIGESTS, EVENTS,
 };
 use self::settings::EmailSettings;
 use self::smtp::{Delivery, Refusal, Session, SmtpFailure, Verdict};
@@ -182,6 +182,16 @@ pub struct EmailNotifier {
     last_prune: Mutex<Option<DateTime<Utc>>>,
     /// Notifications waiting for the state store (see [`HOLD_LIMIT`]).
     held: Mutex<VecDeque<Held>>,
+    /// With replicas: FIRING and RESOLVED mails check and write their sent-mark in etcd.
+    shared: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+}
+
+/// The value of a sent-mark in etcd.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MarkValue {
+    kind: String,
+    member: String,
+    at: DateTime<Utc>,
 }
 
 impl std::fmt::Debug for EmailNotifier {
@@ -208,6 +218,7 @@ fn entry_for(c: Composed, now: DateTime<Utc>) -> OutboxEntry {
         next_attempt: now,
         attempts: 0,
         last_error: None,
+        mark: None,
     }
 }
 
@@ -257,9 +268,63 @@ impl EmailNotifier {
             round: tokio::sync::Mutex::new(()),
             last_prune: Mutex::new(None),
             held: Mutex::new(VecDeque::new()),
+            shared: std::sync::OnceLock::new(),
         });
         n.refresh_gauges();
         Ok(n)
+    }
+
+    /// With replicas: alert mails about an account (FIRING, RESOLVED) are sent once
+    /// across the replicas, through sent-marks in etcd (docs/email.md).
+    pub fn share_marks(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.shared.set(cluster);
+    }
+
+    /// The sent-mark an alert mail of `kind` carries with replicas, else `None`.
+    fn mark_for(&self, key: &AlertKey, kind: &str) -> Option<SentMark> {
+        use sha2::{Digest, Sha256};
+        self.shared.get()?;
+        let hash = hex::encode(&Sha256::digest(compose::key_seed(key).as_bytes())[..16]);
+        Some(SentMark {
+            key: format!("mails/{}/{}/{hash}", key.provider, key.account),
+            kind: kind.to_string(),
+        })
+    }
+
+    /// Whether another replica already sent this alert mail's kind (the mark's last kind).
+    /// When etcd cannot answer the mail is sent: a duplicate is better than a lost alert.
+    async fn already_sent(&self, mark: &SentMark) -> Option<MarkValue> {
+        let cluster = self.shared.get()?;
+        match cluster.read(&mark.key).await {
+            Ok(v) => v
+                .value
+                .and_then(|b| serde_json::from_slice::<MarkValue>(&b).ok())
+                .filter(|m| m.kind == mark.kind),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the alert mail's sent-mark; sending it");
+                None
+            }
+        }
+    }
+
+    async fn write_mark(&self, mark: &SentMark) {
+        let Some(cluster) = self.shared.get() else {
+            return;
+        };
+        let value = MarkValue {
+            kind: mark.kind.clone(),
+            member: cluster.member().to_string(),
+            at: self.clock.now(),
+        };
+        let put = crate::cluster::SharedPut {
+            key: mark.key.clone(),
+            value: serde_json::to_vec(&value).unwrap_or_default(),
+            expect: None,
+        };
+        if let Err(e) = cluster.write(None, vec![put]).await {
+            tracing::warn!(error = %e,
+                "cannot write the alert mail's sent-mark; another replica may send it again");
+        }
     }
 
     pub fn settings(&self) -> &EmailSettings {
@@ -396,13 +461,14 @@ impl EmailNotifier {
                     } else {
                         let id =
                             self.message_id("firing", &format!("{seed}\u{1f}{}", outbox::ms(u.at)));
-                        let entry = self.compose_alert(
+                        let mut entry = self.compose_alert(
                             MailKind::Firing,
                             block(&u.key, &u.facts, u.at),
                             now,
                             &id,
                             None,
                         )?;
+                        entry.mark = self.mark_for(&u.key, "firing");
                         outbox::push(&tx, &entry)?;
                         queued += 1;
                         AlertRecord {
@@ -443,13 +509,14 @@ impl EmailNotifier {
                             "resolved",
                             &format!("{seed}\u{1f}{}", outbox::ms(rec.since)),
                         );
-                        let entry = self.compose_alert(
+                        let mut entry = self.compose_alert(
                             MailKind::Resolved,
                             block(&u.key, &u.facts, rec.since),
                             now,
                             &id,
                             Some(&rec.thread_root),
                         )?;
+                        entry.mark = self.mark_for(&u.key, "resolved");
                         outbox::push(&tx, &entry)?;
                         queued += 1;
                     }
@@ -716,6 +783,12 @@ impl EmailNotifier {
         };
         let total = due.len();
         for (i, (seq, entry)) in due.into_iter().enumerate() {
+            if let Some(mark) = &entry.mark {
+                if let Some(sent) = self.already_sent(mark).await {
+                    self.duplicate(seq, &entry, &sent).await;
+                    continue;
+                }
+            }
             match session
                 .send(&entry.env_from, &entry.env_to, &entry.raw)
                 .await
@@ -819,6 +892,11 @@ impl EmailNotifier {
             aside: aside.clone(),
         };
         let committed = self.commit_settlement(seq, entry, s).await;
+        if let (Some(mark), true) = (&entry.mark, accepted.is_some()) {
+            // Between the server's acceptance and this write another replica may send it
+            // again: the at-least-once window (docs/email.md).
+            self.write_mark(mark).await;
+        }
         if let Some(reply) = accepted {
             if !committed {
                 tracing::error!(message_id = %entry.message_id,
@@ -853,6 +931,26 @@ impl EmailNotifier {
             });
         }
         self.refresh_gauges();
+    }
+
+    /// Another replica already sent this alert mail: it leaves the outbox unsent.
+    async fn duplicate(&self, seq: u64, entry: &OutboxEntry, sent: &MarkValue) {
+        let s = Settlement {
+            at: self.clock.now(),
+            accepted: false,
+            retry_to: Vec::new(),
+            error: None,
+            next_attempt: None,
+            aside: None,
+        };
+        if self.commit_settlement(seq, entry, s).await {
+            tracing::info!(message_id = %entry.message_id, subject = %entry.subject,
+                member = %sent.member, sent_at = %sent.at.to_rfc3339(),
+                "alert mail not sent: replica {} already sent this alert's {} mail", sent.member, sent.kind);
+            self.metrics.alert_metrics().count(CHANNEL, "duplicate", 1);
+            self.metrics.changed();
+            self.refresh_gauges();
+        }
     }
 
     /// Commits a settlement; false (logged) when the store refused it.

@@ -64,6 +64,18 @@ pub struct OutboxEntry {
     pub next_attempt: DateTime<Utc>,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// With replicas: the sent-mark this alert mail checks and writes in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<SentMark>,
+}
+
+/// An alert mail's mark in etcd (`mails/<provider>/<account>/<hash of the alert key>`):
+/// the last kind (`firing`, `resolved`) any replica sent for the alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMark {
+    /// The key relative to the cluster prefix.
+    pub key: String,
+    pub kind: String,
 }
 
 /// A mail the server refused for good, for the recipients in `entry.env_to` (all of the

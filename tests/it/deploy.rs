@@ -1505,3 +1505,97 @@ async fn demo_in_prometheus_feeds_every_dashboard_query_and_the_expected_alerts(
         .expect("query")
         .is_empty());
 }
+
+// ── deploy/ha: the local cluster script and the three example replicas ───────────────
+
+/// `shellcheck` finds nothing in deploy/ha/run (the script that starts etcd, the
+/// simulator and the replicas; `deploy_ha` runs it).
+#[test]
+fn shellcheck_accepts_the_ha_script() {
+    let shellcheck = tool("shellcheck", "shellcheck");
+    run_ok(Command::new(shellcheck).arg(repo("deploy/ha/run")));
+}
+
+/// The three example replicas differ only in what must differ per replica (member name,
+/// source address, web address, the comment naming the host), and each passes
+/// `vpswatch check-config` with its credential paths pointing at real files.
+#[cfg(feature = "cluster")]
+#[test]
+fn ha_example_replicas_differ_only_per_replica_and_pass_check_config() {
+    let per_replica = [
+        "member = ",
+        "source_address = ",
+        "listen_address = ",
+        "# /etc/",
+    ];
+    let shared = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !per_replica.iter().any(|p| l.starts_with(p)))
+            .map(String::from)
+            .collect()
+    };
+    let configs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|m| read(&format!("deploy/ha/replica-{m}.toml")))
+        .collect();
+    for (m, text) in ["b", "c"].iter().zip(&configs[1..]) {
+        assert_eq!(
+            shared(text),
+            shared(&configs[0]),
+            "replica-{m}.toml vs replica-a.toml"
+        );
+    }
+    let mut members = BTreeSet::new();
+    for text in &configs {
+        for key in ["member = ", "source_address = "] {
+            let line = text.lines().find(|l| l.starts_with(key)).expect(key);
+            assert!(members.insert(line.to_string()), "{line} twice");
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).expect("dir");
+    let pem = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    for (name, content) in [
+        ("lnvps-main.nsec", "01".repeat(32)),
+        ("lnvps-shop.nsec", "02".repeat(32)),
+        ("etcd-ca.pem", pem("CERTIFICATE")),
+        ("etcd-client.pem", pem("CERTIFICATE")),
+        ("etcd-client.key", pem("PRIVATE KEY")),
+        (
+            "nwc.uri",
+            format!(
+                "nostr+walletconnect://{}?relay=wss%3A%2F%2Frelay.example.com&secret={}",
+                "03".repeat(32),
+                "04".repeat(32)
+            ),
+        ),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = creds.join(name);
+        std::fs::write(&p, content).expect("secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    for (m, text) in ["a", "b", "c"].iter().zip(&configs) {
+        let file = dir.path().join(format!("{m}.toml"));
+        let text = text
+            .replace(
+                "/run/credentials/vpswatch.service",
+                &creds.display().to_string(),
+            )
+            .replace("/var/lib/vpswatch", &dir.path().display().to_string());
+        std::fs::write(&file, text).expect("config");
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+                .arg("check-config")
+                .arg(&file),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("OK (2 accounts, 1 rule)"),
+            "replica-{m}: {text}"
+        );
+        assert!(!text.contains("warning"), "replica-{m}: {text}");
+    }
+}

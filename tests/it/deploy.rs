@@ -1609,3 +1609,229 @@ fn ha_example_replicas_differ_only_per_replica_and_pass_check_config() {
         assert!(!text.contains("warning"), "replica-{m}: {text}");
     }
 }
+
+// ── Grafana against replicas ─────────────────────────────────────────────────────────
+
+/// A range query at 1 s steps: one entry per series, or Prometheus' error.
+#[cfg(feature = "cluster")]
+async fn query_range(prom: &Prom, q: &str, start: f64, end: f64) -> Result<Vec<Value>, String> {
+    let (start, end) = (format!("{start:.3}"), format!("{end:.3}"));
+    let v = prom
+        .get(
+            "/api/v1/query_range",
+            &[
+                ("query", q),
+                ("start", &start),
+                ("end", &end),
+                ("step", "1"),
+            ],
+        )
+        .await;
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Two replicas (real etcd, real binaries, disjoint accounts) scraped by a real
+/// Prometheus as one job; one is killed and its accounts move to the other. Over that
+/// window every dashboard query evaluates, the Cluster row has data, the fleet totals
+/// count each VM once, and the per-VM and per-account panels draw one series per VM or
+/// account — not one per replica that exported it.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn dashboard_queries_sum_across_replicas_and_follow_a_moving_account() {
+    use crate::common::daemon_process::spawn_logged;
+    use crate::common::etcd::Etcd;
+    use crate::common::prometheus::Prometheus;
+    use vpswatch_sim::lnvps::{Scenario, VmState};
+
+    tool("prometheus", "prometheus");
+    vpswatch::tls::install_crypto_provider();
+    let (accounts, per_account) = (4, 3);
+    let sim = crate::common::lnvps_sim_with_vm_ports(
+        Scenario::bench_accounts(accounts, per_account).expect("scenario"),
+        free_port(),
+    )
+    .await;
+    let running = sim
+        .vms()
+        .iter()
+        .filter(|v| v.state == VmState::Running)
+        .count();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut account_text = String::new();
+    for i in 0..accounts {
+        let key = dir.path().join(format!("acc{i}.nsec"));
+        std::fs::write(&key, vpswatch_sim::scenario::bench_account_secret(i)).expect("key");
+        account_text.push_str(&format!(
+            "[[accounts]]\nname = \"acc{i}\"\nprovider = \"lnvps\"\nbase_url = \"{}\"\nnsec_file = {:?}\n",
+            sim.base_url(),
+            key.display().to_string()
+        ));
+    }
+    let mut replicas = Vec::new();
+    let mut targets = Vec::new();
+    for (m, source) in [("a", "127.0.0.2"), ("b", "127.0.0.3")] {
+        let port = free_port();
+        let config = dir.path().join(format!("{m}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "poll_interval = \"1s\"\nstate_dir = {:?}\n[web]\nlisten_address = \"127.0.0.1:{port}\"\n\
+                 [probes]\ninterval = \"1s\"\ntimeout = \"300ms\"\n\
+                 [cluster]\nendpoints = [\"{}\"]\nmember = \"{m}\"\nlease_ttl = \"2s\"\n\
+                 source_address = \"{source}\"\n{account_text}",
+                dir.path().join(format!("state-{m}")).display().to_string(),
+                etcd.client_url
+            ),
+        )
+        .expect("config");
+        replicas.push(Some(spawn_logged(
+            &config,
+            &dir.path().join(format!("{m}.log")),
+        )));
+        targets.push(format!("\"127.0.0.1:{port}\""));
+    }
+    let prometheus = Prometheus::start(
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: vpswatch\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+        &[],
+    )
+    .await;
+    let prom = Prom {
+        url: prometheus.url.clone(),
+        http: prometheus.http.clone(),
+    };
+    let _prometheus = prometheus;
+    let instant = |q: String| {
+        let prom = &prom;
+        async move { prom.query(&q).await.unwrap_or_default() }
+    };
+    let value = |r: &[Value]| -> Option<f64> { r.first()?["value"][1].as_str()?.parse().ok() };
+    // Both replicas own a share, and every running VM has usage data in Prometheus.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let shares = instant("vpswatch_cluster_accounts_owned > 0".into())
+            .await
+            .len();
+        let cpu = instant("count(vps_cpu_usage_ratio)".into()).await;
+        // A few scrapes of each, so the window holds a's series before the kill.
+        let scrapes = instant("min(count_over_time(up[1m]))".into()).await;
+        if shares == 2
+            && value(&cpu) == Some(running as f64)
+            && value(&scrapes).is_some_and(|n| n >= 3.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never shared the accounts with data"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+        - 5.0;
+    // kill -9 of a: b takes its accounts over; Prometheus sees b export them.
+    replicas[0].take();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // Prometheus saw a go (its series are stale) and b own everything.
+        let scraped = instant("count(vpswatch_cluster_lease_up)".into()).await;
+        let owned = instant("max(vpswatch_cluster_accounts_owned)".into()).await;
+        let polled = instant("count(vpswatch_provider_up == 1)".into()).await;
+        let cpu = instant("count(vps_cpu_usage_ratio)".into()).await;
+        if value(&scraped) == Some(1.0)
+            && value(&owned) == Some(accounts as f64)
+            && value(&polled) == Some(accounts as f64)
+            && value(&cpu) == Some(running as f64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never took every account over");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+
+    let d = dashboard();
+    let queries: BTreeMap<String, String> = panel_queries(&d)
+        .into_iter()
+        .map(|(title, refid, expr)| (format!("{title} [{refid}]"), substitute(&expr)))
+        .collect();
+    let mut failures = Vec::new();
+    for (name, q) in &queries {
+        if let Err(e) = query_range(&prom, q, start, end).await {
+            failures.push(format!("{name}: {e}\n    {q}"));
+        }
+    }
+    // One series per VM (or account) over a window in which half the accounts moved
+    // from one replica to the other.
+    for (name, want) in [
+        ("CPU [A]", running),
+        ("Memory [A]", running),
+        ("Network [A]", running),
+        ("Probe result [A]", running),
+        ("Polls [A]", accounts),
+        ("Data age [A]", accounts),
+        ("Poll duration and failures [A]", accounts),
+        ("Time until expiry [A]", accounts * per_account),
+        ("Expiry timeline [A]", accounts * per_account),
+    ] {
+        let q = queries
+            .get(name)
+            .unwrap_or_else(|| panic!("no panel query {name}"));
+        match query_range(&prom, q, start, end).await {
+            Ok(r) if r.len() == want => {}
+            Ok(r) => failures.push(format!(
+                "{name}: {} series, want {want}: {:?}\n    {q}",
+                r.len(),
+                r.iter()
+                    .map(|s| s["metric"].to_string())
+                    .collect::<Vec<_>>()
+            )),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    // Fleet totals count every VM once; the Cluster row has data.
+    for (name, want) in [
+        ("VMs running [A]", running as f64),
+        ("Accounts polled OK [B]", accounts as f64),
+        ("Accounts owned per replica [B]", accounts as f64),
+    ] {
+        let got = value(&instant(queries[name].clone()).await);
+        if got != Some(want) {
+            failures.push(format!("{name}: {got:?}, want {want}"));
+        }
+    }
+    for name in [
+        "Replicas [B]",
+        "Replicas [C]",
+        "etcd lease [A]",
+        "etcd errors [A]",
+        "Ownership changes [A]",
+    ] {
+        match prom.query(&queries[name]).await {
+            Ok(r) if !r.is_empty() => {}
+            other => failures.push(format!(
+                "{name}: no series: {other:?}\n    {}",
+                queries[name]
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "dashboard against two replicas:\n{}",
+        failures.join("\n")
+    );
+    sim.shutdown();
+}

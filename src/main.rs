@@ -105,7 +105,7 @@ enum Command {
         /// Which provider to fake.
         #[arg(long, value_enum, default_value_t = SimProvider::Lnvps)]
         provider: SimProvider,
-        /// Scenario file (TOML/JSON) or built-in name (LNVPS: demo, bench:N, empty;
+        /// Scenario file (TOML/JSON) or built-in name (LNVPS: demo, bench:N, bench:AxN, empty;
         /// StableVPS: demo, empty).
         #[arg(long, default_value = "demo")]
         scenario: String,

@@ -1125,10 +1125,20 @@ fn grafana_provisioning_loads_the_dashboard() {
 // ── End to end: demo → Prometheus → rules and dashboard ──────────────────────────────
 
 /// Dashboard queries that may legitimately return nothing in the demo, with the reason.
-const EMPTY_IN_DEMO: &[(&str, &str)] = &[(
-    "Watchdog errors",
-    "vpswatch_watchdog_errors_total is created by the first internal error; the demo has none",
-)];
+const EMPTY_IN_DEMO: &[(&str, &str)] = &[
+    (
+        "Watchdog errors",
+        "vpswatch_watchdog_errors_total is created by the first internal error; the demo has none",
+    ),
+    ("Replicas", CLUSTER_ONLY),
+    ("Accounts owned per replica", CLUSTER_ONLY),
+    ("etcd lease", CLUSTER_ONLY),
+    ("etcd errors", CLUSTER_ONLY),
+    ("Ownership changes", CLUSTER_ONLY),
+];
+
+/// Why the Cluster row is empty in the demo (the cluster dashboard test fills it).
+const CLUSTER_ONLY: &str = "the demo is one process without [cluster]";
 
 /// Values for Grafana's variables when running the dashboard's queries: "All" for the
 /// template variables, interval sizes that hold several 1 s scrapes and 5 s polls.
@@ -1504,4 +1514,324 @@ async fn demo_in_prometheus_feeds_every_dashboard_query_and_the_expected_alerts(
         .await
         .expect("query")
         .is_empty());
+}
+
+// ── deploy/ha: the local cluster script and the three example replicas ───────────────
+
+/// `shellcheck` finds nothing in deploy/ha/run (the script that starts etcd, the
+/// simulator and the replicas; `deploy_ha` runs it).
+#[test]
+fn shellcheck_accepts_the_ha_script() {
+    let shellcheck = tool("shellcheck", "shellcheck");
+    run_ok(Command::new(shellcheck).arg(repo("deploy/ha/run")));
+}
+
+/// The three example replicas differ only in what must differ per replica (member name,
+/// source address, web address, the comment naming the host), and each passes
+/// `vpswatch check-config` with its credential paths pointing at real files.
+#[cfg(feature = "cluster")]
+#[test]
+fn ha_example_replicas_differ_only_per_replica_and_pass_check_config() {
+    let per_replica = [
+        "member = ",
+        "source_address = ",
+        "listen_address = ",
+        "# /etc/",
+    ];
+    let shared = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !per_replica.iter().any(|p| l.starts_with(p)))
+            .map(String::from)
+            .collect()
+    };
+    let configs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|m| read(&format!("deploy/ha/replica-{m}.toml")))
+        .collect();
+    for (m, text) in ["b", "c"].iter().zip(&configs[1..]) {
+        assert_eq!(
+            shared(text),
+            shared(&configs[0]),
+            "replica-{m}.toml vs replica-a.toml"
+        );
+    }
+    let mut members = BTreeSet::new();
+    for text in &configs {
+        for key in ["member = ", "source_address = "] {
+            let line = text.lines().find(|l| l.starts_with(key)).expect(key);
+            assert!(members.insert(line.to_string()), "{line} twice");
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).expect("dir");
+    let pem = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    for (name, content) in [
+        ("lnvps-main.nsec", "01".repeat(32)),
+        ("lnvps-shop.nsec", "02".repeat(32)),
+        ("etcd-ca.pem", pem("CERTIFICATE")),
+        ("etcd-client.pem", pem("CERTIFICATE")),
+        ("etcd-client.key", pem("PRIVATE KEY")),
+        (
+            "nwc.uri",
+            format!(
+                "nostr+walletconnect://{}?relay=wss%3A%2F%2Frelay.example.com&secret={}",
+                "03".repeat(32),
+                "04".repeat(32)
+            ),
+        ),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = creds.join(name);
+        std::fs::write(&p, content).expect("secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    for (m, text) in ["a", "b", "c"].iter().zip(&configs) {
+        let file = dir.path().join(format!("{m}.toml"));
+        let text = text
+            .replace(
+                "/run/credentials/vpswatch.service",
+                &creds.display().to_string(),
+            )
+            .replace("/var/lib/vpswatch", &dir.path().display().to_string());
+        std::fs::write(&file, text).expect("config");
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_vpswatch"))
+                .arg("check-config")
+                .arg(&file),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("OK (2 accounts, 1 rule)"),
+            "replica-{m}: {text}"
+        );
+        assert!(!text.contains("warning"), "replica-{m}: {text}");
+    }
+}
+
+// ── Grafana against replicas ─────────────────────────────────────────────────────────
+
+/// A range query at 1 s steps: one entry per series, or Prometheus' error.
+#[cfg(feature = "cluster")]
+async fn query_range(prom: &Prom, q: &str, start: f64, end: f64) -> Result<Vec<Value>, String> {
+    let (start, end) = (format!("{start:.3}"), format!("{end:.3}"));
+    let v = prom
+        .get(
+            "/api/v1/query_range",
+            &[
+                ("query", q),
+                ("start", &start),
+                ("end", &end),
+                ("step", "1"),
+            ],
+        )
+        .await;
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Two replicas (real etcd, real binaries, disjoint accounts) scraped by a real
+/// Prometheus as one job; one is killed and its accounts move to the other. Over that
+/// window every dashboard query evaluates, the Cluster row has data, the fleet totals
+/// count each VM once, and the per-VM and per-account panels draw one series per VM or
+/// account — not one per replica that exported it.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn dashboard_queries_sum_across_replicas_and_follow_a_moving_account() {
+    use crate::common::daemon_process::spawn_logged;
+    use crate::common::etcd::Etcd;
+    use crate::common::prometheus::Prometheus;
+    use vpswatch_sim::lnvps::{Scenario, VmState};
+
+    tool("prometheus", "prometheus");
+    vpswatch::tls::install_crypto_provider();
+    let (accounts, per_account) = (4, 3);
+    let sim = crate::common::lnvps_sim_with_vm_ports(
+        Scenario::bench_accounts(accounts, per_account).expect("scenario"),
+        free_port(),
+    )
+    .await;
+    let running = sim
+        .vms()
+        .iter()
+        .filter(|v| v.state == VmState::Running)
+        .count();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut account_text = String::new();
+    for i in 0..accounts {
+        let key = dir.path().join(format!("acc{i}.nsec"));
+        std::fs::write(&key, vpswatch_sim::scenario::bench_account_secret(i)).expect("key");
+        account_text.push_str(&format!(
+            "[[accounts]]\nname = \"acc{i}\"\nprovider = \"lnvps\"\nbase_url = \"{}\"\nnsec_file = {:?}\n",
+            sim.base_url(),
+            key.display().to_string()
+        ));
+    }
+    let mut replicas = Vec::new();
+    let mut targets = Vec::new();
+    for (m, source) in [("a", "127.0.0.2"), ("b", "127.0.0.3")] {
+        let port = free_port();
+        let config = dir.path().join(format!("{m}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "poll_interval = \"1s\"\nstate_dir = {:?}\n[web]\nlisten_address = \"127.0.0.1:{port}\"\n\
+                 [probes]\ninterval = \"1s\"\ntimeout = \"300ms\"\n\
+                 [cluster]\nendpoints = [\"{}\"]\nmember = \"{m}\"\nlease_ttl = \"2s\"\n\
+                 source_address = \"{source}\"\n{account_text}",
+                dir.path().join(format!("state-{m}")).display().to_string(),
+                etcd.client_url
+            ),
+        )
+        .expect("config");
+        replicas.push(Some(spawn_logged(
+            &config,
+            &dir.path().join(format!("{m}.log")),
+        )));
+        targets.push(format!("\"127.0.0.1:{port}\""));
+    }
+    let prometheus = Prometheus::start(
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: vpswatch\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+        &[],
+    )
+    .await;
+    let prom = Prom {
+        url: prometheus.url.clone(),
+        http: prometheus.http.clone(),
+    };
+    let _prometheus = prometheus;
+    let instant = |q: String| {
+        let prom = &prom;
+        async move { prom.query(&q).await.unwrap_or_default() }
+    };
+    let value = |r: &[Value]| -> Option<f64> { r.first()?["value"][1].as_str()?.parse().ok() };
+    // Both replicas own a share, and every running VM has usage data in Prometheus.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let shares = instant("vpswatch_cluster_accounts_owned > 0".into())
+            .await
+            .len();
+        let cpu = instant("count(vps_cpu_usage_ratio)".into()).await;
+        // A few scrapes of each, so the window holds a's series before the kill.
+        let scrapes = instant("min(count_over_time(up[1m]))".into()).await;
+        if shares == 2
+            && value(&cpu) == Some(running as f64)
+            && value(&scrapes).is_some_and(|n| n >= 3.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never shared the accounts with data"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+        - 5.0;
+    // kill -9 of a: b takes its accounts over; Prometheus sees b export them.
+    replicas[0].take();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // Prometheus saw a go (its series are stale) and b own everything.
+        let scraped = instant("count(vpswatch_cluster_lease_up)".into()).await;
+        let owned = instant("max(vpswatch_cluster_accounts_owned)".into()).await;
+        let polled = instant("count(vpswatch_provider_up == 1)".into()).await;
+        let cpu = instant("count(vps_cpu_usage_ratio)".into()).await;
+        if value(&scraped) == Some(1.0)
+            && value(&owned) == Some(accounts as f64)
+            && value(&polled) == Some(accounts as f64)
+            && value(&cpu) == Some(running as f64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never took every account over");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+
+    let d = dashboard();
+    let queries: BTreeMap<String, String> = panel_queries(&d)
+        .into_iter()
+        .map(|(title, refid, expr)| (format!("{title} [{refid}]"), substitute(&expr)))
+        .collect();
+    let mut failures = Vec::new();
+    for (name, q) in &queries {
+        if let Err(e) = query_range(&prom, q, start, end).await {
+            failures.push(format!("{name}: {e}\n    {q}"));
+        }
+    }
+    // One series per VM (or account) over a window in which half the accounts moved
+    // from one replica to the other.
+    for (name, want) in [
+        ("CPU [A]", running),
+        ("Memory [A]", running),
+        ("Network [A]", running),
+        ("Probe result [A]", running),
+        ("Polls [A]", accounts),
+        ("Data age [A]", accounts),
+        ("Poll duration and failures [A]", accounts),
+        ("Time until expiry [A]", accounts * per_account),
+        ("Expiry timeline [A]", accounts * per_account),
+    ] {
+        let q = queries
+            .get(name)
+            .unwrap_or_else(|| panic!("no panel query {name}"));
+        match query_range(&prom, q, start, end).await {
+            Ok(r) if r.len() == want => {}
+            Ok(r) => failures.push(format!(
+                "{name}: {} series, want {want}: {:?}\n    {q}",
+                r.len(),
+                r.iter()
+                    .map(|s| s["metric"].to_string())
+                    .collect::<Vec<_>>()
+            )),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    // Fleet totals count every VM once; the Cluster row has data.
+    for (name, want) in [
+        ("VMs running [A]", running as f64),
+        ("Accounts polled OK [B]", accounts as f64),
+        ("Accounts owned per replica [B]", accounts as f64),
+    ] {
+        let got = value(&instant(queries[name].clone()).await);
+        if got != Some(want) {
+            failures.push(format!("{name}: {got:?}, want {want}"));
+        }
+    }
+    for name in [
+        "Replicas [B]",
+        "Replicas [C]",
+        "etcd lease [A]",
+        "etcd errors [A]",
+        "Ownership changes [A]",
+    ] {
+        match prom.query(&queries[name]).await {
+            Ok(r) if !r.is_empty() => {}
+            other => failures.push(format!(
+                "{name}: no series: {other:?}\n    {}",
+                queries[name]
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "dashboard against two replicas:\n{}",
+        failures.join("\n")
+    );
+    sim.shutdown();
 }

@@ -18,6 +18,8 @@ mod config;
 mod demo;
 mod demo_wallet;
 mod deploy;
+#[cfg(feature = "cluster")]
+mod deploy_ha;
 mod e2e_lnvps;
 mod e2e_stablevps;
 mod email;

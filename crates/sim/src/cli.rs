@@ -22,6 +22,15 @@ macro_rules! outln {
     }};
 }
 
+/// How many owners a `bench:AxN` scenario name has (0 for any other scenario).
+fn bench_accounts(scenario: &str) -> usize {
+    scenario
+        .strip_prefix("bench:")
+        .and_then(|spec| spec.split_once('x'))
+        .and_then(|(a, _)| a.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `vpswatch simulate`: serves `scenario` on the system clock until `stop` resolves (the
 /// command line passes Ctrl-C or SIGTERM). Without `owner_pubkey` a throwaway key is generated and its secret printed, so a
 /// local vpswatch can be pointed at the simulator.
@@ -38,6 +47,7 @@ pub async fn serve_lnvps(
             (keys.public_key().to_hex(), Some(keys))
         }
     };
+    let scenario_name = scenario;
     let scenario = Scenario::load(scenario, Some(&owner))?;
     let vms = scenario.vms.len();
     let sim = LnvpsSim::start(listen, scenario, Arc::new(SystemClock)).await?;
@@ -47,6 +57,14 @@ pub async fn serve_lnvps(
         outln!(
             "  owner secret key (throwaway, generated for this run): {}",
             keys.secret_key().to_secret_hex()
+        );
+    }
+    // `bench:AxN` owners have fixed public test keys: print them, so replicas or a
+    // script can be configured with one account per owner.
+    for i in 0..bench_accounts(scenario_name) {
+        outln!(
+            "  account {i} secret key (public bench key): {}",
+            crate::scenario::bench_account_secret(i)
         );
     }
     outln!("  control API: {}/_sim/", sim.base_url());

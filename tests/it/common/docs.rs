@@ -11,7 +11,8 @@ pub fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// README.md and every docs/*.md, as paths from the repository root, sorted.
+/// README.md, every docs/*.md and deploy/*/README.md, as paths from the repository
+/// root, sorted.
 pub fn markdown_files() -> Vec<String> {
     let mut files = vec!["README.md".to_string()];
     let dir = Path::new(ROOT).join("docs");
@@ -25,6 +26,15 @@ pub fn markdown_files() -> Vec<String> {
         .collect();
     docs.sort();
     files.extend(docs);
+    let deploy = Path::new(ROOT).join("deploy");
+    let mut readmes: Vec<String> = std::fs::read_dir(&deploy)
+        .unwrap_or_else(|e| panic!("{}: {e}", deploy.display()))
+        .flatten()
+        .filter(|e| e.path().join("README.md").is_file())
+        .map(|e| format!("deploy/{}/README.md", e.file_name().to_string_lossy()))
+        .collect();
+    readmes.sort();
+    files.extend(readmes);
     files
 }
 

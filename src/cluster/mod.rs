@@ -131,6 +131,14 @@ pub enum FenceError {
     Etcd { account: String, reason: String },
 }
 
+impl FenceError {
+    /// etcd could not be asked (unreachable, no quorum, no lease): nothing was decided
+    /// about the action, so it is tried again when etcd answers, not after a cooldown.
+    pub fn etcd_unavailable(&self) -> bool {
+        matches!(self, FenceError::NoLease | FenceError::Etcd { .. })
+    }
+}
+
 /// The rendezvous (highest random weight) score of `account` on `member`.
 fn score(member: &str, account: &str) -> u64 {
     let digest = Sha256::new()

@@ -67,7 +67,13 @@ struct Finished {
     key: TargetKey,
     id: u64,
     result: Result<(), ProviderError>,
+    /// Not sent because etcd could not be asked (see `FenceError::etcd_unavailable`).
+    unsent: bool,
 }
+
+/// The first wait before an action etcd could not fence is tried again; it doubles with
+/// each further refusal in a row, up to the rule's cooldown.
+const FENCE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Engine {
     /// Shared so a round can hold a rule while mutating the engine, without copying it.
@@ -86,6 +92,9 @@ struct Engine {
     targets: HashMap<TargetKey, TargetState>,
     /// Newest action per VM, any rule (the cooldown is per VM).
     last_action: HashMap<VmKey, DateTime<Utc>>,
+    /// Per VM whose last action etcd could not fence: when to try again, and how many
+    /// refusals in a row (the first is told to a human, the rest only logged).
+    fence_retry: HashMap<VmKey, (DateTime<Utc>, u32)>,
     next_id: u64,
     dirty: HashSet<TargetKey>,
     removed: Vec<TargetKey>,
@@ -173,6 +182,7 @@ pub async fn run(parts: WatchdogParts, cancel: CancellationToken) {
         cluster: parts.cluster,
         targets: restored.targets,
         last_action: restored.last_action,
+        fence_retry: HashMap::new(),
         next_id: restored.next_id,
         dirty: HashSet::new(),
         removed: Vec::new(),
@@ -770,6 +780,13 @@ impl Engine {
                 return Err(s);
             }
         }
+        if let Some((until, _)) = self.fence_retry.get(&vm_key).copied() {
+            if now < until {
+                let s = Skip::Cooldown { until };
+                self.skipped(key, action, &s, s.result());
+                return Err(s);
+            }
+        }
         let count = self
             .targets
             .get_mut(key)
@@ -974,21 +991,31 @@ impl Engine {
                         .fence_action(idx, &intent, guard)
                         .await
                         .err()
-                        .map(|e| e.to_string()),
-                    None => Some("the account is not in the cluster's list".into()),
+                        .map(|e| (e.to_string(), e.etcd_unavailable())),
+                    None => Some(("the account is not in the cluster's list".into(), false)),
                 };
-                if let Some(reason) = fenced {
+                if let Some((reason, unsent)) = fenced {
                     tracing::warn!(id, account = %key.account, vm = %vm_id, %reason, "watchdog action not sent");
                     let result = Err(vpswatch_providers::ProviderError::NotSent {
                         endpoint: "cluster".into(),
                         reason,
                     });
-                    let _ = tx.send(Finished { key, id, result });
+                    let _ = tx.send(Finished {
+                        key,
+                        id,
+                        result,
+                        unsent,
+                    });
                     return;
                 }
             }
             let result = action::execute(provider.as_ref(), &vm_id, remedy).await;
-            let _ = tx.send(Finished { key, id, result });
+            let _ = tx.send(Finished {
+                key,
+                id,
+                result,
+                unsent: false,
+            });
         });
         Some(id)
     }
@@ -1003,6 +1030,36 @@ impl Engine {
         rec.finished_at = Some(now);
         let action = rec.action.as_str();
         let vm_name = rec.vm_name.clone();
+        let vm_key = (
+            done.key.provider,
+            done.key.account.clone(),
+            done.key.vm.clone(),
+        );
+        // Nothing reached the provider and nothing was decided: try again soon (backing
+        // off), without spending the cooldown or the cap on it.
+        let retry = if done.unsent {
+            let rule_cooldown = self
+                .rules
+                .iter()
+                .find(|r| r.name == done.key.rule)
+                .map_or(FENCE_RETRY, |r| r.cooldown);
+            let streak = self.fence_retry.get(&vm_key).map_or(0, |(_, n)| *n);
+            let wait = FENCE_RETRY
+                .saturating_mul(1u32 << streak.min(16))
+                .min(rule_cooldown.max(FENCE_RETRY));
+            let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            self.fence_retry.insert(vm_key.clone(), (until, streak + 1));
+            if self.last_action.get(&vm_key) == Some(&rec.at) {
+                self.last_action.remove(&vm_key);
+            }
+            if let Some(s) = self.targets.get_mut(&done.key) {
+                s.action_not_sent(done.id, rec.at);
+            }
+            Some((wait, streak))
+        } else {
+            self.fence_retry.remove(&vm_key);
+            None
+        };
         let (kind, summary) = match &done.result {
             Ok(()) => {
                 rec.status = ActionStatus::Ok;
@@ -1017,7 +1074,9 @@ impl Engine {
                 rec.error = Some(e.to_string());
                 self.report.count_action(&done.key, action, "failed");
                 if let Some(s) = self.targets.get_mut(&done.key) {
-                    s.action_failed(done.id);
+                    if retry.is_none() {
+                        s.action_failed(done.id);
+                    }
                     self.dirty.insert(done.key.clone());
                 }
                 tracing::error!(id = done.id, account = %done.key.account, vm = %done.key.vm, action, error = %e, "watchdog action failed");
@@ -1028,8 +1087,12 @@ impl Engine {
             .rules
             .iter()
             .find(|r| r.name == done.key.rule)
-            .map(|r| match kind {
-                EventKind::ActionFailed => format!(
+            .map(|r| match (kind, retry) {
+                (_, Some((wait, _))) => format!(
+                    "not sent while etcd cannot confirm this replica's ownership; tried again in {} (not counted against the cooldown or the cap)",
+                    humantime::format_duration(wait)
+                ),
+                (EventKind::ActionFailed, None) => format!(
                     "will retry after the cooldown ({}) while the failure lasts, at most {} per {}",
                     humantime::format_duration(r.cooldown),
                     r.max_actions,
@@ -1042,6 +1105,11 @@ impl Engine {
             })
             .unwrap_or_default();
         self.records.push(rec);
+        if matches!(retry, Some((_, streak)) if streak > 0) {
+            // Told once per outage; the journal still has every try.
+            self.flush();
+            return;
+        }
         self.notifier.event(Event {
             id: format!(
                 "action-{}-{}",

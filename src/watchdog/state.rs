@@ -211,6 +211,15 @@ impl TargetState {
         });
     }
 
+    /// The action was never sent (etcd could not confirm this replica's ownership): it
+    /// neither waits for recovery nor counts against the cap.
+    pub fn action_not_sent(&mut self, journal_id: u64, at: DateTime<Utc>) {
+        self.action_failed(journal_id);
+        if let Some(i) = self.action_times.iter().rposition(|t| *t == at) {
+            self.action_times.remove(i);
+        }
+    }
+
     /// The provider refused the action: nothing to wait for; the same rung is tried
     /// again once cooldown allows (the cap still bounds the attempts).
     pub fn action_failed(&mut self, journal_id: u64) {

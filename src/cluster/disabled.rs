@@ -27,6 +27,10 @@ impl Cluster {
         match *self {}
     }
 
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        match *self {}
+    }
+
     pub fn view(&self) -> View {
         match *self {}
     }

@@ -71,6 +71,12 @@ impl Cluster {
         })
     }
 
+    /// How long a replica's lease outlives its last renewal: the time scale on which
+    /// the cluster notices a failure and recovers from it.
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<View> {
         self.view.subscribe()
     }

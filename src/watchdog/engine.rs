@@ -71,10 +71,6 @@ struct Finished {
     unsent: bool,
 }
 
-/// The first wait before an action etcd could not fence is tried again; it doubles with
-/// each further refusal in a row, up to the rule's cooldown.
-const FENCE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
-
 struct Engine {
     /// Shared so a round can hold a rule while mutating the engine, without copying it.
     rules: Vec<Arc<Rule>>,
@@ -92,7 +88,8 @@ struct Engine {
     targets: HashMap<TargetKey, TargetState>,
     /// Newest action per VM, any rule (the cooldown is per VM).
     last_action: HashMap<VmKey, DateTime<Utc>>,
-    /// Per VM whose last action etcd could not fence: when to try again, and how many
+    /// Per VM whose last action etcd could not fence: when to try again (one lease TTL,
+    /// doubling up to the cooldown), and how many
     /// refusals in a row (the first is told to a human, the rest only logged).
     fence_retry: HashMap<VmKey, (DateTime<Utc>, u32)>,
     next_id: u64,
@@ -1038,15 +1035,21 @@ impl Engine {
         // Nothing reached the provider and nothing was decided: try again soon (backing
         // off), without spending the cooldown or the cap on it.
         let retry = if done.unsent {
+            // The first wait is one lease TTL (the time scale of the cluster's own
+            // recovery), doubling with each refusal in a row up to the rule's cooldown.
+            let first = self
+                .cluster
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |c| c.lease_ttl());
             let rule_cooldown = self
                 .rules
                 .iter()
                 .find(|r| r.name == done.key.rule)
-                .map_or(FENCE_RETRY, |r| r.cooldown);
+                .map_or(first, |r| r.cooldown);
             let streak = self.fence_retry.get(&vm_key).map_or(0, |(_, n)| *n);
-            let wait = FENCE_RETRY
+            let wait = first
                 .saturating_mul(1u32 << streak.min(16))
-                .min(rule_cooldown.max(FENCE_RETRY));
+                .min(rule_cooldown.max(first));
             let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
             self.fence_retry.insert(vm_key.clone(), (until, streak + 1));
             if self.last_action.get(&vm_key) == Some(&rec.at) {

@@ -83,9 +83,22 @@ impl Cluster {
         // An outage retries every second: its start is a warning, the rest is detail.
         if self.failing.swap(true, Ordering::Relaxed) {
             tracing::debug!(member = %self.config.member, error = %e, "etcd: {what} failed");
+        } else if let Some(hint) = self.tls_hint(e) {
+            tracing::warn!(member = %self.config.member, error = %e, hint, "etcd: {what} failed");
         } else {
             tracing::warn!(member = %self.config.member, error = %e, "etcd: {what} failed");
         }
+    }
+
+    /// An etcd that requires client certificates closes the connection after the TLS
+    /// handshake of a client without one (TLS 1.3 checks it late): the client only sees
+    /// "operation was canceled", so say what probably happened.
+    fn tls_hint(&self, e: &etcd_client::Error) -> Option<&'static str> {
+        let no_identity = self.config.tls.as_ref()?.identity.is_none();
+        (no_identity && e.to_string().contains("connection closed")).then_some(
+            "etcd closed the TLS connection: if it requires client certificates \
+             (--client-cert-auth), set cluster.cert_file and cluster.key_file",
+        )
     }
 
     fn etcd_ok(&self) {

@@ -619,9 +619,10 @@ fn failed_actions(e: &Exposition, vm: &str) -> f64 {
 
 /// The owner of a dead VM's account is frozen (SIGSTOP) while its watchdog waits out
 /// the rule's `for`, past its lease TTL; the other replica takes the account over. When
-/// the frozen one resumes, its watchdog wants to reboot at once, and its view still
-/// says it owns the account until its cluster task catches up: the fence (the lease the
-/// owner key carries in etcd) refuses the reboot, and it sends nothing.
+/// the frozen one resumes, its watchdog wants to reboot at once while its view still
+/// says it owns the account (etcd is frozen for that moment, so its cluster task cannot
+/// learn otherwise first): the fence transaction, which needs the owner key to carry
+/// the replica's lease, refuses the reboot, and nothing is sent.
 #[tokio::test]
 async fn a_paused_owner_that_resumes_sends_nothing() {
     let hold = Duration::from_secs(3);
@@ -637,7 +638,14 @@ patience = "500ms"
 "#,
         hold.as_secs()
     );
-    let w = world(2, &rule, LEASE_TTL_SECS).await;
+    // A longer TTL: the resumed replica notices its lost lease only when a keep-alive
+    // (a third of the TTL) goes unanswered, well after its watchdog acted.
+    let ttl = 5;
+    let etcd = EtcdCluster::start(1).await;
+    let mut w = world_on(etcd, 2, &MEMBERS, &rule, ttl).await;
+    for m in MEMBERS {
+        w.start(m);
+    }
     w.settled(&MEMBERS).await;
     let frozen = w.owner_of_vm(1, &MEMBERS);
     let other = w
@@ -667,22 +675,29 @@ patience = "500ms"
     while stopped.elapsed() < hold + Duration::from_millis(500) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    w.etcd.signal(0, "STOP");
     frozen.signal("CONT");
     frozen
-        .wait("the resumed replica tried to reboot and was refused", |e| {
-            failed_actions(e, "1") >= 1.0
+        .wait_log("its watchdog deciding to reboot", |l| {
+            l.contains("watchdog action")
         })
         .await;
-    let journal = frozen.journal().await;
-    assert!(
-        journal.contains("not sent") && journal.contains("etcd"),
-        "the journal says why: {journal}"
-    );
+    w.etcd.signal(0, "CONT");
+    frozen
+        .wait("the resumed replica's reboot finished", |e| {
+            evaluations_of(e, "1", "failed") + evaluations_of(e, "1", "ok") >= 1.0
+        })
+        .await;
     let from_frozen: Vec<_> = power_calls(&w.sim)
         .into_iter()
         .filter(|(_, ip)| *ip == source(frozen.member))
         .collect();
     assert_eq!(from_frozen, vec![], "no provider write from the resumed replica");
+    let journal = frozen.journal().await;
+    assert!(
+        journal.contains("not sent") && journal.contains("no longer owns account"),
+        "the journal says why: {journal}"
+    );
     w.sim.shutdown();
 }
 

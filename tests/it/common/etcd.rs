@@ -136,6 +136,18 @@ impl EtcdCluster {
         self.members[i].process.take();
     }
 
+    /// Freezes (`STOP`) or resumes (`CONT`) member `i` by its PID: while frozen, its
+    /// connections stay open but nothing is answered.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].process.as_ref().expect("running").0.id();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal} etcd member {i}");
+    }
+
     /// Starts member `i` again on its data dir (it rejoins as itself).
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].process.is_none(), "member {i} is running");

@@ -785,29 +785,34 @@ patience = "500ms"
     vm_answers_then_dies(&w, 1, w.replica(owner)).await;
     w.etcd.kill(1);
     w.etcd.kill(2);
-    let e = w
-        .replica(owner)
-        .wait("the owner loses its lease", |e| {
+    for r in &w.replicas {
+        r.wait("its lease lost (metrics still served)", |e| {
             e.get("vpswatch_cluster_lease_up", &[]) == Some(0.0)
         })
         .await;
+    }
+    let lost = Instant::now();
+    w.sim.clear_requests();
     let last_success = |e: &Exposition| {
         e.get(
             "vpswatch_provider_last_success_timestamp_seconds",
             &[("account", &account)],
         )
     };
+    let e = w.replica(owner).scrape().await.expect("metrics");
     let last = last_success(&e).expect("the account's last data is still exported");
     w.replica(owner)
         .wait("the owner's watchdog tried to reboot and was refused", |e| {
             failed_actions(e, "1") >= 1.0
         })
         .await;
-    assert_eq!(power_calls(&w.sim), vec![], "no provider write without quorum");
-    for r in &w.replicas {
-        let e = r.scrape().await.expect("metrics served without quorum");
-        assert_eq!(e.get("vpswatch_cluster_lease_up", &[]), Some(0.0), "{}", r.member);
+    // Watched for several poll intervals: no poll, no write, the same last data.
+    while lost.elapsed() < POLL * 8 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(power_calls(&w.sim), vec![], "no provider write without quorum");
+    let polled: Vec<_> = w.sim.requests().iter().map(|r| r.client_ip).collect();
+    assert_eq!(polled, Vec::<IpAddr>::new(), "no polls without a lease");
     let e = w.replica(owner).scrape().await.expect("metrics");
     assert_eq!(
         last_success(&e),

@@ -753,7 +753,9 @@ patience = "500ms"
 
     // One member down: watched for two lease TTLs, long enough to lose a lease that is
     // not renewed.
-    w.etcd.kill(0);
+    // The leader, so that a new one is elected meanwhile.
+    let leader = w.etcd.leader().await;
+    w.etcd.kill(leader);
     let killed = Instant::now();
     while killed.elapsed() < Duration::from_secs(2 * ttl) {
         for (r, (own, ch)) in w.replicas.iter().zip(&before) {
@@ -776,15 +778,16 @@ patience = "500ms"
     for (r, (_, ch)) in w.replicas.iter().zip(&before) {
         assert_eq!(changes(&r.scrape().await.expect("metrics")), *ch);
     }
-    w.etcd.restart(0);
+    w.etcd.restart(leader);
     w.etcd.wait_healthy().await;
 
-    // Quorum lost while VM 1 needs a reboot.
+    // Quorum lost while VM 1 needs a reboot: two members down, one left.
     let owner = w.owner_of_vm(1, &MEMBERS).member;
     let account = w.vm_account[&1].clone();
     vm_answers_then_dies(&w, 1, w.replica(owner)).await;
-    w.etcd.kill(1);
-    w.etcd.kill(2);
+    let (down1, down2) = ((leader + 1) % 3, (leader + 2) % 3);
+    w.etcd.kill(down1);
+    w.etcd.kill(down2);
     for r in &w.replicas {
         r.wait("its lease lost (metrics still served)", |e| {
             e.get("vpswatch_cluster_lease_up", &[]) == Some(0.0)
@@ -823,8 +826,8 @@ patience = "500ms"
     assert!(e.has("vpswatch_provider_up", &[("account", &account)]));
 
     // Quorum back: the reboot is sent, once, by the owner; everything is polled again.
-    w.etcd.restart(1);
-    w.etcd.restart(2);
+    w.etcd.restart(down1);
+    w.etcd.restart(down2);
     w.etcd.wait_healthy().await;
     wait_for("the pending reboot reaches the provider", T, || async {
         !power_calls(&w.sim).is_empty()

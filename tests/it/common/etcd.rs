@@ -154,6 +154,27 @@ impl EtcdCluster {
         self.spawn(i);
     }
 
+    /// The index of the member that is the Raft leader now (its `/metrics` says so).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.process.is_none() {
+                    continue;
+                }
+                let url = m.health_url.replace("/health", "/metrics");
+                if let Ok(r) = reqwest::get(&url).await {
+                    let text = r.text().await.unwrap_or_default();
+                    if text.lines().any(|l| l == "etcd_server_is_leader 1") {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no etcd leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every running member answers `/health` with a leader.
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);

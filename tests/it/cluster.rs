@@ -692,7 +692,11 @@ patience = "500ms"
         .into_iter()
         .filter(|(_, ip)| *ip == source(frozen.member))
         .collect();
-    assert_eq!(from_frozen, vec![], "no provider write from the resumed replica");
+    assert_eq!(
+        from_frozen,
+        vec![],
+        "no provider write from the resumed replica"
+    );
     let journal = frozen.journal().await;
     assert!(
         journal.contains("not sent") && journal.contains("no longer owns account"),
@@ -805,15 +809,20 @@ patience = "500ms"
     let e = w.replica(owner).scrape().await.expect("metrics");
     let last = last_success(&e).expect("the account's last data is still exported");
     w.replica(owner)
-        .wait("the owner's watchdog tried to reboot and was refused", |e| {
-            failed_actions(e, "1") >= 1.0
-        })
+        .wait(
+            "the owner's watchdog tried to reboot and was refused",
+            |e| failed_actions(e, "1") >= 1.0,
+        )
         .await;
     // Watched for several poll intervals: no poll, no write, the same last data.
     while lost.elapsed() < POLL * 8 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(power_calls(&w.sim), vec![], "no provider write without quorum");
+    assert_eq!(
+        power_calls(&w.sim),
+        vec![],
+        "no provider write without quorum"
+    );
     let polled: Vec<_> = w.sim.requests().iter().map(|r| r.client_ip).collect();
     assert_eq!(polled, Vec::<IpAddr>::new(), "no polls without a lease");
     let e = w.replica(owner).scrape().await.expect("metrics");
@@ -834,9 +843,10 @@ patience = "500ms"
     })
     .await;
     w.replica(owner)
-        .wait("the owner gives up on the VM (a reboot does not help it)", |e| {
-            evaluations_of(e, "1", "gave_up") >= 1.0
-        })
+        .wait(
+            "the owner gives up on the VM (a reboot does not help it)",
+            |e| evaluations_of(e, "1", "gave_up") >= 1.0,
+        )
         .await;
     assert_eq!(
         power_calls(&w.sim),
@@ -862,8 +872,12 @@ fn pki(dir: &std::path::Path) -> Pki {
     };
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "etcd test CA");
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.distinguished_name
+        .push(DnType::CommonName, "etcd test CA");
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().expect("key");
     let ca = p.self_signed(&ca_key).expect("CA");
     let write = |name: &str, text: String| {
@@ -891,7 +905,11 @@ fn pki(dir: &std::path::Path) -> Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
     );
-    let client = leaf("client", &["vpswatch"], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    let client = leaf(
+        "client",
+        &["vpswatch"],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    );
     Pki {
         ca: write("ca.pem", ca.pem()),
         server,
@@ -984,10 +1002,16 @@ async fn replicas_authenticate_to_etcd_with_a_password() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
-    w.start_with("a", &format!("user = \"vpswatch\"\npassword_file = {right:?}\n"));
+    w.start_with(
+        "a",
+        &format!("user = \"vpswatch\"\npassword_file = {right:?}\n"),
+    );
     w.one_poller_each(&["a"]).await;
 
-    w.start_with("b", &format!("user = \"vpswatch\"\npassword_file = {bad:?}\n"));
+    w.start_with(
+        "b",
+        &format!("user = \"vpswatch\"\npassword_file = {bad:?}\n"),
+    );
     let b = w.replica("b");
     let log = b
         .wait_log("etcd refusing the password", |l| {

@@ -90,12 +90,22 @@ impl Cluster {
         }
     }
 
-    /// An etcd that requires client certificates closes the connection after the TLS
-    /// handshake of a client without one (TLS 1.3 checks it late): the client only sees
-    /// "operation was canceled", so say what probably happened.
+    /// An etcd that requires client certificates refuses a client without one with a
+    /// TLS alert or, as TLS 1.3 checks it after the handshake, by dropping the connection
+    /// (the client then sees "operation was canceled" or a broken pipe): say what
+    /// probably happened.
     fn tls_hint(&self, e: &etcd_client::Error) -> Option<&'static str> {
         let no_identity = self.config.tls.as_ref()?.identity.is_none();
-        (no_identity && e.to_string().contains("connection closed")).then_some(
+        let text = e.to_string();
+        let refused = [
+            "connection closed",
+            "fatal alert",
+            "broken pipe",
+            "reset by peer",
+        ]
+        .iter()
+        .any(|how| text.contains(how));
+        (no_identity && refused).then_some(
             "etcd closed the TLS connection: if it requires client certificates \
              (--client-cert-auth), set cluster.cert_file and cluster.key_file",
         )

@@ -258,6 +258,12 @@ impl Cluster {
                         Err(_) => {
                             self.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(member = %self.config.member, "etcd: lease keep-alive timed out");
+                            // The stream may be stuck on a member that died: open another.
+                            if let Ok(Ok((k, a))) =
+                                tokio::time::timeout(period, client.lease_keep_alive(lease)).await
+                            {
+                                (keeper, acks) = (k, a);
+                            }
                         }
                     }
                     if renewed.elapsed() >= ttl {
@@ -281,8 +287,17 @@ impl Cluster {
                     Err(_) => {}
                 }
             }
-            match self.reconcile(&mut client, lease, &mut owned).await {
-                Ok(members) => {
+            // Bounded by one renewal period: a request stuck on a dead etcd member (or
+            // waiting out an election) must not hold back the next keep-alive.
+            let reconciled =
+                tokio::time::timeout(period, self.reconcile(&mut client, lease, &mut owned)).await;
+            match reconciled {
+                Err(_) => {
+                    self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(member = %self.config.member, "etcd: ownership check timed out");
+                }
+                Ok(Err(e)) => self.etcd_error("ownership", &e),
+                Ok(Ok(members)) => {
                     self.etcd_ok();
                     self.publish(View {
                         lease: Some(lease),
@@ -290,7 +305,6 @@ impl Cluster {
                         owned: owned.clone(),
                     })
                 }
-                Err(e) => self.etcd_error("ownership", &e),
             }
         }
     }

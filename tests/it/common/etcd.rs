@@ -8,7 +8,33 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::daemon_process::KillOnDrop;
-use super::free_port;
+
+/// A free loopback port below the kernel's ephemeral range. A killed member is
+/// restarted on its old ports; had they come from the ephemeral range, any connection
+/// made meanwhile (the tests scrape constantly) could hold one as its source port.
+fn member_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let (start, span) = (10000, low - 10000);
+    // Test binaries run in parallel: start at a place of this process's own.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (start + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
 
 fn etcd_binary() -> String {
     std::env::var("VPSWATCH_TEST_ETCD").unwrap_or("etcd".into())
@@ -58,9 +84,9 @@ impl EtcdCluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
-                health_url: format!("http://127.0.0.1:{}/health", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", member_port()),
+                peer_url: format!("http://127.0.0.1:{}", member_port()),
+                health_url: format!("http://127.0.0.1:{}/health", member_port()),
                 data_dir: dir.path().join(format!("m{i}.data")),
                 log: dir.path().join(format!("m{i}.log")),
                 process: None,

@@ -62,21 +62,38 @@ fn probe_settings(config: &Config) -> ProbeSettings {
     }
 }
 
+/// What this replica does with one account.
+enum Holding {
+    /// Not owned: nothing polled, nothing exported.
+    No,
+    /// Owned: its poller runs until this token is cancelled.
+    Polling(CancellationToken),
+    /// Owned when the lease was lost: not polled (etcd cannot confirm the ownership),
+    /// but its last data is still exported, its staleness growing, until a lease is back.
+    Kept,
+}
+
 /// Runs each account's poller while this replica owns the account: started when it is
-/// taken over, stopped (and the account's data dropped) the moment it is given up.
+/// taken over, stopped (and the account's data dropped) the moment it is given up while
+/// holding a lease, i.e. when another replica may own it now. Without a lease (etcd
+/// unreachable or without quorum) nobody can take it over: polling stops, but the last
+/// data stays (and marks itself stale) until the lease is back and says who owns it.
 async fn follow_ownership(
     mut view: tokio::sync::watch::Receiver<crate::cluster::View>,
     pollers: Vec<Poller>,
     store: Arc<SnapshotStore>,
     cancel: CancellationToken,
 ) {
-    let mut running: Vec<Option<CancellationToken>> = pollers.iter().map(|_| None).collect();
+    let mut holding: Vec<Holding> = pollers.iter().map(|_| Holding::No).collect();
     loop {
-        let owned = view.borrow_and_update().owned.clone();
+        let (lease, owned) = {
+            let v = view.borrow_and_update();
+            (v.lease, v.owned.clone())
+        };
         for (idx, poller) in pollers.iter().enumerate() {
             let own = owned.get(idx).copied().unwrap_or(false);
-            match (&running[idx], own) {
-                (None, true) => {
+            match (&holding[idx], own, lease.is_some()) {
+                (Holding::No | Holding::Kept, true, _) => {
                     let token = cancel.child_token();
                     store.set_owned(idx, true);
                     tokio::spawn(
@@ -86,12 +103,20 @@ async fn follow_ownership(
                         }
                         .run(token.clone()),
                     );
-                    running[idx] = Some(token);
+                    holding[idx] = Holding::Polling(token);
                 }
-                (Some(token), false) => {
+                (Holding::Polling(token), false, false) => {
+                    token.cancel();
+                    holding[idx] = Holding::Kept;
+                }
+                (Holding::Polling(token), false, true) => {
                     token.cancel();
                     store.set_owned(idx, false);
-                    running[idx] = None;
+                    holding[idx] = Holding::No;
+                }
+                (Holding::Kept, false, true) => {
+                    store.set_owned(idx, false);
+                    holding[idx] = Holding::No;
                 }
                 _ => {}
             }

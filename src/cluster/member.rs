@@ -95,9 +95,32 @@ impl Cluster {
         // An outage retries every second: its start is a warning, the rest is detail.
         if self.failing.swap(true, Ordering::Relaxed) {
             tracing::debug!(member = %self.config.member, error = %e, "etcd: {what} failed");
+        } else if let Some(hint) = self.tls_hint(e) {
+            tracing::warn!(member = %self.config.member, error = %e, hint, "etcd: {what} failed");
         } else {
             tracing::warn!(member = %self.config.member, error = %e, "etcd: {what} failed");
         }
+    }
+
+    /// An etcd that requires client certificates refuses a client without one with a
+    /// TLS alert or, as TLS 1.3 checks it after the handshake, by dropping the connection
+    /// (the client then sees "operation was canceled" or a broken pipe): say what
+    /// probably happened.
+    fn tls_hint(&self, e: &etcd_client::Error) -> Option<&'static str> {
+        let no_identity = self.config.tls.as_ref()?.identity.is_none();
+        let text = e.to_string();
+        let refused = [
+            "connection closed",
+            "fatal alert",
+            "broken pipe",
+            "reset by peer",
+        ]
+        .iter()
+        .any(|how| text.contains(how));
+        (no_identity && refused).then_some(
+            "etcd closed the TLS connection: if it requires client certificates \
+             (--client-cert-auth), set cluster.cert_file and cluster.key_file",
+        )
     }
 
     fn etcd_ok(&self) {
@@ -247,6 +270,12 @@ impl Cluster {
                         Err(_) => {
                             self.etcd_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(member = %self.config.member, "etcd: lease keep-alive timed out");
+                            // The stream may be stuck on a member that died: open another.
+                            if let Ok(Ok((k, a))) =
+                                tokio::time::timeout(period, client.lease_keep_alive(lease)).await
+                            {
+                                (keeper, acks) = (k, a);
+                            }
                         }
                     }
                     if renewed.elapsed() >= ttl {
@@ -270,8 +299,17 @@ impl Cluster {
                     Err(_) => {}
                 }
             }
-            match self.reconcile(&mut client, lease, &mut owned).await {
-                Ok(members) => {
+            // Bounded by one renewal period: a request stuck on a dead etcd member (or
+            // waiting out an election) must not hold back the next keep-alive.
+            let reconciled =
+                tokio::time::timeout(period, self.reconcile(&mut client, lease, &mut owned)).await;
+            match reconciled {
+                Err(_) => {
+                    self.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(member = %self.config.member, "etcd: ownership check timed out");
+                }
+                Ok(Err(e)) => self.etcd_error("ownership", &e),
+                Ok(Ok(members)) => {
                     self.etcd_ok();
                     self.publish(View {
                         lease: Some(lease),
@@ -279,7 +317,6 @@ impl Cluster {
                         owned: owned.clone(),
                     })
                 }
-                Err(e) => self.etcd_error("ownership", &e),
             }
         }
     }

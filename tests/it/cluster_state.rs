@@ -463,6 +463,29 @@ to = ["ops@example.test"]
         "{}",
         e.text
     );
+    // The VM comes back: the survivor's RESOLVED replies to the FIRING the old owner
+    // sent, not to its own unsent one.
+    let sent = read_mails(&maildir)
+        .into_iter()
+        .find(|m| m.subject().contains("FIRING"))
+        .expect("the FIRING mail");
+    w.sim.set_stays_dead(1, false);
+    w.sim.set_hung(1, false);
+    let resolved = |dir: &std::path::Path| {
+        read_mails(dir)
+            .into_iter()
+            .find(|m| m.subject().contains("RESOLVED"))
+    };
+    w.until("the survivor's RESOLVED mail", || {
+        resolved(&maildir).is_some()
+    })
+    .await;
+    let resolved = resolved(&maildir).expect("RESOLVED");
+    assert_eq!(
+        resolved.header("In-Reply-To"),
+        Some(sent.message_id()),
+        "RESOLVED threads under the FIRING that was sent"
+    );
     w.sim.shutdown();
 }
 

@@ -192,6 +192,10 @@ struct MarkValue {
     kind: String,
     member: String,
     at: DateTime<Utc>,
+    /// The Message-ID of the mail sent, so the other replicas' later mails about the
+    /// alert reply to it.
+    #[serde(default)]
+    message_id: Option<String>,
 }
 
 impl std::fmt::Debug for EmailNotifier {
@@ -288,6 +292,7 @@ impl EmailNotifier {
         Some(SentMark {
             key: format!("mails/{}/{}/{hash}", key.provider, key.account),
             kind: kind.to_string(),
+            alert: Some(key_string(key)),
         })
     }
 
@@ -307,7 +312,7 @@ impl EmailNotifier {
         }
     }
 
-    async fn write_mark(&self, mark: &SentMark) {
+    async fn write_mark(&self, mark: &SentMark, message_id: &str) {
         let Some(cluster) = self.shared.get() else {
             return;
         };
@@ -315,6 +320,7 @@ impl EmailNotifier {
             kind: mark.kind.clone(),
             member: cluster.member().to_string(),
             at: self.clock.now(),
+            message_id: Some(message_id.to_string()),
         };
         let put = crate::cluster::SharedPut {
             key: mark.key.clone(),
@@ -895,7 +901,7 @@ impl EmailNotifier {
         if let (Some(mark), true) = (&entry.mark, accepted.is_some()) {
             // Between the server's acceptance and this write another replica may send it
             // again: the at-least-once window (docs/email.md).
-            self.write_mark(mark).await;
+            self.write_mark(mark, &entry.message_id).await;
         }
         if let Some(reply) = accepted {
             if !committed {
@@ -944,6 +950,26 @@ impl EmailNotifier {
             aside: None,
         };
         if self.commit_settlement(seq, entry, s).await {
+            // Later mails about the alert (reminders, RESOLVED) reply to the FIRING that
+            // was sent, not to this unsent one.
+            if let (Some(mark), Some(root)) = (&entry.mark, &sent.message_id) {
+                if let (Some(alert), "firing") = (&mark.alert, mark.kind.as_str()) {
+                    let (store, alert, root) = (self.store.clone(), alert.clone(), root.clone());
+                    match tokio::task::spawn_blocking(move || {
+                        outbox::rethread(&store, &alert, &root)
+                    })
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot thread the alert under the sent FIRING mail")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot thread the alert under the sent FIRING mail")
+                        }
+                    }
+                }
+            }
             tracing::info!(message_id = %entry.message_id, subject = %entry.subject,
                 member = %sent.member, sent_at = %sent.at.to_rfc3339(),
                 "alert mail not sent: replica {} already sent this alert's {} mail", sent.member, sent.kind);

@@ -76,6 +76,30 @@ pub struct SentMark {
     /// The key relative to the cluster prefix.
     pub key: String,
     pub kind: String,
+    /// The alert's key in this replica's alert table, so a FIRING found sent by another
+    /// replica can become the thread this replica's later mails about it reply to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+}
+
+/// Makes `thread_root` the Message-ID later mails about alert `alert` reply to (the
+/// FIRING another replica sent, when this replica's own was a duplicate).
+pub fn rethread(store: &StateStore, alert: &str, thread_root: &str) -> Result<(), StoreError> {
+    let tx = store.begin_write()?;
+    {
+        let mut alerts = tx.open_table(ALERTS).map_err(|e| store.error(e))?;
+        let current: Option<AlertRecord> = alerts
+            .get(alert)
+            .map_err(|e| store.error(e))?
+            .and_then(|v| decode(v.value()));
+        if let Some(mut rec) = current {
+            rec.thread_root = thread_root.to_string();
+            alerts
+                .insert(alert, encode(&rec).as_slice())
+                .map_err(|e| store.error(e))?;
+        }
+    }
+    store.commit(tx)
 }
 
 /// A mail the server refused for good, for the recipients in `entry.env_to` (all of the

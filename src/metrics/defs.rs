@@ -416,7 +416,7 @@ metric!(
     "vpswatch_alertmanager_alerts_total",
     Counter,
     &["result"],
-    "Alerts received on the Alertmanager webhook by what came of them: acted, dry_run, skipped (a guard or gate held the action back; see vpswatch_actions_total), duplicate (its firing episode already acted), resolved (closed its episode), no_mapping (no [[alertmanager.actions]] entry matches), unknown_vm (its provider/account/vm labels name no watched VM)."
+    "Alerts received on the Alertmanager webhook by what came of them: acted, dry_run, skipped (a guard or gate held the action back; see vpswatch_actions_total), duplicate (its firing episode already acted), resolved (closed its episode), no_mapping (no [[alertmanager.actions]] entry matches), unknown_vm (its provider/account/vm labels name no watched VM), not_owner (with replicas: another replica owns the account and acts on it)."
 );
 metric!(
     ALERTMANAGER_REQUESTS,

@@ -1301,6 +1301,15 @@ impl Engine {
             .into_iter()
             .find(|s| s.provider == provider_kind && s.account == account)
         else {
+            // With replicas, Alertmanager notifies every replica and the owner acts.
+            if let Some(c) = &self.cluster {
+                if c.index_of(provider_kind.as_str(), account).is_some() {
+                    let why = format!(
+                        "{provider_kind} account {account:?} is owned by another replica (or, without etcd, by none): it acts on the alert"
+                    );
+                    return Ok(self.ignored(alert, "not_owner", why));
+                }
+            }
             let why = format!("no configured {provider_kind} account {account:?}");
             return Ok(self.ignored(alert, "unknown_vm", why));
         };
@@ -1404,6 +1413,13 @@ impl Engine {
             let why = "every rung of the ladder was tried without recovery";
             self.give_up(&rule, &key, why, now);
             return Ok(("skipped", why.into()));
+        };
+        // After a failover the old owner's rung for this mapping is in etcd.
+        let Some(remedy) = self.shared_ladder(&rule, &key, remedy, now).await else {
+            return Ok((
+                "skipped",
+                "the ladder goes on from another replica's action (see the journal)".into(),
+            ));
         };
         let Some(provider) = self
             .providers

@@ -29,6 +29,7 @@ pub const ALERT_RESULTS: &[&str] = &[
     "resolved",
     "no_mapping",
     "unknown_vm",
+    "not_owner",
 ];
 
 /// The statuses the webhook answers; `vpswatch_alertmanager_requests_total` shows each

@@ -544,3 +544,90 @@ async fn the_new_owner_continues_the_ladder() {
     assert!(journal.contains("stop_start"), "{journal}");
     w.sim.shutdown();
 }
+
+/// Alertmanager notifies every replica (one webhook per replica): the owner of the
+/// alert's account acts on it, once; the other answers `not_owner` and sends nothing.
+#[tokio::test]
+async fn an_alert_sent_to_every_replica_is_acted_on_by_the_owner_only() {
+    let keys = nostr::Keys::generate();
+    let (sim, vm_port) = start_sim(probed_vm(&keys, Ipv4Addr::new(127, 8, 4, 1))).await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let token = secrets.path().join("am.token");
+    std::fs::write(&token, "am-token-for-the-cluster-test").expect("token");
+    let extra = format!(
+        r#"[alertmanager]
+bearer_token_file = {token:?}
+[[alertmanager.actions]]
+name = "am-unhealthy"
+alertname = "VpsUnhealthy"
+action = "reboot"
+cooldown = "1h"
+"#,
+        token = token.display().to_string()
+    );
+    let w = world(sim, vm_port, &keys, &extra).await;
+    w.settled().await;
+    let body = serde_json::json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"VpsUnhealthy\"}",
+        "status": "firing",
+        "receiver": "vpswatch",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "VpsUnhealthy", "provider": "lnvps", "account": ACCOUNT, "vm": "1"},
+            "annotations": {},
+            "startsAt": "2030-01-01T00:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": "fp-cluster-1",
+        }],
+    })
+    .to_string();
+    let http = reqwest::Client::new();
+    let post = |r: &Replica| {
+        http.post(format!("http://127.0.0.1:{}/api/v1/alertmanager", r.web))
+            .bearer_auth("am-token-for-the-cluster-test")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    // The non-owner first: it must not act, though nobody has yet.
+    let other = post(w.survivor())
+        .await
+        .expect("posted")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        other.contains("\"not_owner\""),
+        "the other replica: {other}"
+    );
+    let owner = post(w.first())
+        .await
+        .expect("posted")
+        .text()
+        .await
+        .expect("body");
+    assert!(owner.contains("\"acted\""), "the owner: {owner}");
+    w.until("the owner's reboot reaches the provider", || {
+        !w.sim.actions().is_empty()
+    })
+    .await;
+    let e = w.survivor().scrape().await.expect("metrics");
+    assert_eq!(
+        count(
+            &e,
+            "vpswatch_alertmanager_alerts_total",
+            &[("result", "not_owner")]
+        ),
+        1.0,
+        "{}",
+        e.text
+    );
+    let actions: Vec<PowerAction> = w.sim.actions().iter().map(|a| a.action).collect();
+    assert_eq!(
+        actions,
+        vec![PowerAction::Restart],
+        "one reboot, by the owner"
+    );
+    w.sim.shutdown();
+}

@@ -450,7 +450,13 @@ impl Engine {
         }
         let before = state.clone();
         let changes = state.observe(&rule, &obs, now);
-        let expired = state.patience_expired(now);
+        // An action still under way (a slow provider, a fence waiting on etcd) has no
+        // effect to judge yet: its patience starts when the provider accepts it.
+        let expired = if self.in_flight.contains(&key) {
+            None
+        } else {
+            state.patience_expired(now)
+        };
         let after = state.clone();
         if after.durably_differs(&before, &rule) {
             self.dirty.insert(key.clone());
@@ -1066,6 +1072,15 @@ impl Engine {
         let (kind, summary) = match &done.result {
             Ok(()) => {
                 rec.status = ActionStatus::Ok;
+                let patience = self
+                    .rules
+                    .iter()
+                    .find(|r| r.name == done.key.rule)
+                    .map(|r| r.patience);
+                if let (Some(s), Some(patience)) = (self.targets.get_mut(&done.key), patience) {
+                    s.action_accepted(done.id, now, patience);
+                    self.dirty.insert(done.key.clone());
+                }
                 self.report.count_action(&done.key, action, "ok");
                 (
                     EventKind::ActionTaken,
@@ -1376,7 +1391,11 @@ impl Engine {
             state.firing = true;
             state.firing_since = Some(now);
         }
-        let expired = state.patience_expired(now);
+        let expired = if self.in_flight.contains(&key) {
+            None
+        } else {
+            state.patience_expired(now)
+        };
         let state = state.clone();
         self.dirty.insert(key.clone());
         self.report.set_target(&key, true, false);

@@ -211,6 +211,23 @@ impl TargetState {
         });
     }
 
+    /// The provider accepted the action at `now`: recovery is awaited for `patience`
+    /// from then, however long the call took.
+    pub fn action_accepted(
+        &mut self,
+        journal_id: u64,
+        now: DateTime<Utc>,
+        patience: std::time::Duration,
+    ) {
+        if let Some(a) = self
+            .awaiting
+            .as_mut()
+            .filter(|a| a.journal_id == journal_id)
+        {
+            a.deadline = a.deadline.max(now + secs(patience));
+        }
+    }
+
     /// The action was never sent (etcd could not confirm this replica's ownership): it
     /// neither waits for recovery nor counts against the cap.
     pub fn action_not_sent(&mut self, journal_id: u64, at: DateTime<Utc>) {

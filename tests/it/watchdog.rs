@@ -771,3 +771,56 @@ async fn a_failed_restart_call_is_journaled_and_retried_after_the_cooldown() {
     );
     wd.h.shutdown().await;
 }
+
+/// A provider that takes longer than the rule's `patience` to answer a restart: the
+/// ladder does not judge an action whose call is still under way. Here the call times
+/// out (failed, nothing to wait for), so the same rung is tried again after the
+/// cooldown instead of being counted as "not recovered" and given up.
+#[tokio::test]
+async fn patience_waits_for_the_provider_to_answer() {
+    let notes = Arc::new(RecordingNotifier::default());
+    let rules = probe_rule("")
+        .replace("cooldown = \"1h\"", "cooldown = \"500ms\"")
+        .replace("recoveries = 2", "recoveries = 1")
+        .replace("patience = \"10s\"", "patience = \"500ms\"");
+    let wd = Wd::one_vm(13, &rules, notes.clone()).await;
+    // The first restart hangs until the client's 1 s request timeout; the retry's
+    // guest is back at once, well inside the patience.
+    wd.h.sim.set_reboot_duration(Duration::ZERO);
+    wd.h.sim.inject_fault(
+        Fault::new(
+            EndpointMatch::vm("/api/v1/vm/{id}/restart", 1),
+            FaultKind::Hang,
+        )
+        .times(1),
+    );
+    wd.h.sim.set_hung(1, true);
+    let exp =
+        wd.h.wait_metrics("failed once, then rebooted and recovered", T, |e| {
+            actions(e, "1", "failed") == 1.0
+                && e.get(
+                    "vpswatch_action_outcomes_total",
+                    &[("vm", "1"), ("outcome", "recovered")],
+                ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        exp.get(
+            "vpswatch_action_outcomes_total",
+            &[("vm", "1"), ("outcome", "not_recovered")],
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "the hanging call was not judged before it ended"
+    );
+    assert_eq!(actions(&exp, "1", "ok"), 1.0);
+    assert_eq!(wd.calls(1, "/restart"), 2, "the hanging call and the retry");
+    let kinds = notes.event_kinds();
+    assert!(
+        !kinds
+            .iter()
+            .any(|(_, k)| *k == "action_not_recovered" || *k == "gave_up"),
+        "{kinds:?}"
+    );
+    wd.h.shutdown().await;
+}

@@ -44,6 +44,10 @@ pub struct Cluster {
     failing: std::sync::atomic::AtomicBool,
     ownership_changes: AtomicU64,
     tick: watch::Sender<u64>,
+    /// The lease of the last session. etcd renews every lease when it elects a leader,
+    /// so after a quorum loss the old lease outlives the session that gave it up by a
+    /// whole TTL, keeping this replica's owner keys taken; the next session revokes it.
+    last_lease: std::sync::Mutex<Option<i64>>,
 }
 
 impl Cluster {
@@ -68,6 +72,7 @@ impl Cluster {
             failing: std::sync::atomic::AtomicBool::new(false),
             ownership_changes: AtomicU64::new(0),
             tick: watch::channel(0).0,
+            last_lease: std::sync::Mutex::new(None),
         })
     }
 
@@ -232,6 +237,16 @@ impl Cluster {
             )
             .await?;
         tracing::info!(member = %self.config.member, lease, "cluster: registered");
+        // After the member key moved to the new lease, so that the others never see this
+        // member gone and take its accounts for a moment.
+        let previous = self
+            .last_lease
+            .lock()
+            .map(|mut last| last.replace(lease))
+            .unwrap_or_default();
+        if let Some(old) = previous {
+            self.revoke_previous(&mut client, old).await;
+        }
         let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
         let mut events = client
             .watch(
@@ -317,6 +332,26 @@ impl Cluster {
                         owned: owned.clone(),
                     })
                 }
+            }
+        }
+    }
+
+    /// Frees the owner keys a previous session's lease still holds, so this session can
+    /// claim them now rather than when that lease lapses. Best effort: a lease that
+    /// expired already is not found, and one etcd will not revoke lapses by itself.
+    async fn revoke_previous(&self, client: &mut Client, lease: i64) {
+        let period = (self.config.lease_ttl / 3).max(Duration::from_millis(500));
+        match tokio::time::timeout(period, client.lease_revoke(lease)).await {
+            Ok(Ok(_)) => tracing::info!(
+                member = %self.config.member,
+                lease,
+                "cluster: revoked the previous session's lease"
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(member = %self.config.member, lease, error = %e, "cluster: previous lease not revoked")
+            }
+            Err(_) => {
+                tracing::debug!(member = %self.config.member, lease, "cluster: revoking the previous lease timed out")
             }
         }
     }

@@ -121,6 +121,17 @@ impl Replica {
             .expect("body")
     }
 
+    /// The lease of the replica's latest etcd session, from its log.
+    fn lease(&self) -> Option<i64> {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("cluster: registered"))?;
+        let (_, rest) = line.split_once("lease=")?;
+        rest.split_whitespace().next()?.parse().ok()
+    }
+
     fn pid(&self) -> String {
         self.process.as_ref().expect("running").0.id().to_string()
     }
@@ -790,6 +801,12 @@ patience = "500ms"
     let account = w.vm_account[&1].clone();
     vm_answers_then_dies(&w, 1, w.replica(owner)).await;
     let (down1, down2) = ((leader + 1) % 3, (leader + 2) % 3);
+    let old_leases: Vec<i64> = w.replicas.iter().filter_map(Replica::lease).collect();
+    assert_eq!(
+        old_leases.len(),
+        MEMBERS.len(),
+        "every replica's lease in its log"
+    );
     w.etcd.kill(down1);
     w.etcd.kill(down2);
     for r in &w.replicas {
@@ -838,6 +855,11 @@ patience = "500ms"
     w.etcd.restart(down1);
     w.etcd.restart(down2);
     w.etcd.wait_healthy().await;
+    // The new leader renews every lease, so the ones the replicas gave up live again
+    // and hold their owner keys. Kept alive here for good, they prove that ownership
+    // returns because each new session revokes its predecessor's lease, not because
+    // the old lease lapsed.
+    let _old_kept: Vec<_> = old_leases.iter().map(|l| w.etcd.keep_alive(*l)).collect();
     wait_for("the pending reboot reaches the provider", T, || async {
         !power_calls(&w.sim).is_empty()
     })

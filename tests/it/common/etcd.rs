@@ -246,6 +246,20 @@ impl EtcdCluster {
         assert!(out.status.success(), "etcdctl {args:?} failed: {text}");
         text
     }
+
+    /// Keeps `lease` alive from outside (`etcdctl lease keep-alive`, plain HTTP) until
+    /// the returned process is dropped or the lease is revoked.
+    pub fn keep_alive(&self, lease: i64) -> KillOnDrop {
+        let child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_urls().join(",")))
+            .args(["lease", "keep-alive", &format!("{lease:x}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run etcdctl lease keep-alive");
+        KillOnDrop(child)
+    }
 }
 
 /// A single-member etcd.

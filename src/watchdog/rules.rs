@@ -238,6 +238,48 @@ pub(crate) fn check_watchdog(
     }
 }
 
+/// Why a ladder with `start` needs `keep_running` (rules and Alertmanager mappings).
+pub(crate) const KEEP_RUNNING_NEEDED: &str = "starting a stopped VM needs keep_running = true: \
+     vpswatch cannot tell a crash from its owner stopping it";
+
+/// The guards every acting rule and Alertmanager mapping has, with their defaults.
+pub(crate) struct Guards {
+    pub cooldown: Duration,
+    pub max_actions: u32,
+    pub window: Duration,
+    pub patience: Duration,
+}
+
+impl Guards {
+    /// The configured keys, each defaulted when absent.
+    pub(crate) fn configured(
+        cooldown: Option<Duration>,
+        max_actions: Option<u32>,
+        window: Option<Duration>,
+        patience: Option<Duration>,
+    ) -> Guards {
+        Guards {
+            cooldown: cooldown.unwrap_or(Duration::from_secs(15 * 60)),
+            max_actions: max_actions.unwrap_or(3),
+            window: window.unwrap_or(Duration::from_secs(24 * 3600)),
+            patience: patience.unwrap_or(Duration::from_secs(5 * 60)),
+        }
+    }
+
+    /// Records what makes the guards unable to bound an action: no patience to judge
+    /// it, no window to count in, a cap of nothing (`cap_hint` says what to use instead).
+    pub(crate) fn check(&self, problem: &mut dyn FnMut(&str, String), cap_hint: &str) {
+        for (key, d) in [("patience", self.patience), ("window", self.window)] {
+            if d.is_zero() {
+                problem(key, "must be greater than zero for an action".into());
+            }
+        }
+        if self.max_actions == 0 {
+            problem("max_actions", format!("must be at least 1{cap_hint}"));
+        }
+    }
+}
+
 /// Checks one rule; `None` when it has problems (all of them recorded).
 pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>) -> Option<Rule> {
     let before = problems.len();
@@ -340,12 +382,7 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
                 );
             }
             if !ladder.is_empty() && !raw.keep_running {
-                problem(
-                    "keep_running",
-                    "starting a stopped VM needs keep_running = true: vpswatch cannot tell \
-                     a crash from its owner stopping it"
-                        .into(),
-                );
+                problem("keep_running", KEEP_RUNNING_NEEDED.into());
             }
         } else if ladder.contains(&Remedy::Start) {
             problem(
@@ -355,26 +392,15 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
             );
         }
     }
-    let acts = !ladder.is_empty();
-    let cooldown = raw.cooldown.unwrap_or(Duration::from_secs(15 * 60));
-    let patience = raw.patience.unwrap_or(Duration::from_secs(5 * 60));
-    let window = raw.window.unwrap_or(Duration::from_secs(24 * 3600));
-    let max_actions = raw.max_actions.unwrap_or(3);
+    let guards = Guards::configured(raw.cooldown, raw.max_actions, raw.window, raw.patience);
+    if !ladder.is_empty() {
+        guards.check(
+            &mut problem,
+            " (use action = \"none\" for alert-only rules)",
+        );
+    }
     let failures = raw.failures.unwrap_or(3);
     let recoveries = raw.recoveries.unwrap_or(2);
-    if acts {
-        for (key, d) in [("patience", patience), ("window", window)] {
-            if d.is_zero() {
-                problem(key, "must be greater than zero for a rule that acts".into());
-            }
-        }
-        if max_actions == 0 {
-            problem(
-                "max_actions",
-                "must be at least 1 (use action = \"none\" for alert-only rules)".into(),
-            );
-        }
-    }
     if failures == 0 {
         problem("failures", "must be at least 1".into());
     }
@@ -405,10 +431,10 @@ pub(crate) fn check_rule(prefix: &str, raw: RawRule, problems: &mut Vec<Problem>
         failures,
         recoveries,
         ladder,
-        cooldown,
-        max_actions,
-        window,
-        patience,
+        cooldown: guards.cooldown,
+        max_actions: guards.max_actions,
+        window: guards.window,
+        patience: guards.patience,
         keep_running: raw.keep_running,
         dry_run: raw.dry_run,
         selector,

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::report::WatchdogReport;
-use super::rules::{Condition, Remedy, Rule};
+use super::rules::{Condition, Guards, Remedy, Rule, KEEP_RUNNING_NEEDED};
 use super::selector::{Selector, SelectorConfig};
 use vpswatch_model::account::ProviderKind;
 use vpswatch_model::config_doc::KeyDoc;
@@ -269,24 +269,10 @@ fn check_mapping(prefix: &str, raw: RawMapping, problems: &mut Vec<Problem>) -> 
     };
     let ladder: Vec<Remedy> = first.into_iter().chain(raw.escalate).collect();
     if ladder.contains(&Remedy::Start) && !raw.keep_running {
-        problem(
-            "keep_running",
-            "starting a stopped VM needs keep_running = true: vpswatch cannot tell a crash \
-             from its owner stopping it"
-                .into(),
-        );
+        problem("keep_running", KEEP_RUNNING_NEEDED.into());
     }
-    let patience = raw.patience.unwrap_or(Duration::from_secs(5 * 60));
-    let window = raw.window.unwrap_or(Duration::from_secs(24 * 3600));
-    let max_actions = raw.max_actions.unwrap_or(3);
-    for (key, d) in [("patience", patience), ("window", window)] {
-        if d.is_zero() {
-            problem(key, "must be greater than zero".into());
-        }
-    }
-    if max_actions == 0 {
-        problem("max_actions", "must be at least 1".into());
-    }
+    let guards = Guards::configured(raw.cooldown, raw.max_actions, raw.window, raw.patience);
+    guards.check(&mut problem, "");
     for k in raw.labels.keys() {
         if let Err(why) = vpswatch_model::problem::check_label_name(k) {
             problem("labels", format!("{k:?}: {why}"));
@@ -306,10 +292,10 @@ fn check_mapping(prefix: &str, raw: RawMapping, problems: &mut Vec<Problem>) -> 
             failures: 1,
             recoveries: 1,
             ladder,
-            cooldown: raw.cooldown.unwrap_or(Duration::from_secs(15 * 60)),
-            max_actions,
-            window,
-            patience,
+            cooldown: guards.cooldown,
+            max_actions: guards.max_actions,
+            window: guards.window,
+            patience: guards.patience,
             keep_running: raw.keep_running,
             dry_run: raw.dry_run,
             selector: Selector::new(&raw.selector),
@@ -663,6 +649,39 @@ action = "explode"
             [
                 "alertmanager.actions[0].name",
                 "alertmanager.actions[0].action"
+            ]
+        );
+        // The guards are a rule's: checked the same way, under the mapping's path.
+        let e = config(
+            r#"[alertmanager]
+bearer_token_env = "AM_TOKEN"
+[[alertmanager.actions]]
+name = "dead"
+alertname = "X"
+action = "start"
+patience = "0s"
+window = "0s"
+max_actions = 0
+"#,
+        )
+        .expect_err("bad guards");
+        let found: Vec<(&str, &str)> = e
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("alertmanager.actions[0].keep_running", KEEP_RUNNING_NEEDED),
+                (
+                    "alertmanager.actions[0].patience",
+                    "must be greater than zero for an action"
+                ),
+                (
+                    "alertmanager.actions[0].window",
+                    "must be greater than zero for an action"
+                ),
+                ("alertmanager.actions[0].max_actions", "must be at least 1"),
             ]
         );
     }

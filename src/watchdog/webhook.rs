@@ -629,20 +629,19 @@ action = "restart"
         assert!(!m.matches(&labels));
     }
 
+    /// The problems of one `[[alertmanager.actions]]` entry with these keys.
+    fn mapping_problems(keys: &str) -> Vec<Problem> {
+        config(&format!(
+            "[alertmanager]\nbearer_token_env = \"AM_TOKEN\"\n[[alertmanager.actions]]\n{keys}"
+        ))
+        .expect_err("a bad mapping")
+    }
+
     #[test]
     fn config_problems_name_their_keys() {
         let e = config("[alertmanager]\n").expect_err("no credential");
         assert_eq!(e[0].path, "alertmanager");
-        let e = config(
-            r#"[alertmanager]
-bearer_token_env = "AM_TOKEN"
-[[alertmanager.actions]]
-name = "ssh"
-alertname = "X"
-action = "explode"
-"#,
-        )
-        .expect_err("bad");
+        let e = mapping_problems("name = \"ssh\"\nalertname = \"X\"\naction = \"explode\"\n");
         let paths: Vec<&str> = e.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -652,19 +651,15 @@ action = "explode"
             ]
         );
         // The guards are a rule's: checked the same way, under the mapping's path.
-        let e = config(
-            r#"[alertmanager]
-bearer_token_env = "AM_TOKEN"
-[[alertmanager.actions]]
-name = "dead"
+        let e = mapping_problems(
+            r#"name = "dead"
 alertname = "X"
 action = "start"
 patience = "0s"
 window = "0s"
 max_actions = 0
 "#,
-        )
-        .expect_err("bad guards");
+        );
         let found: Vec<(&str, &str)> = e
             .iter()
             .map(|p| (p.path.as_str(), p.message.as_str()))

@@ -138,6 +138,21 @@ impl Wd {
             .await
     }
 
+    /// Hangs VM 1's guest and waits until one action on it failed and a later one
+    /// brought it back.
+    async fn hang_until_failed_once_then_recovered(&self) -> Exposition {
+        self.h.sim.set_hung(1, true);
+        self.h
+            .wait_metrics("failed once, then rebooted and recovered", T, |e| {
+                actions(e, "1", "failed") == 1.0
+                    && e.get(
+                        "vpswatch_action_outcomes_total",
+                        &[("vm", "1"), ("outcome", "recovered")],
+                    ) == Some(1.0)
+            })
+            .await
+    }
+
     fn now() -> f64 {
         vpswatch_model::clock::unix_seconds(chrono::Utc::now())
     }
@@ -733,16 +748,7 @@ async fn a_failed_restart_call_is_journaled_and_retried_after_the_cooldown() {
     // The provider answers the first restart with its 500 error.
     wd.h.sim
         .fail_actions(1, vpswatch_sim::lnvps::ActionFailure::status(500).times(1));
-    wd.h.sim.set_hung(1, true);
-    let exp =
-        wd.h.wait_metrics("failed once, then rebooted and recovered", T, |e| {
-            actions(e, "1", "failed") == 1.0
-                && e.get(
-                    "vpswatch_action_outcomes_total",
-                    &[("vm", "1"), ("outcome", "recovered")],
-                ) == Some(1.0)
-        })
-        .await;
+    let exp = wd.hang_until_failed_once_then_recovered().await;
     assert_eq!(actions(&exp, "1", "ok"), 1.0);
     assert_eq!(wd.calls(1, "/restart"), 2, "the failed call and the retry");
     let text =
@@ -794,16 +800,7 @@ async fn patience_waits_for_the_provider_to_answer() {
         )
         .times(1),
     );
-    wd.h.sim.set_hung(1, true);
-    let exp =
-        wd.h.wait_metrics("failed once, then rebooted and recovered", T, |e| {
-            actions(e, "1", "failed") == 1.0
-                && e.get(
-                    "vpswatch_action_outcomes_total",
-                    &[("vm", "1"), ("outcome", "recovered")],
-                ) == Some(1.0)
-        })
-        .await;
+    let exp = wd.hang_until_failed_once_then_recovered().await;
     assert_eq!(
         exp.get(
             "vpswatch_action_outcomes_total",

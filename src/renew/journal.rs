@@ -183,6 +183,18 @@ impl std::fmt::Debug for RenewalJournal {
 
 const LNVPS: &str = "lnvps";
 
+/// One account's renewal records and operator clears as a pass found them
+/// ([`RenewalJournal::account`]); raw, so a record that does not parse fails only its VM.
+pub enum AccountRecords {
+    /// Without replicas: read from the local store VM by VM.
+    Local,
+    /// With replicas: the etcd values by VM id.
+    Shared {
+        records: std::collections::HashMap<String, Vec<u8>>,
+        rearms: std::collections::HashMap<String, Vec<u8>>,
+    },
+}
+
 fn shared_key(kind: &str, account: &str, rest: &str) -> String {
     format!("{kind}/{LNVPS}/{account}/{rest}")
 }
@@ -215,34 +227,55 @@ impl RenewalJournal {
         self.shared.is_some()
     }
 
-    /// The VM's record (empty when there is none).
-    pub async fn get(&self, account: &str, vm: &str) -> Result<VmRenewal, JournalError> {
+    /// What a pass needs of one account's VMs, read before its first VM: with
+    /// replicas, every record and operator clear of the account in two etcd range reads
+    /// (not two reads per VM); locally nothing yet (the store is read VM by VM).
+    pub async fn account(&self, account: &str) -> Result<AccountRecords, JournalError> {
         let Some(c) = &self.shared else {
-            return Ok(self.get_local(account, vm)?);
+            return Ok(AccountRecords::Local);
         };
-        let key = shared_key("renewals", account, vm);
-        match c.read(&key).await?.value {
-            None => Ok(VmRenewal::default()),
-            Some(v) => Ok(serde_json::from_slice(&v).map_err(|e| invalid(&key, e))?),
-        }
+        let records = c
+            .read_prefix(&shared_key("renewals", account, ""))
+            .await?
+            .into_iter()
+            .collect();
+        let rearms = c
+            .read_prefix(&shared_key("rearms", account, ""))
+            .await?
+            .into_iter()
+            .collect();
+        Ok(AccountRecords::Shared { records, rearms })
     }
 
-    /// When an operator last asked to re-arm this VM's renewal (`None` = never).
-    pub async fn rearm_requested(
+    /// The VM's record (empty when there is none) and when an operator last asked to
+    /// re-arm its renewal (`None` = never), from `pre` (this account's, from
+    /// [`RenewalJournal::account`]).
+    pub fn vm(
         &self,
+        pre: &AccountRecords,
         account: &str,
         vm: &str,
-    ) -> Result<Option<DateTime<Utc>>, JournalError> {
-        let Some(c) = &self.shared else {
-            return Ok(self.rearm_requested_local(account, vm)?);
+    ) -> Result<(VmRenewal, Option<DateTime<Utc>>), JournalError> {
+        let (records, rearms) = match pre {
+            AccountRecords::Local => {
+                return Ok((
+                    self.get_local(account, vm)?,
+                    self.rearm_requested_local(account, vm)?,
+                ))
+            }
+            AccountRecords::Shared { records, rearms } => (records, rearms),
         };
-        let key = shared_key("rearms", account, vm);
-        Ok(c.read(&key)
-            .await?
-            .value
-            .map(|v| parse_i64(&key, &v))
+        let record = match records.get(vm) {
+            None => VmRenewal::default(),
+            Some(v) => serde_json::from_slice(v)
+                .map_err(|e| invalid(&shared_key("renewals", account, vm), e))?,
+        };
+        let rearm = rearms
+            .get(vm)
+            .map(|v| parse_i64(&shared_key("rearms", account, vm), v))
             .transpose()?
-            .and_then(|t| DateTime::from_timestamp(t, 0)))
+            .and_then(|t| DateTime::from_timestamp(t, 0));
+        Ok((record, rearm))
     }
 
     /// Records an operator's clear (as the local store's variant below does); with

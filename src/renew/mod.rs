@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use self::config::{RenewMode, RenewRule};
-use self::journal::{Attempt, JournalError, Phase, RenewalJournal, VmRenewal};
+use self::journal::{AccountRecords, Attempt, JournalError, Phase, RenewalJournal, VmRenewal};
 use self::nwc::NwcWallet;
 use self::planner::{msat_to_sats, Plan, PlanInput};
 use self::report::{RenewReport, VmState};
@@ -145,6 +145,8 @@ struct Ctx<'a> {
     account: &'a RenewAccount,
     snap: &'a AccountSnapshot,
     vm: &'a Vm,
+    /// The account's journal records as this pass read them.
+    records: &'a AccountRecords,
     now: DateTime<Utc>,
     key: AlertKey,
 }
@@ -247,27 +249,43 @@ impl Task {
                 else {
                     continue;
                 };
-                for vm in &data.vms {
-                    let target = Target {
-                        provider: ProviderKind::Lnvps,
-                        account: &snap.account,
-                        vm: Some(&vm.id),
-                        vm_name: Some(&vm.name),
-                    };
-                    if !rule.selector.matches(target)
-                        || !handled.insert((snap.account.clone(), vm.id.clone()))
-                    {
-                        continue;
-                    }
+                // Each VM goes to the first rule that matches it.
+                let mine: Vec<&Vm> = data
+                    .vms
+                    .iter()
+                    .filter(|vm| {
+                        rule.selector.matches(Target {
+                            provider: ProviderKind::Lnvps,
+                            account: &snap.account,
+                            vm: Some(&vm.id),
+                            vm_name: Some(&vm.name),
+                        }) && handled.insert((snap.account.clone(), vm.id.clone()))
+                    })
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                for vm in &mine {
                     self.parts
                         .report
                         .track(&snap.account, &vm.id, &rule.name, rule.mode.as_str());
-                    let account = self.parts.accounts[ai].clone();
+                }
+                let records = match self.parts.journal.account(&snap.account).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, account = %snap.account, error = %e,
+                            "renewal: the account's journal could not be read; it is looked at again on the next poll");
+                        continue;
+                    }
+                };
+                let account = self.parts.accounts[ai].clone();
+                for vm in mine {
                     let ctx = Ctx {
                         rule: &rule,
                         account: &account,
                         snap,
                         vm,
+                        records: &records,
                         now,
                         key: AlertKey {
                             rule: rule.name.clone(),
@@ -504,14 +522,13 @@ impl Task {
     }
 
     async fn vm(&mut self, ctx: &Ctx<'_>) -> Result<(), RenewError> {
-        let journal = &self.parts.journal;
-        let mut rec = journal.get(&ctx.snap.account, &ctx.vm.id).await?;
+        let (mut rec, rearm) = self
+            .parts
+            .journal
+            .vm(ctx.records, &ctx.snap.account, &ctx.vm.id)?;
         let expires = ctx.vm.expires;
         let mut dirty = false;
-        if let Some(at) = journal
-            .rearm_requested(&ctx.snap.account, &ctx.vm.id)
-            .await?
-        {
+        if let Some(at) = rearm {
             if rec.rearmed_at.is_none_or(|r| at > r) {
                 tracing::info!(account = %ctx.snap.account, vm = %ctx.vm.id,
                     "renewal re-armed by an operator: the tries start afresh");

@@ -18,7 +18,8 @@
 //! `spend/lnvps/<account>/<month>` (sats) and `rearms/lnvps/<account>/<vm>` (Unix
 //! seconds). A record and its spend change are one transaction, committed only while
 //! this replica owns the account (and only if the spend was not changed since it was
-//! read), so a replica that lost the account cannot even journal.
+//! read), so a replica that lost the account cannot even journal. A pass reads an
+//! account's records and clears with one range read each ([`RenewalJournal::account`]).
 
 use chrono::{DateTime, Utc};
 use redb::{ReadableTable, TableDefinition};
